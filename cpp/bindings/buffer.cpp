@@ -1,0 +1,415 @@
+// NativeReplayBuffer: the Python face of every native buffer type.
+//
+// Each method converts and validates all its arguments while holding the GIL, then releases the GIL
+// for the native work. That is safe because (1) the converted inputs are owned by a Columns object on
+// this frame, so no Python object we read from can be freed meanwhile, (2) outputs are fresh arrays
+// no other thread can see yet (or out= arrays the caller lent us for the call), and (3) the engines
+// never call back into Python and synchronize among themselves (see core/buffer_interface.hpp).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+
+#include "replay_buffer/concurrency/seqlock_ring_buffer.hpp"
+#include "replay_buffer/core/fifo_buffer.hpp"
+#include "replay_buffer/core/ring_buffer.hpp"
+#include "schema.hpp"
+
+namespace replay_buffer::bindings {
+
+namespace {
+
+enum class BufferType { kFifo, kUniform, kPrioritized, kLockFree };
+
+BufferType parse_buffer_type(const std::string& name) {
+  if (name == "fifo") return BufferType::kFifo;
+  if (name == "uniform") return BufferType::kUniform;
+  if (name == "prioritized") return BufferType::kPrioritized;
+  if (name == "lockfree") return BufferType::kLockFree;
+  throw py::value_error("buffer_type must be one of 'fifo', 'uniform', 'prioritized', 'lockfree'; got '" + name + "'");
+}
+
+double check_exponent(const char* name, double value) {
+  if (!std::isfinite(value) || value < 0.0) throw py::value_error(std::string(name) + " must be a finite number >= 0, got " + std::to_string(value));
+  return value;
+}
+
+// Priorities as a float64 vector of `count` finite values >= 0, or a ValueError naming `name`.
+std::vector<double> convert_priorities(py::handle value, std::size_t count, const char* name) {
+  py::array_t<double, py::array::c_style | py::array::forcecast> array;
+  try {
+    array = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(value);
+  } catch (py::error_already_set&) {
+  }
+  if (!array) throw py::type_error(std::string(name) + " must be an array of numbers");
+  if (array.ndim() > 1 || static_cast<std::size_t>(array.size()) != count) {
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " values, got shape " +
+                          std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(array.shape(), array.shape() + array.ndim()))))));
+  }
+  std::vector<double> priorities(array.data(), array.data() + count);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!std::isfinite(priorities[i]) || priorities[i] < 0.0) {
+      throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(priorities[i]) + ": priorities must be finite and >= 0");
+    }
+  }
+  return priorities;
+}
+
+py::tuple shape_tuple(const std::vector<py::ssize_t>& shape) { return py::tuple(py::cast(shape)); }
+
+}  // namespace
+
+class NativeBuffer {
+ public:
+  NativeBuffer(py::ssize_t capacity, const std::string& buffer_type, py::object schema, std::optional<long long> seed, double alpha, double beta,
+               double eps, const std::string& sampling, const std::string& on_full, bool collect_stats)
+      : type_(parse_buffer_type(buffer_type)), type_name_(buffer_type), alpha_(check_exponent("alpha", alpha)),
+        beta_(check_exponent("beta", beta)), eps_(check_exponent("eps", eps)), sampling_(sampling), on_full_(on_full),
+        collect_stats_(collect_stats) {
+    if (capacity <= 0) throw py::value_error("capacity must be > 0, got " + std::to_string(capacity));
+    capacity_ = static_cast<std::size_t>(capacity);
+    if (sampling != "stratified" && sampling != "proportional") {
+      throw py::value_error("sampling must be 'stratified' or 'proportional', got '" + sampling + "'");
+    }
+    if (on_full != "error" && on_full != "evict") throw py::value_error("on_full must be 'error' or 'evict', got '" + on_full + "'");
+    if (!seed) {
+      seed_ = (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+    } else {
+      if (*seed < 0) throw py::value_error("seed must be >= 0, got " + std::to_string(*seed));
+      seed_ = static_cast<std::uint64_t>(*seed);
+    }
+    if (!schema.is_none()) create_engine(parse_schema(schema));
+  }
+
+  void add(const py::args& args, const py::kwargs& kwargs) {
+    Columns columns;
+    const double* priority = nullptr;
+    double priority_value = 0.0;
+    if (kwargs.contains("priority") && !kwargs["priority"].is_none()) {
+      require_prioritized("priority");
+      priority_value = convert_priorities(kwargs["priority"], 1, "priority")[0];
+      priority = &priority_value;
+    }
+    const Schema schema = engine_ ? Schema{} : infer_schema(names_for(args, kwargs, "priority"), values_for(args, kwargs, "priority"), false);
+    const Schema& fields = engine_ ? schema_ : schema;
+    const auto values = match_fields(fields, args, kwargs, "priority");
+    columns.reserve(fields.size());
+    for (std::size_t i = 0; i < fields.size(); ++i) convert_value(fields[i], values[i], false, columns, i);
+    if (!engine_) create_engine(schema);
+    py::gil_scoped_release release;
+    engine_->add(columns.pointers.data(), 1, priority);
+  }
+
+  void add_batch(const py::args& args, const py::kwargs& kwargs) {
+    const Schema schema = engine_ ? Schema{} : infer_schema(names_for(args, kwargs, "priorities"), values_for(args, kwargs, "priorities"), true);
+    const Schema& fields = engine_ ? schema_ : schema;
+    const auto values = match_fields(fields, args, kwargs, "priorities");
+    Columns columns;
+    columns.reserve(fields.size());
+    std::size_t rows = 0;
+    for (std::size_t i = 0; i < fields.size(); ++i) {
+      const std::size_t n = convert_value(fields[i], values[i], true, columns, i);
+      if (i == 0) {
+        rows = n;
+      } else if (n != rows) {
+        throw py::value_error("batch columns have different lengths: '" + fields[0].name + "' has " + std::to_string(rows) +
+                              " rows but '" + fields[i].name + "' has " + std::to_string(n));
+      }
+    }
+    std::vector<double> priorities;
+    if (kwargs.contains("priorities") && !kwargs["priorities"].is_none()) {
+      require_prioritized("priorities");
+      priorities = convert_priorities(kwargs["priorities"], rows, "priorities");
+    }
+    if (!engine_) create_engine(schema);
+    if (rows == 0) return;
+    py::gil_scoped_release release;
+    engine_->add(columns.pointers.data(), rows, priorities.empty() ? nullptr : priorities.data());
+  }
+
+  py::dict sample(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial) {
+    if (batch_size <= 0) throw py::value_error("batch_size must be > 0, got " + std::to_string(batch_size));
+    if (static_cast<std::size_t>(batch_size) > capacity_) {
+      throw py::value_error("batch_size " + std::to_string(batch_size) + " exceeds the capacity " + std::to_string(capacity_));
+    }
+    if (!engine_ || engine_->size() == 0) throw py::value_error("cannot sample from an empty buffer");
+    const auto n = static_cast<std::size_t>(batch_size);
+    core::SampleRequest request;
+    request.batch_size = n;
+    request.allow_partial = partial;
+    request.beta = beta ? check_exponent("beta", *beta) : beta_;
+
+    py::dict result;
+    std::vector<std::byte*> destinations(schema_.size());
+    for (std::size_t i = 0; i < schema_.size(); ++i) {
+      std::vector<py::ssize_t> shape = schema_[i].shape;
+      shape.insert(shape.begin(), batch_size);
+      py::array array = out_array(out, schema_[i].name, schema_[i].dtype, shape);
+      destinations[i] = static_cast<std::byte*>(array.mutable_data());
+      result[schema_[i].name.c_str()] = array;
+    }
+    if (type_ == BufferType::kPrioritized) {
+      py::array weights = out_array(out, "weights", py::dtype::of<float>(), {batch_size});
+      py::array ids = out_array(out, "ids", py::dtype::of<std::int64_t>(), {batch_size});
+      py::array probabilities = out_array(out, "probabilities", py::dtype::of<double>(), {batch_size});
+      request.weights = static_cast<float*>(weights.mutable_data());
+      request.ids = static_cast<std::int64_t*>(ids.mutable_data());
+      request.probabilities = static_cast<double*>(probabilities.mutable_data());
+      result["weights"] = weights;
+      result["ids"] = ids;
+      result["probabilities"] = probabilities;
+    }
+    std::size_t produced = 0;
+    {
+      py::gil_scoped_release release;
+      produced = engine_->sample(request, destinations.data());
+    }
+    if (produced == n) return result;
+    py::dict partial_result;  // a partial FIFO read: hand back only the rows read
+    for (auto item : result) partial_result[item.first] = item.second[py::slice(0, static_cast<py::ssize_t>(produced), 1)];
+    return partial_result;
+  }
+
+  void update_priorities(const py::object& ids, const py::object& priorities) {
+    require_prioritized("update_priorities");
+    py::array id_array = py::array::ensure(ids);
+    if (!id_array || (id_array.dtype().kind() != 'i' && id_array.dtype().kind() != 'u')) {
+      throw py::type_error("ids must be an integer array (the \"ids\" of a sample), got " +
+                           std::string(id_array ? std::string(py::str(id_array.dtype())) : std::string(py::str(py::type::of(ids)))));
+    }
+    if (id_array.ndim() != 1) throw py::value_error("ids must be one-dimensional, got " + std::to_string(id_array.ndim()) + " dimensions");
+    const auto count = static_cast<std::size_t>(id_array.size());
+    auto id_values = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(id_array);
+    const auto priority_values = convert_priorities(priorities, count, "priorities");
+    if (!engine_) throw py::value_error("ids[0] was never issued by this buffer (it is empty)");
+    py::gil_scoped_release release;
+    engine_->update_priorities(id_values.data(), priority_values.data(), count);
+  }
+
+  std::size_t size() const { return engine_ ? engine_->size() : 0; }
+  std::size_t capacity() const { return capacity_; }
+  const std::string& buffer_type() const { return type_name_; }
+  bool collect_stats() const { return collect_stats_; }
+  void set_collect_stats(bool enabled) {
+    collect_stats_ = enabled;
+    if (engine_) engine_->set_monitoring(enabled);
+  }
+
+  py::dict schema() const {
+    py::dict result;
+    for (const Field& field : schema_) result[field.name.c_str()] = py::make_tuple(shape_tuple(field.shape), field.dtype);
+    return result;
+  }
+
+  py::dict stats() const {
+    core::BufferStats s;
+    if (engine_) {
+      s = engine_->stats();
+    } else {
+      s.capacity = capacity_;
+    }
+    py::dict d;
+    d["buffer_type"] = type_name_;
+    d["size"] = s.size;
+    d["capacity"] = s.capacity;
+    d["adds"] = s.adds;
+    d["samples"] = s.samples;
+    d["sample_calls"] = s.sample_calls;
+    d["evictions"] = s.evictions;
+    d["rejected"] = s.rejected;
+    d["bytes_held"] = s.bytes_held;
+    d["bytes_reserved"] = s.bytes_reserved;
+    d["stats_enabled"] = collect_stats_;
+    d["add_p50_ns"] = s.add_p50_ns;
+    d["add_p99_ns"] = s.add_p99_ns;
+    d["sample_p50_ns"] = s.sample_p50_ns;
+    d["sample_p99_ns"] = s.sample_p99_ns;
+    if (type_ == BufferType::kPrioritized) {
+      d["priority_updates"] = s.priority_updates;
+      d["stale_priority_updates"] = s.stale_priority_updates;
+      d["total_priority"] = s.total_priority;
+      d["min_priority"] = s.min_priority;
+      d["max_priority"] = s.max_priority;
+    }
+    return d;
+  }
+
+  // Everything needed to rebuild this buffer exactly: configuration, rows (oldest first), counters,
+  // random state. Used by pickling; arrays are fresh copies the caller owns.
+  py::dict get_state() const {
+    py::dict state;
+    state["format"] = 1;
+    state["capacity"] = capacity_;
+    state["buffer_type"] = type_name_;
+    state["seed"] = seed_;
+    state["alpha"] = alpha_;
+    state["beta"] = beta_;
+    state["eps"] = eps_;
+    state["sampling"] = sampling_;
+    state["on_full"] = on_full_;
+    state["collect_stats"] = collect_stats_;
+    py::list fields;
+    for (const Field& field : schema_) fields.append(py::make_tuple(field.name, shape_tuple(field.shape), py::str(field.dtype)));
+    state["schema"] = fields;
+    if (!engine_) return state;
+    const std::size_t rows = engine_->size();
+    py::dict columns;
+    std::vector<std::byte*> destinations;
+    for (const Field& field : schema_) {
+      std::vector<py::ssize_t> shape = field.shape;
+      shape.insert(shape.begin(), static_cast<py::ssize_t>(rows));
+      py::array array(field.dtype, shape);
+      destinations.push_back(static_cast<std::byte*>(array.mutable_data()));
+      columns[field.name.c_str()] = array;
+    }
+    core::BufferState s;
+    {
+      py::gil_scoped_release release;
+      s = engine_->export_state(destinations.data());
+    }
+    state["columns"] = columns;
+    state["total_adds"] = s.total_adds;
+    state["samples"] = s.samples;
+    state["sample_calls"] = s.sample_calls;
+    state["evictions"] = s.evictions;
+    state["rejected"] = s.rejected;
+    state["priority_updates"] = s.priority_updates;
+    state["stale_priority_updates"] = s.stale_priority_updates;
+    state["max_priority"] = s.max_priority;
+    state["random"] = py::array_t<std::uint64_t>(4, s.random.data());
+    state["masses"] = py::array_t<double>(static_cast<py::ssize_t>(s.priorities.size()), s.priorities.data());
+    return state;
+  }
+
+  // Restores rows and counters from get_state() into this buffer, built with the same configuration.
+  void set_state(const py::dict& state) {
+    if (!state.contains("columns")) return;  // the buffer was saved before its first add
+    const py::dict columns = state["columns"];
+    Columns converted;
+    converted.reserve(schema_.size());
+    std::size_t rows = 0;
+    for (std::size_t i = 0; i < schema_.size(); ++i) {
+      if (!columns.contains(schema_[i].name.c_str())) throw py::value_error("state has no column '" + schema_[i].name + "'");
+      rows = convert_value(schema_[i], columns[schema_[i].name.c_str()], true, converted, i);
+    }
+    core::BufferState s;
+    s.total_adds = state["total_adds"].cast<std::uint64_t>();
+    s.samples = state["samples"].cast<std::uint64_t>();
+    s.sample_calls = state["sample_calls"].cast<std::uint64_t>();
+    s.evictions = state["evictions"].cast<std::uint64_t>();
+    s.rejected = state["rejected"].cast<std::uint64_t>();
+    s.priority_updates = state["priority_updates"].cast<std::uint64_t>();
+    s.stale_priority_updates = state["stale_priority_updates"].cast<std::uint64_t>();
+    s.max_priority = state["max_priority"].cast<double>();
+    auto random = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(state["random"]);
+    if (!random || random.size() != 4) throw py::value_error("state 'random' must hold 4 words");
+    std::copy(random.data(), random.data() + 4, s.random.begin());
+    auto masses = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(state["masses"]);
+    s.priorities.assign(masses.data(), masses.data() + masses.size());
+    py::gil_scoped_release release;
+    engine_->import_state(s, converted.pointers.data(), rows);
+  }
+
+ private:
+  void require_prioritized(const char* what) const {
+    if (type_ != BufferType::kPrioritized) {
+      throw py::value_error(std::string(what) + " is only supported by buffer_type='prioritized' (this buffer is '" + type_name_ + "')");
+    }
+  }
+
+  static std::vector<std::string> names_for(const py::args& args, const py::kwargs& kwargs, const char* priority_key) {
+    auto names = default_names(args.size());
+    for (auto item : kwargs) {
+      const auto key = item.first.cast<std::string>();
+      if (key != priority_key) names.push_back(key);
+    }
+    return names;
+  }
+  static std::vector<py::handle> values_for(const py::args& args, const py::kwargs& kwargs, const char* priority_key) {
+    std::vector<py::handle> values(args.begin(), args.end());
+    for (auto item : kwargs) {
+      if (item.first.cast<std::string>() != priority_key) values.push_back(item.second);
+    }
+    return values;
+  }
+
+  // A fresh array, or the caller's out= array after checking that it fits exactly.
+  static py::array out_array(const py::object& out, const std::string& name, const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
+    if (out.is_none() || !out.contains(name)) return py::array(dtype, shape);
+    py::object given = out[name.c_str()];
+    if (!py::isinstance<py::array>(given)) throw py::type_error("out['" + name + "'] must be a numpy array");
+    auto array = py::reinterpret_borrow<py::array>(given);
+    const std::vector<py::ssize_t> actual(array.shape(), array.shape() + array.ndim());
+    if (!array.dtype().equal(dtype) || actual != shape || !(array.flags() & py::array::c_style) || !array.writeable()) {
+      throw py::value_error("out['" + name + "'] must be a writeable C-contiguous " + std::string(py::str(dtype)) + " array of shape " +
+                            std::string(py::str(shape_tuple(shape))) + ", got " + std::string(py::str(array.dtype())) + " " +
+                            std::string(py::str(shape_tuple(actual))));
+    }
+    return array;
+  }
+
+  void create_engine(Schema schema) {
+    std::vector<std::size_t> row_bytes;
+    for (const Field& field : schema) row_bytes.push_back(field.row_bytes);
+    std::unique_ptr<core::ReplayBufferInterface> engine;
+    switch (type_) {
+      case BufferType::kFifo:
+        engine = std::make_unique<core::FifoBuffer>(capacity_, row_bytes,
+                                                    on_full_ == "evict" ? core::OverflowPolicy::kEvictOldest : core::OverflowPolicy::kReject);
+        break;
+      case BufferType::kUniform:
+        engine = std::make_unique<core::UniformBuffer>(capacity_, row_bytes, seed_);
+        break;
+      case BufferType::kPrioritized:
+        engine = std::make_unique<core::PrioritizedBuffer>(
+            capacity_, row_bytes, seed_,
+            prioritization::PriorityOptions{alpha_, eps_, sampling_ == "stratified" ? prioritization::SamplingMode::kStratified
+                                                                                       : prioritization::SamplingMode::kProportional});
+        break;
+      case BufferType::kLockFree:
+        engine = std::make_unique<concurrency::SeqlockRingBuffer>(capacity_, row_bytes, seed_);
+        break;
+    }
+    engine->set_monitoring(collect_stats_);
+    schema_ = std::move(schema);
+    engine_ = std::move(engine);
+  }
+
+  BufferType type_;
+  std::string type_name_;
+  std::size_t capacity_ = 0;
+  std::uint64_t seed_ = 0;
+  double alpha_, beta_, eps_;
+  std::string sampling_, on_full_;
+  bool collect_stats_;
+  Schema schema_;
+  std::unique_ptr<core::ReplayBufferInterface> engine_;  // created with the schema (given, or inferred at the first add)
+};
+
+void bind_buffer(py::module_& m) {
+  py::class_<NativeBuffer>(m, "NativeReplayBuffer")
+      .def(py::init<py::ssize_t, const std::string&, py::object, std::optional<long long>, double, double, double, const std::string&, const std::string&, bool>(),
+           py::arg("capacity"), py::arg("buffer_type") = "uniform", py::kw_only(), py::arg("schema") = py::none(),
+           py::arg("seed") = py::none(), py::arg("alpha") = 0.6, py::arg("beta") = 0.4, py::arg("eps") = 1e-6,
+           py::arg("sampling") = "stratified", py::arg("on_full") = "error", py::arg("collect_stats") = true)
+      .def("add", &NativeBuffer::add)
+      .def("add_batch", &NativeBuffer::add_batch)
+      .def("sample", &NativeBuffer::sample, py::arg("batch_size"), py::kw_only(), py::arg("beta") = py::none(),
+           py::arg("out") = py::none(), py::arg("partial") = false)
+      .def("update_priorities", &NativeBuffer::update_priorities, py::arg("ids"), py::arg("priorities"))
+      .def("__len__", &NativeBuffer::size)
+      .def_property_readonly("capacity", &NativeBuffer::capacity)
+      .def_property_readonly("buffer_type", &NativeBuffer::buffer_type)
+      .def_property_readonly("schema", &NativeBuffer::schema)
+      .def_property("collect_stats", &NativeBuffer::collect_stats, &NativeBuffer::set_collect_stats)
+      .def("stats", &NativeBuffer::stats)
+      .def("_get_state", &NativeBuffer::get_state)
+      .def("_set_state", &NativeBuffer::set_state);
+}
+
+}  // namespace replay_buffer::bindings

@@ -1,0 +1,16 @@
+// ray_replay._core: the private compiled module under the ray_replay package.
+#include <pybind11/pybind11.h>
+
+#include "replay_buffer/core/buffer_interface.hpp"
+
+namespace py = pybind11;
+
+namespace replay_buffer::bindings {
+void bind_buffer(py::module_& m);
+}
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "Native replay buffers of ray_replay (private: use the ray_replay package)";
+  py::register_exception<replay_buffer::core::BufferFullError>(m, "BufferFullError", PyExc_RuntimeError);
+  replay_buffer::bindings::bind_buffer(m);
+}

@@ -1,0 +1,222 @@
+// A ring buffer with uniform sampling that many threads may add to and sample from at once, without
+// a global lock.
+//
+// Thread roles: any number of writer threads (add) and reader threads (sample, stats) concurrently.
+// export_state / import_state need exclusive use (no concurrent add); import_state is for a fresh buffer.
+//
+// How: a writer claims a run of sequence numbers with one fetch_add on `claimed_`; row `seq` goes to
+// slot seq % capacity. Each slot has a sequence lock (`SlotGuard::version`):
+//   0                 never written
+//   2 * (seq + 1)     stable, holding row `seq`
+//   odd               a writer is copying into the slot
+// A writer locks the slot by CAS from an even version to version | 1, copies its row, then publishes
+// 2 * (seq + 1). If the slot already holds a newer row (a faster writer lapped it), the older row is
+// dropped and counted as an eviction: the newest row always wins, as in a plain ring.
+// A reader copies the row, then re-reads the version; if it changed, the copy may be torn and is
+// retried. So a reader never returns a torn or half-written transition.
+//
+// The row copy itself is a plain memcpy racing with a concurrent writer, as in every seqlock; its result
+// is discarded whenever the versions disagree.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "replay_buffer/core/buffer_interface.hpp"
+#include "replay_buffer/memory/column_store.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define REPLAY_BUFFER_CPU_RELAX() _mm_pause()
+#else
+#define REPLAY_BUFFER_CPU_RELAX() ((void)0)
+#endif
+
+namespace replay_buffer::concurrency {
+
+// One counter per cache line, so writers bumping `claimed_` do not slow readers of other counters.
+struct alignas(memory::kCacheLineBytes) PaddedCounter {
+  std::atomic<std::uint64_t> value{0};
+};
+static_assert(sizeof(PaddedCounter) == memory::kCacheLineBytes, "a counter must own its cache line");
+static_assert(alignof(PaddedCounter) == memory::kCacheLineBytes, "a counter must start a cache line");
+
+struct SlotGuard {
+  std::atomic<std::uint64_t> version{0};
+};
+static_assert(sizeof(SlotGuard) == 8, "slot guards are packed: padding each to a line would cost 64 B per row");
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "slot guards must be lock-free atomics");
+
+class SeqlockRingBuffer final : public core::ReplayBufferInterface {
+ public:
+  SeqlockRingBuffer(std::size_t capacity, std::vector<std::size_t> row_bytes, std::uint64_t seed)
+      : store_(capacity, std::move(row_bytes)), guards_(new SlotGuard[capacity]), seed_(seed) {}
+
+  void add(const std::byte* const* sources, std::size_t count, const double* /*priorities*/) override {
+    if (count == 0) return;
+    core::ScopedTimer timer(add_latency_, monitoring());
+    const std::size_t cap = store_.capacity();
+    // relaxed: the claim only hands out numbers; the slot guards order the data.
+    const std::uint64_t first = claimed_.value.fetch_add(count, std::memory_order_relaxed);
+    const std::size_t skipped = count > cap ? count - cap : 0;  // lapped within this very batch
+    std::uint64_t evicted = skipped;
+    for (std::size_t i = skipped; i < count; ++i) {
+      if (!write_row(first + i, sources, i)) ++evicted;
+    }
+    if (evicted > 0) evictions_.value.fetch_add(evicted, std::memory_order_relaxed);
+    // release: a thread that sees the new count also sees the rows (used by size() and export_state).
+    committed_.value.fetch_add(count, std::memory_order_release);
+  }
+
+  std::size_t sample(const core::SampleRequest& request, std::byte* const* destinations) override {
+    core::ScopedTimer timer(sample_latency_, monitoring());
+    if (committed_.value.load(std::memory_order_acquire) == 0) throw std::invalid_argument("cannot sample from an empty buffer");
+    // Each call draws from its own generator, seeded from the buffer's seed and the call's number:
+    // reproducible for a single thread, no shared generator state between threads.
+    core::Random rng(seed_ ^ (0x9E3779B97F4A7C15ull * (sample_calls_.value.fetch_add(1, std::memory_order_relaxed) + 1)));
+    const std::size_t cap = store_.capacity();
+    const std::size_t columns = store_.num_columns();
+    for (std::size_t i = 0; i < request.batch_size; ++i) {
+      const std::size_t live = static_cast<std::size_t>(std::min<std::uint64_t>(claimed_.value.load(std::memory_order_relaxed), cap));
+      std::size_t slot = rng.below(live);
+      for (;;) {
+        const std::uint64_t before = guards_[slot].version.load(std::memory_order_acquire);
+        if (before == 0) {  // claimed but not yet written: draw another slot
+          slot = rng.below(live);
+          continue;
+        }
+        if (before & 1) {  // a writer is copying: wait for it
+          REPLAY_BUFFER_CPU_RELAX();
+          continue;
+        }
+        for (std::size_t c = 0; c < columns; ++c) {
+          memory::copy_row(destinations[c] + i * store_.row_bytes(c), store_.row(c, slot), store_.row_bytes(c));
+        }
+        // acquire fence: the copy above completes before the version is read again (seqlock read side).
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (guards_[slot].version.load(std::memory_order_relaxed) == before) {
+          if (request.ids != nullptr) request.ids[i] = static_cast<std::int64_t>(before / 2 - 1);
+          break;
+        }
+      }
+    }
+    samples_.value.fetch_add(request.batch_size, std::memory_order_relaxed);
+    return request.batch_size;
+  }
+
+  void check_ids_issued(const std::int64_t* ids, std::size_t count) const override {
+    const std::uint64_t issued = claimed_.value.load(std::memory_order_relaxed);
+    for (std::size_t i = 0; i < count; ++i) {
+      if (ids[i] < 0 || static_cast<std::uint64_t>(ids[i]) >= issued) {
+        throw std::invalid_argument("ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) + " was never issued by this buffer");
+      }
+    }
+  }
+
+  std::size_t size() const override {
+    return static_cast<std::size_t>(std::min<std::uint64_t>(committed_.value.load(std::memory_order_acquire), store_.capacity()));
+  }
+  std::size_t capacity() const override { return store_.capacity(); }
+
+  core::BufferStats stats() const override {
+    core::BufferStats s;
+    s.size = size();
+    s.capacity = store_.capacity();
+    s.adds = committed_.value.load(std::memory_order_relaxed);
+    s.samples = samples_.value.load(std::memory_order_relaxed);
+    s.sample_calls = sample_calls_.value.load(std::memory_order_relaxed);
+    s.evictions = evictions_.value.load(std::memory_order_relaxed);
+    std::size_t row_bytes = 0;
+    for (std::size_t bytes : store_.all_row_bytes()) row_bytes += bytes;
+    s.bytes_held = s.size * row_bytes;
+    s.bytes_reserved = store_.bytes_reserved() + store_.capacity() * sizeof(SlotGuard);
+    fill_latencies(s);
+    return s;
+  }
+
+  core::BufferState export_state(std::byte* const* destinations) const override {
+    const std::uint64_t total = committed_.value.load(std::memory_order_acquire);
+    if (claimed_.value.load(std::memory_order_relaxed) != total) {
+      throw std::runtime_error("cannot snapshot a lock-free buffer while adds are in flight");
+    }
+    const std::size_t cap = store_.capacity();
+    const std::size_t rows = static_cast<std::size_t>(std::min<std::uint64_t>(total, cap));
+    const std::uint64_t oldest = total - rows;
+    for (std::size_t i = 0; i < rows; ++i) {
+      const std::size_t slot = static_cast<std::size_t>((oldest + i) % cap);
+      for (std::size_t c = 0; c < store_.num_columns(); ++c) {
+        memory::copy_row(destinations[c] + i * store_.row_bytes(c), store_.row(c, slot), store_.row_bytes(c));
+      }
+    }
+    core::BufferState state;
+    state.total_adds = total;
+    state.samples = samples_.value.load(std::memory_order_relaxed);
+    state.sample_calls = sample_calls_.value.load(std::memory_order_relaxed);
+    state.evictions = evictions_.value.load(std::memory_order_relaxed);
+    return state;
+  }
+
+  void import_state(const core::BufferState& state, const std::byte* const* sources, std::size_t rows) override {
+    const std::size_t cap = store_.capacity();
+    if (rows != std::min<std::uint64_t>(state.total_adds, cap)) {
+      throw std::invalid_argument("state holds " + std::to_string(rows) + " rows but its add count implies " +
+                                  std::to_string(std::min<std::uint64_t>(state.total_adds, cap)));
+    }
+    const std::uint64_t oldest = state.total_adds - rows;
+    store_.write_ring(static_cast<std::size_t>(oldest % cap), rows, sources);
+    for (std::size_t slot = 0; slot < cap; ++slot) guards_[slot].version.store(0, std::memory_order_relaxed);
+    for (std::uint64_t seq = oldest; seq < state.total_adds; ++seq) {
+      guards_[seq % cap].version.store(2 * (seq + 1), std::memory_order_relaxed);
+    }
+    samples_.value.store(state.samples, std::memory_order_relaxed);
+    sample_calls_.value.store(state.sample_calls, std::memory_order_relaxed);
+    evictions_.value.store(state.evictions, std::memory_order_relaxed);
+    claimed_.value.store(state.total_adds, std::memory_order_relaxed);
+    committed_.value.store(state.total_adds, std::memory_order_release);  // publishes everything above
+  }
+
+ private:
+  // Writes row `index` of the batch as sequence number `seq`; false when a newer row already holds the slot.
+  bool write_row(std::uint64_t seq, const std::byte* const* sources, std::size_t index) noexcept {
+    const std::size_t slot = static_cast<std::size_t>(seq % store_.capacity());
+    std::atomic<std::uint64_t>& version = guards_[slot].version;
+    const std::uint64_t published = 2 * (seq + 1);
+    std::uint64_t current = version.load(std::memory_order_relaxed);
+    for (;;) {
+      if (current & 1) {  // another writer holds the slot
+        REPLAY_BUFFER_CPU_RELAX();
+        current = version.load(std::memory_order_relaxed);
+        continue;
+      }
+      if (current > published) return false;  // lapped by a newer row
+      // acquire: our copy must not start before we own the slot.
+      if (version.compare_exchange_weak(current, current | 1, std::memory_order_acquire, std::memory_order_relaxed)) break;
+    }
+    // release fence: the odd version is visible before any byte of the new row (seqlock write side).
+    std::atomic_thread_fence(std::memory_order_release);
+    if (current != 0) evictions_.value.fetch_add(1, std::memory_order_relaxed);
+    for (std::size_t c = 0; c < store_.num_columns(); ++c) {
+      memory::copy_row(store_.row(c, slot), sources[c] + index * store_.row_bytes(c), store_.row_bytes(c));
+    }
+    // release: readers that see the new version see the whole row.
+    version.store(published, std::memory_order_release);
+    return true;
+  }
+
+  memory::ColumnStore store_;
+  std::unique_ptr<SlotGuard[]> guards_;
+  std::uint64_t seed_;
+  PaddedCounter claimed_;     // sequence numbers handed to writers
+  PaddedCounter committed_;   // rows whose write has finished (or was dropped as lapped)
+  PaddedCounter evictions_;
+  PaddedCounter samples_;
+  PaddedCounter sample_calls_;
+};
+
+}  // namespace replay_buffer::concurrency

@@ -1,0 +1,125 @@
+// The contract every native buffer implements, over rows of raw bytes laid out by a schema the caller
+// owns (the Python bindings and the typed C++ front-ends both build on it).
+//
+// Concurrency contract: every method may be called from any thread at any time. FIFO, uniform and
+// prioritized buffers serialize calls with one mutex per buffer; the lock-free buffer claims slots with
+// atomics and guards each slot with a sequence lock. No method calls back into Python, so callers may
+// release the GIL around all of them.
+//
+// Failure contract: a method that throws has changed nothing.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "replay_buffer/core/latency_recorder.hpp"
+#include "replay_buffer/core/random.hpp"
+
+namespace replay_buffer::core {
+
+// add() on a full FIFO buffer whose overflow policy is "error": nothing was written.
+class BufferFullError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Per-call options and outputs of sample(). Pointers the buffer type does not fill stay untouched.
+struct SampleRequest {
+  std::size_t batch_size = 0;
+  bool allow_partial = false;        // FIFO: return fewer rows than asked instead of failing
+  double beta = 0.4;                 // prioritized: importance-sampling exponent
+  std::int64_t* ids = nullptr;       // prioritized/uniform: opaque ids for update_priorities
+  double* probabilities = nullptr;   // prioritized: P(i) of each sampled row
+  double* masses = nullptr;          // prioritized: p_i^alpha, for callers that renormalize globally
+  float* weights = nullptr;          // prioritized: importance-sampling weights
+};
+
+struct PriorityUpdateResult {
+  std::size_t applied = 0;
+  std::size_t stale = 0;
+};
+
+struct BufferStats {
+  std::size_t size = 0;
+  std::size_t capacity = 0;
+  std::uint64_t adds = 0;
+  std::uint64_t samples = 0;       // rows returned by sample()
+  std::uint64_t sample_calls = 0;
+  std::uint64_t evictions = 0;     // rows overwritten or dropped before anyone sampled them out (FIFO)
+  std::uint64_t rejected = 0;      // rows refused by a full FIFO buffer (never stored)
+  std::uint64_t priority_updates = 0;
+  std::uint64_t stale_priority_updates = 0;
+  std::size_t bytes_held = 0;      // payload bytes of the rows held now
+  std::size_t bytes_reserved = 0;  // bytes of storage reserved at construction
+  std::uint64_t add_p50_ns = 0, add_p99_ns = 0;
+  std::uint64_t sample_p50_ns = 0, sample_p99_ns = 0;
+  double total_priority = 0.0;     // prioritized: sum of p_i^alpha
+  double min_priority = 0.0;       // prioritized: smallest positive p_i^alpha (0 when none)
+  double max_priority = 0.0;       // prioritized: largest priority seen so far (given to new rows)
+};
+
+// Everything but the rows needed to restore a buffer exactly (pickling, checkpoints).
+struct BufferState {
+  std::uint64_t total_adds = 0;
+  std::uint64_t samples = 0;
+  std::uint64_t sample_calls = 0;
+  std::uint64_t evictions = 0;
+  std::uint64_t rejected = 0;
+  std::uint64_t priority_updates = 0;
+  std::uint64_t stale_priority_updates = 0;
+  double max_priority = 1.0;
+  Random::State random{};
+  std::vector<double> priorities;  // prioritized: per row, oldest first
+};
+
+class ReplayBufferInterface {
+ public:
+  virtual ~ReplayBufferInterface() = default;
+
+  // Appends `count` rows; sources[c] points at `count` contiguous rows of column c. `priorities` is
+  // null or holds `count` values (prioritized only; validated by the caller as finite and >= 0).
+  virtual void add(const std::byte* const* sources, std::size_t count, const double* priorities) = 0;
+
+  // Writes up to request.batch_size rows into destinations[c] (contiguous rows) and returns how many.
+  virtual std::size_t sample(const SampleRequest& request, std::byte* const* destinations) = 0;
+
+  // Prioritized only: sets the priority of each live id; stale ids are skipped and counted.
+  virtual PriorityUpdateResult update_priorities(const std::int64_t* ids, const double* priorities, std::size_t count) {
+    (void)ids; (void)priorities; (void)count;
+    throw std::logic_error("update_priorities is only supported by the prioritized buffer");
+  }
+
+  // Throws std::invalid_argument naming the first id that was never issued, without changing anything.
+  virtual void check_ids_issued(const std::int64_t* ids, std::size_t count) const = 0;
+
+  virtual std::size_t size() const = 0;
+  virtual std::size_t capacity() const = 0;
+  virtual BufferStats stats() const = 0;
+
+  // Rows held, oldest first, into destinations[c]; the caller sizes them with size().
+  virtual BufferState export_state(std::byte* const* destinations) const = 0;
+  // Replaces the contents with `rows` rows (oldest first) and the given state.
+  virtual void import_state(const BufferState& state, const std::byte* const* sources, std::size_t rows) = 0;
+
+  void set_monitoring(bool enabled) noexcept { monitoring_.store(enabled, std::memory_order_relaxed); }
+  bool monitoring() const noexcept { return monitoring_.load(std::memory_order_relaxed); }
+  void reset_latencies() noexcept { add_latency_.reset(); sample_latency_.reset(); }
+
+ protected:
+  void fill_latencies(BufferStats& stats) const noexcept {
+    stats.add_p50_ns = add_latency_.percentile(0.50);
+    stats.add_p99_ns = add_latency_.percentile(0.99);
+    stats.sample_p50_ns = sample_latency_.percentile(0.50);
+    stats.sample_p99_ns = sample_latency_.percentile(0.99);
+  }
+
+  LatencyRecorder add_latency_;
+  LatencyRecorder sample_latency_;
+  std::atomic<bool> monitoring_{true};  // relaxed: a switch, it orders no other memory
+};
+
+}  // namespace replay_buffer::core

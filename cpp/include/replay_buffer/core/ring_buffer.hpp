@@ -1,0 +1,239 @@
+// A ring of `capacity` rows in columnar storage, sampled by a Selector (uniform or prioritized).
+//
+// When full, each new row overwrites the oldest (an eviction). Every row gets an id: its insertion
+// sequence number. Row `id` lives in slot id % capacity, and is live exactly while
+// total_adds - size <= id < total_adds, so an id sampled before its slot was overwritten is recognised
+// as stale without any per-slot bookkeeping.
+//
+// Concurrency: one mutex serializes every public method (callers release the GIL around them, so
+// Python threads do run in parallel with other work). Memory: all storage is reserved at
+// construction; no method allocates per row.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "replay_buffer/core/buffer_interface.hpp"
+#include "replay_buffer/core/selector.hpp"
+#include "replay_buffer/memory/column_store.hpp"
+#include "replay_buffer/prioritization/prioritized_selector.hpp"
+
+namespace replay_buffer::core {
+
+template <class Selector>
+class RingBuffer final : public ReplayBufferInterface {
+ public:
+  template <class... SelectorArgs>
+  RingBuffer(std::size_t capacity, std::vector<std::size_t> row_bytes, std::uint64_t seed, SelectorArgs&&... selector_args)
+      : store_(capacity, std::move(row_bytes)), selector_(capacity, std::forward<SelectorArgs>(selector_args)...), rng_(seed) {}
+
+  void add(const std::byte* const* sources, std::size_t count, const double* priorities) override {
+    if (count == 0) return;
+    std::lock_guard lock(mutex_);
+    ScopedTimer timer(add_latency_, monitoring());
+    const std::size_t cap = store_.capacity();
+    // Of a batch longer than the ring only the newest `cap` rows can survive: skip the others.
+    const std::size_t skipped = count > cap ? count - cap : 0;
+    const std::size_t kept = count - skipped;
+    const std::uint64_t first_id = total_adds_ + skipped;
+    const std::size_t first_slot = static_cast<std::size_t>(first_id % cap);
+    if (skipped > 0) {
+      offsets_.resize(store_.num_columns());
+      for (std::size_t c = 0; c < store_.num_columns(); ++c) offsets_[c] = sources[c] + skipped * store_.row_bytes(c);
+      store_.write_ring(first_slot, kept, offsets_.data());
+    } else {
+      store_.write_ring(first_slot, kept, sources);
+    }
+    if constexpr (Selector::kPrioritized) {
+      slots_.resize(kept);
+      priorities_.resize(kept);
+      for (std::size_t i = 0; i < kept; ++i) {
+        slots_[i] = (first_slot + i) % cap;
+        priorities_[i] = priorities != nullptr ? priorities[skipped + i] : max_priority_;
+      }
+      if (priorities != nullptr) {
+        for (std::size_t i = 0; i < count; ++i) max_priority_ = std::max(max_priority_, priorities[i]);
+      }
+      selector_.insert(slots_.data(), priorities_.data(), kept);
+    }
+    const std::size_t new_size = std::min<std::size_t>(size_ + count, cap);
+    evictions_ += size_ + count - new_size;
+    size_ = new_size;
+    total_adds_ += count;
+  }
+
+  std::size_t sample(const SampleRequest& request, std::byte* const* destinations) override {
+    std::lock_guard lock(mutex_);
+    ScopedTimer timer(sample_latency_, monitoring());
+    const std::size_t n = request.batch_size;
+    if (size_ == 0) throw std::invalid_argument("cannot sample from an empty buffer");
+    slots_.resize(n);
+    selector_.sample(request, rng_, size_, slots_.data());
+    store_.gather(slots_.data(), n, destinations);
+    const std::size_t cap = store_.capacity();
+    const std::uint64_t oldest = total_adds_ - size_;
+    if (request.ids != nullptr) {
+      const std::uint64_t oldest_slot = oldest % cap;
+      for (std::size_t i = 0; i < n; ++i) {
+        request.ids[i] = static_cast<std::int64_t>(oldest + (slots_[i] + cap - oldest_slot) % cap);
+      }
+    }
+    if constexpr (Selector::kPrioritized) {
+      const double total = selector_.total();
+      const double min_mass = selector_.min_positive();
+      for (std::size_t i = 0; i < n; ++i) {
+        const double mass = selector_.mass(slots_[i]);
+        if (request.masses != nullptr) request.masses[i] = mass;
+        if (request.probabilities != nullptr) request.probabilities[i] = mass / total;
+        // w_i = (N * P(i))^-beta / max_j (N * P(j))^-beta = (mass_i / min_mass)^-beta.
+        if (request.weights != nullptr) request.weights[i] = static_cast<float>(std::pow(mass / min_mass, -request.beta));
+      }
+    }
+    samples_ += n;
+    ++sample_calls_;
+    return n;
+  }
+
+  PriorityUpdateResult update_priorities(const std::int64_t* ids, const double* priorities, std::size_t count) override {
+    if constexpr (!Selector::kPrioritized) {
+      return ReplayBufferInterface::update_priorities(ids, priorities, count);
+    } else {
+      std::lock_guard lock(mutex_);
+      check_ids_issued_locked(ids, count);
+      slots_.clear();
+      priorities_.clear();
+      const std::uint64_t oldest = total_adds_ - size_;
+      for (std::size_t i = 0; i < count; ++i) {
+        const auto id = static_cast<std::uint64_t>(ids[i]);
+        if (id < oldest) continue;  // its slot has been overwritten since it was sampled
+        slots_.push_back(id % store_.capacity());
+        priorities_.push_back(priorities[i]);
+        max_priority_ = std::max(max_priority_, priorities[i]);
+      }
+      selector_.update(slots_.data(), priorities_.data(), slots_.size());
+      PriorityUpdateResult result{slots_.size(), count - slots_.size()};
+      priority_updates_ += result.applied;
+      stale_priority_updates_ += result.stale;
+      return result;
+    }
+  }
+
+  void check_ids_issued(const std::int64_t* ids, std::size_t count) const override {
+    std::lock_guard lock(mutex_);
+    check_ids_issued_locked(ids, count);
+  }
+
+  std::size_t size() const override {
+    std::lock_guard lock(mutex_);
+    return size_;
+  }
+  std::size_t capacity() const override { return store_.capacity(); }
+
+  BufferStats stats() const override {
+    std::lock_guard lock(mutex_);
+    BufferStats s;
+    s.size = size_;
+    s.capacity = store_.capacity();
+    s.adds = total_adds_;
+    s.samples = samples_;
+    s.sample_calls = sample_calls_;
+    s.evictions = evictions_;
+    s.priority_updates = priority_updates_;
+    s.stale_priority_updates = stale_priority_updates_;
+    std::size_t row_bytes = 0;
+    for (std::size_t bytes : store_.all_row_bytes()) row_bytes += bytes;
+    s.bytes_held = size_ * row_bytes;
+    s.bytes_reserved = store_.bytes_reserved();
+    if constexpr (Selector::kPrioritized) {
+      s.total_priority = selector_.total();
+      const double min_mass = selector_.min_positive();
+      s.min_priority = std::isfinite(min_mass) ? min_mass : 0.0;
+      s.max_priority = max_priority_;
+    }
+    fill_latencies(s);
+    return s;
+  }
+
+  BufferState export_state(std::byte* const* destinations) const override {
+    std::lock_guard lock(mutex_);
+    const std::size_t cap = store_.capacity();
+    const std::uint64_t oldest = total_adds_ - size_;
+    store_.read_ring(static_cast<std::size_t>(oldest % cap), size_, destinations);
+    BufferState state{total_adds_, samples_, sample_calls_, evictions_, 0, priority_updates_,
+                      stale_priority_updates_, max_priority_, rng_.state(), {}};
+    if constexpr (Selector::kPrioritized) {
+      state.priorities.resize(size_);
+      for (std::size_t i = 0; i < size_; ++i) state.priorities[i] = selector_.mass((oldest + i) % cap);
+    }
+    return state;
+  }
+
+  // state.priorities, when prioritized, holds masses (p^alpha) as export_state wrote them.
+  void import_state(const BufferState& state, const std::byte* const* sources, std::size_t rows) override {
+    const std::size_t cap = store_.capacity();
+    if (rows != std::min<std::uint64_t>(state.total_adds, cap)) {
+      throw std::invalid_argument("state holds " + std::to_string(rows) + " rows but its add count implies " +
+                                  std::to_string(std::min<std::uint64_t>(state.total_adds, cap)));
+    }
+    if (Selector::kPrioritized && state.priorities.size() != rows) {
+      throw std::invalid_argument("state must hold one priority per row");
+    }
+    std::lock_guard lock(mutex_);
+    const std::uint64_t oldest = state.total_adds - rows;
+    store_.write_ring(static_cast<std::size_t>(oldest % cap), rows, sources);
+    if constexpr (Selector::kPrioritized) {
+      selector_.clear();
+      slots_.resize(rows);
+      for (std::size_t i = 0; i < rows; ++i) slots_[i] = (oldest + i) % cap;
+      selector_.set_masses(slots_.data(), state.priorities.data(), rows);
+    }
+    size_ = rows;
+    total_adds_ = state.total_adds;
+    samples_ = state.samples;
+    sample_calls_ = state.sample_calls;
+    evictions_ = state.evictions;
+    priority_updates_ = state.priority_updates;
+    stale_priority_updates_ = state.stale_priority_updates;
+    max_priority_ = state.max_priority;
+    rng_.set_state(state.random);
+  }
+
+  const Selector& selector() const noexcept { return selector_; }
+
+ private:
+  void check_ids_issued_locked(const std::int64_t* ids, std::size_t count) const {
+    for (std::size_t i = 0; i < count; ++i) {
+      if (ids[i] < 0 || static_cast<std::uint64_t>(ids[i]) >= total_adds_) {
+        throw std::invalid_argument("ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
+                                    " was never issued by this buffer");
+      }
+    }
+  }
+
+  mutable std::mutex mutex_;
+  memory::ColumnStore store_;
+  Selector selector_;
+  Random rng_;
+  std::size_t size_ = 0;
+  std::uint64_t total_adds_ = 0;
+  std::uint64_t samples_ = 0;
+  std::uint64_t sample_calls_ = 0;
+  std::uint64_t evictions_ = 0;
+  std::uint64_t priority_updates_ = 0;
+  std::uint64_t stale_priority_updates_ = 0;
+  double max_priority_ = 1.0;  // priority of rows added without one: the largest seen so far
+  // Scratch space reused across calls (guarded by mutex_), so steady-state calls do not allocate.
+  std::vector<std::uint64_t> slots_;
+  std::vector<double> priorities_;
+  std::vector<const std::byte*> offsets_;
+};
+
+using UniformBuffer = RingBuffer<UniformSelector>;
+using PrioritizedBuffer = RingBuffer<prioritization::PrioritizedSelector>;
+
+}  // namespace replay_buffer::core

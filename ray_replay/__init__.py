@@ -1,0 +1,40 @@
+"""ray_replay: fast, correct replay buffers for reinforcement learning, from one process to a Ray cluster.
+
+Local buffers (no Ray needed)::
+
+    from ray_replay import ReplayBuffer
+    buf = ReplayBuffer(capacity=1_000_000, buffer_type="prioritized")
+
+Distributed buffers (Ray actors) are imported lazily, so ``import ray_replay`` does not import Ray.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ray_replay._core import BufferFullError
+from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ray_replay.distributed import ReplayClient, ReplayCoordinator, ReplayShard
+
+__all__ = [
+    "BUFFER_TYPES",
+    "BufferFullError",
+    "ReplayBuffer",
+    "ReplayClient",
+    "ReplayCoordinator",
+    "ReplayShard",
+]
+
+__version__ = "0.1.0"
+
+_DISTRIBUTED = {"ReplayClient", "ReplayCoordinator", "ReplayShard"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DISTRIBUTED:
+        from ray_replay import distributed
+
+        return getattr(distributed, name)
+    raise AttributeError(f"module 'ray_replay' has no attribute {name!r}")

@@ -1,0 +1,45 @@
+"""The ``ray-replay`` command: ``ray-replay demo``, ``ray-replay --cmake-dir``, ``ray-replay --include-dir``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def cmake_dir() -> Path:
+    """Folder holding ReplayBufferConfig.cmake, for ``-DReplayBuffer_DIR=...``."""
+    return _PACKAGE_DIR / "share" / "cmake" / "ReplayBuffer"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ray-replay", description=__doc__)
+    parser.add_argument("--cmake-dir", action="store_true", help="print the CMake package folder and exit")
+    parser.add_argument("--include-dir", action="store_true", help="print the C++ include folder and exit")
+    sub = parser.add_subparsers(dest="command")
+    demo = sub.add_parser("demo", help="run the demo (a local Ray by default)")
+    demo.add_argument("--address", default=None, help="join an existing Ray cluster instead of starting one")
+    demo.add_argument("--seconds", type=float, default=15.0, help="how long writers and learner run")
+    demo.add_argument("--local", action="store_true", help="fill and sample each local buffer type, no Ray")
+    args, rest = parser.parse_known_args(argv)
+
+    if args.cmake_dir:
+        print(cmake_dir())
+        return 0
+    if args.include_dir:
+        print(_PACKAGE_DIR / "include")
+        return 0
+    if args.command == "demo":
+        from ray_replay import demo as demo_module
+
+        return demo_module.main(args)
+    parser.print_help()
+    return 0 if not rest else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
