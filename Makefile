@@ -30,7 +30,7 @@ test-cpp: | $(PY)
 	cd build/cpp && ctest --output-on-failure
 
 test-python: install
-	$(PY) -m pytest $(ARGS)
+	$(VENV)/bin/pytest $(ARGS)
 
 test: install test-cpp test-python
 

@@ -9,7 +9,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <random>
@@ -18,6 +20,7 @@
 #include "replay_buffer/concurrency/seqlock_ring_buffer.hpp"
 #include "replay_buffer/core/fifo_buffer.hpp"
 #include "replay_buffer/core/ring_buffer.hpp"
+#include "gil.hpp"
 #include "schema.hpp"
 
 namespace replay_buffer::bindings {
@@ -62,11 +65,39 @@ std::vector<double> convert_priorities(py::handle value, std::size_t count, cons
 
 py::tuple shape_tuple(const std::vector<py::ssize_t>& shape) { return py::tuple(py::cast(shape)); }
 
+py::str interned(const char* text) {
+  PyObject* key = PyUnicode_InternFromString(text);
+  if (key == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(key);
+}
+
+}  // namespace
+
+class NativeBuffer;
+
+namespace {
+
+// The buffer inside a Python object, or a TypeError if its __init__ never completed (pybind11 would
+// otherwise hand methods a null object: a crash, e.g. when a traceback reprs a half-built buffer).
+NativeBuffer& self_of(PyObject* self);
+
+// Binds a member function through self_of, so no method can run on an unconstructed buffer.
+template <auto Method>
+struct Guarded;
+template <class R, class... Args, R (NativeBuffer::*Method)(Args...)>
+struct Guarded<Method> {
+  static R call(py::handle self, Args... args) { return (self_of(self.ptr()).*Method)(std::forward<Args>(args)...); }
+};
+template <class R, class... Args, R (NativeBuffer::*Method)(Args...) const>
+struct Guarded<Method> {
+  static R call(py::handle self, Args... args) { return (self_of(self.ptr()).*Method)(std::forward<Args>(args)...); }
+};
+
 }  // namespace
 
 class NativeBuffer {
  public:
-  NativeBuffer(py::ssize_t capacity, const std::string& buffer_type, py::object schema, std::optional<long long> seed, double alpha, double beta,
+  NativeBuffer(py::ssize_t capacity, const std::string& buffer_type, py::object schema, py::object seed, double alpha, double beta,
                double eps, const std::string& sampling, const std::string& on_full, bool collect_stats)
       : type_(parse_buffer_type(buffer_type)), type_name_(buffer_type), alpha_(check_exponent("alpha", alpha)),
         beta_(check_exponent("beta", beta)), eps_(check_exponent("eps", eps)), sampling_(sampling), on_full_(on_full),
@@ -77,40 +108,54 @@ class NativeBuffer {
       throw py::value_error("sampling must be 'stratified' or 'proportional', got '" + sampling + "'");
     }
     if (on_full != "error" && on_full != "evict") throw py::value_error("on_full must be 'error' or 'evict', got '" + on_full + "'");
-    if (!seed) {
+    if (seed.is_none()) {
       seed_ = (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
     } else {
-      if (*seed < 0) throw py::value_error("seed must be >= 0, got " + std::to_string(*seed));
-      seed_ = static_cast<std::uint64_t>(*seed);
+      if (!PyIndex_Check(seed.ptr())) throw py::type_error("seed must be an int or None");
+      const py::int_ value(seed);
+      if (value < py::int_(0) || value > py::int_(std::numeric_limits<std::uint64_t>::max())) {
+        throw py::value_error("seed must be in [0, 2**64), got " + std::string(py::str(value)));
+      }
+      seed_ = value.cast<std::uint64_t>();
     }
     if (!schema.is_none()) create_engine(parse_schema(schema));
   }
 
-  void add(const py::args& args, const py::kwargs& kwargs) {
-    Columns columns;
-    const double* priority = nullptr;
+  // add(*fields, priority=None, **fields): one transition.
+  void add(const CallArguments& call) {
+    PyObject* priority_arg = nullptr;
+    Schema inferred;
+    if (!engine_) inferred = infer_from(call, priority_key(), false, &priority_arg);
+    const Schema& fields = engine_ ? schema_ : inferred;
+    Columns columns(fields.size());
+    std::array<PyObject*, Columns::kInline> inline_values;
+    std::vector<PyObject*> heap_values(fields.size() > Columns::kInline ? fields.size() : 0);
+    PyObject** values = fields.size() > Columns::kInline ? heap_values.data() : inline_values.data();
+    match_fields(fields, call, priority_key(), values, &priority_arg);
+    for (std::size_t i = 0; i < fields.size(); ++i) convert_value(fields[i], values[i], false, columns, i);
     double priority_value = 0.0;
-    if (kwargs.contains("priority") && !kwargs["priority"].is_none()) {
+    const double* priority = nullptr;
+    if (priority_arg != nullptr && priority_arg != Py_None) {
       require_prioritized("priority");
-      priority_value = convert_priorities(kwargs["priority"], 1, "priority")[0];
+      priority_value = convert_priorities(priority_arg, 1, "priority")[0];
       priority = &priority_value;
     }
-    const Schema schema = engine_ ? Schema{} : infer_schema(names_for(args, kwargs, "priority"), values_for(args, kwargs, "priority"), false);
-    const Schema& fields = engine_ ? schema_ : schema;
-    const auto values = match_fields(fields, args, kwargs, "priority");
-    columns.reserve(fields.size());
-    for (std::size_t i = 0; i < fields.size(); ++i) convert_value(fields[i], values[i], false, columns, i);
-    if (!engine_) create_engine(schema);
-    py::gil_scoped_release release;
-    engine_->add(columns.pointers.data(), 1, priority);
+    if (!engine_) create_engine(std::move(inferred));
+    // Releasing the GIL costs ~80 ns, several times a single-row copy under the buffer's mutex, so
+    // only the lock-free buffer (built for many threads adding at once) releases it for one row.
+    ReleaseGil release(type_ == BufferType::kLockFree);
+    engine_->add(columns.pointers(), 1, priority);
   }
 
-  void add_batch(const py::args& args, const py::kwargs& kwargs) {
-    const Schema schema = engine_ ? Schema{} : infer_schema(names_for(args, kwargs, "priorities"), values_for(args, kwargs, "priorities"), true);
-    const Schema& fields = engine_ ? schema_ : schema;
-    const auto values = match_fields(fields, args, kwargs, "priorities");
-    Columns columns;
-    columns.reserve(fields.size());
+  // add_batch(*columns, priorities=None, **columns): rows along the leading axis, validated whole first.
+  void add_batch(const CallArguments& call) {
+    PyObject* priorities_arg = nullptr;
+    Schema inferred;
+    if (!engine_) inferred = infer_from(call, priorities_key(), true, &priorities_arg);
+    const Schema& fields = engine_ ? schema_ : inferred;
+    Columns columns(fields.size());
+    std::vector<PyObject*> values(fields.size());
+    match_fields(fields, call, priorities_key(), values.data(), &priorities_arg);
     std::size_t rows = 0;
     for (std::size_t i = 0; i < fields.size(); ++i) {
       const std::size_t n = convert_value(fields[i], values[i], true, columns, i);
@@ -122,14 +167,14 @@ class NativeBuffer {
       }
     }
     std::vector<double> priorities;
-    if (kwargs.contains("priorities") && !kwargs["priorities"].is_none()) {
+    if (priorities_arg != nullptr && priorities_arg != Py_None) {
       require_prioritized("priorities");
-      priorities = convert_priorities(kwargs["priorities"], rows, "priorities");
+      priorities = convert_priorities(priorities_arg, rows, "priorities");
     }
-    if (!engine_) create_engine(schema);
+    if (!engine_) create_engine(std::move(inferred));
     if (rows == 0) return;
-    py::gil_scoped_release release;
-    engine_->add(columns.pointers.data(), rows, priorities.empty() ? nullptr : priorities.data());
+    ReleaseGil release;
+    engine_->add(columns.pointers(), rows, priorities.empty() ? nullptr : priorities.data());
   }
 
   py::dict sample(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial) {
@@ -151,7 +196,7 @@ class NativeBuffer {
       shape.insert(shape.begin(), batch_size);
       py::array array = out_array(out, schema_[i].name, schema_[i].dtype, shape);
       destinations[i] = static_cast<std::byte*>(array.mutable_data());
-      result[schema_[i].name.c_str()] = array;
+      result[schema_[i].key] = array;
     }
     if (type_ == BufferType::kPrioritized) {
       py::array weights = out_array(out, "weights", py::dtype::of<float>(), {batch_size});
@@ -160,13 +205,14 @@ class NativeBuffer {
       request.weights = static_cast<float*>(weights.mutable_data());
       request.ids = static_cast<std::int64_t*>(ids.mutable_data());
       request.probabilities = static_cast<double*>(probabilities.mutable_data());
-      result["weights"] = weights;
-      result["ids"] = ids;
-      result["probabilities"] = probabilities;
+      static const py::str weights_key = interned("weights"), ids_key = interned("ids"), probabilities_key = interned("probabilities");
+      result[weights_key] = weights;
+      result[ids_key] = ids;
+      result[probabilities_key] = probabilities;
     }
     std::size_t produced = 0;
     {
-      py::gil_scoped_release release;
+      ReleaseGil release;
       produced = engine_->sample(request, destinations.data());
     }
     if (produced == n) return result;
@@ -187,7 +233,7 @@ class NativeBuffer {
     auto id_values = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(id_array);
     const auto priority_values = convert_priorities(priorities, count, "priorities");
     if (!engine_) throw py::value_error("ids[0] was never issued by this buffer (it is empty)");
-    py::gil_scoped_release release;
+    ReleaseGil release;
     engine_->update_priorities(id_values.data(), priority_values.data(), count);
   }
 
@@ -269,7 +315,7 @@ class NativeBuffer {
     }
     core::BufferState s;
     {
-      py::gil_scoped_release release;
+      ReleaseGil release;
       s = engine_->export_state(destinations.data());
     }
     state["columns"] = columns;
@@ -290,8 +336,7 @@ class NativeBuffer {
   void set_state(const py::dict& state) {
     if (!state.contains("columns")) return;  // the buffer was saved before its first add
     const py::dict columns = state["columns"];
-    Columns converted;
-    converted.reserve(schema_.size());
+    Columns converted(schema_.size());
     std::size_t rows = 0;
     for (std::size_t i = 0; i < schema_.size(); ++i) {
       if (!columns.contains(schema_[i].name.c_str())) throw py::value_error("state has no column '" + schema_[i].name + "'");
@@ -311,8 +356,8 @@ class NativeBuffer {
     std::copy(random.data(), random.data() + 4, s.random.begin());
     auto masses = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(state["masses"]);
     s.priorities.assign(masses.data(), masses.data() + masses.size());
-    py::gil_scoped_release release;
-    engine_->import_state(s, converted.pointers.data(), rows);
+    ReleaseGil release;
+    engine_->import_state(s, converted.pointers(), rows);
   }
 
  private:
@@ -322,20 +367,20 @@ class NativeBuffer {
     }
   }
 
-  static std::vector<std::string> names_for(const py::args& args, const py::kwargs& kwargs, const char* priority_key) {
-    auto names = default_names(args.size());
-    for (auto item : kwargs) {
-      const auto key = item.first.cast<std::string>();
-      if (key != priority_key) names.push_back(key);
-    }
-    return names;
+  static Schema infer_from(const CallArguments& call, const py::str& extra_key, bool batched, PyObject** extra) {
+    std::vector<std::string> names;
+    std::vector<py::handle> values;
+    names_and_values(call, extra_key, names, values, extra);
+    return infer_schema(names, values, batched);
   }
-  static std::vector<py::handle> values_for(const py::args& args, const py::kwargs& kwargs, const char* priority_key) {
-    std::vector<py::handle> values(args.begin(), args.end());
-    for (auto item : kwargs) {
-      if (item.first.cast<std::string>() != priority_key) values.push_back(item.second);
-    }
-    return values;
+
+  static const py::str& priority_key() {
+    static const py::str key = interned("priority");
+    return key;
+  }
+  static const py::str& priorities_key() {
+    static const py::str key = interned("priorities");
+    return key;
   }
 
   // A fresh array, or the caller's out= array after checking that it fits exactly.
@@ -391,25 +436,65 @@ class NativeBuffer {
   std::unique_ptr<core::ReplayBufferInterface> engine_;  // created with the schema (given, or inferred at the first add)
 };
 
+namespace {
+
+NativeBuffer& self_of(PyObject* self) {
+  auto* instance = reinterpret_cast<py::detail::instance*>(self);
+  auto value_and_holder = instance->get_value_and_holder();
+  if (!value_and_holder.holder_constructed()) throw py::type_error("NativeReplayBuffer.__init__ was not called");
+  return *value_and_holder.value_ptr<NativeBuffer>();
+}
+
+// add and add_batch are the per-transition hot path, so they bypass pybind11's dispatcher (which
+// builds an args tuple and a kwargs dict per call) and take CPython's vectorcall arguments as they are.
+template <void (NativeBuffer::*Method)(const CallArguments&)>
+PyObject* fastcall(PyObject* self, PyObject* const* args, Py_ssize_t nargsf, PyObject* kwnames) {
+  try {
+    (self_of(self).*Method)(CallArguments{args, PyVectorcall_NARGS(nargsf), kwnames});
+    Py_RETURN_NONE;
+  } catch (py::error_already_set& error) {
+    error.restore();
+  } catch (...) {
+    py::detail::try_translate_exceptions();
+  }
+  return nullptr;
+}
+
+PyMethodDef kAddMethod = {
+    "add", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastcall<&NativeBuffer::add>)), METH_FASTCALL | METH_KEYWORDS,
+    "add(*fields, priority=None, **fields)\n\nAppends one transition (positional values in schema order, or by name)."};
+PyMethodDef kAddBatchMethod = {
+    "add_batch", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastcall<&NativeBuffer::add_batch>)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "add_batch(*columns, priorities=None, **columns)\n\nAppends rows along the leading axis; validated whole before any is written."};
+
+void add_method(py::handle cls, PyMethodDef* definition) {
+  py::object descriptor = py::reinterpret_steal<py::object>(PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), definition));
+  if (!descriptor) throw py::error_already_set();
+  py::setattr(cls, definition->ml_name, descriptor);
+}
+
+}  // namespace
+
 void bind_buffer(py::module_& m) {
-  py::class_<NativeBuffer>(m, "NativeReplayBuffer")
-      .def(py::init<py::ssize_t, const std::string&, py::object, std::optional<long long>, double, double, double, const std::string&, const std::string&, bool>(),
+  auto cls = py::class_<NativeBuffer>(m, "NativeReplayBuffer")
+      .def(py::init<py::ssize_t, const std::string&, py::object, py::object, double, double, double, const std::string&, const std::string&, bool>(),
            py::arg("capacity"), py::arg("buffer_type") = "uniform", py::kw_only(), py::arg("schema") = py::none(),
            py::arg("seed") = py::none(), py::arg("alpha") = 0.6, py::arg("beta") = 0.4, py::arg("eps") = 1e-6,
            py::arg("sampling") = "stratified", py::arg("on_full") = "error", py::arg("collect_stats") = true)
-      .def("add", &NativeBuffer::add)
-      .def("add_batch", &NativeBuffer::add_batch)
-      .def("sample", &NativeBuffer::sample, py::arg("batch_size"), py::kw_only(), py::arg("beta") = py::none(),
+      .def("sample", &Guarded<&NativeBuffer::sample>::call, py::arg("batch_size"), py::kw_only(), py::arg("beta") = py::none(),
            py::arg("out") = py::none(), py::arg("partial") = false)
-      .def("update_priorities", &NativeBuffer::update_priorities, py::arg("ids"), py::arg("priorities"))
-      .def("__len__", &NativeBuffer::size)
-      .def_property_readonly("capacity", &NativeBuffer::capacity)
-      .def_property_readonly("buffer_type", &NativeBuffer::buffer_type)
-      .def_property_readonly("schema", &NativeBuffer::schema)
-      .def_property("collect_stats", &NativeBuffer::collect_stats, &NativeBuffer::set_collect_stats)
-      .def("stats", &NativeBuffer::stats)
-      .def("_get_state", &NativeBuffer::get_state)
-      .def("_set_state", &NativeBuffer::set_state);
+      .def("update_priorities", &Guarded<&NativeBuffer::update_priorities>::call, py::arg("ids"), py::arg("priorities"))
+      .def("__len__", &Guarded<&NativeBuffer::size>::call)
+      .def_property_readonly("capacity", &Guarded<&NativeBuffer::capacity>::call)
+      .def_property_readonly("buffer_type", &Guarded<&NativeBuffer::buffer_type>::call)
+      .def_property_readonly("schema", &Guarded<&NativeBuffer::schema>::call)
+      .def_property("collect_stats", &Guarded<&NativeBuffer::collect_stats>::call, &Guarded<&NativeBuffer::set_collect_stats>::call)
+      .def("stats", &Guarded<&NativeBuffer::stats>::call)
+      .def("_get_state", &Guarded<&NativeBuffer::get_state>::call)
+      .def("_set_state", &Guarded<&NativeBuffer::set_state>::call);
+  add_method(cls, &kAddMethod);
+  add_method(cls, &kAddBatchMethod);
 }
 
 }  // namespace replay_buffer::bindings

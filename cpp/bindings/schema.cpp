@@ -104,22 +104,19 @@ Field Field::make(std::string name, py::dtype dtype, std::vector<py::ssize_t> sh
     if (extent <= 0) throw py::value_error("field '" + field.name + "': every dimension of shape " + bindings::shape_text(shape) + " must be > 0");
     count *= static_cast<std::size_t>(extent);
   }
-  // Native byte order, so rows can be copied as they are.
-  field.dtype = dtype.attr("newbyteorder")("=").cast<py::dtype>();
+  // numpy's own descriptor of the type in native byte order: rows can be copied as they are, and
+  // arrays of this dtype usually share the very same descriptor object (checked by pointer first).
+  field.dtype = py::dtype(dtype.num());
+  PyObject* key = PyUnicode_FromStringAndSize(field.name.data(), static_cast<Py_ssize_t>(field.name.size()));
+  if (key == nullptr) throw py::error_already_set();
+  PyUnicode_InternInPlace(&key);
+  field.key = py::reinterpret_steal<py::str>(key);
   field.shape = std::move(shape);
   field.row_bytes = count * static_cast<std::size_t>(field.itemsize);
   return field;
 }
 
 std::string Field::shape_text() const { return bindings::shape_text(shape); }
-
-void Columns::reserve(std::size_t fields) {
-  pointers.assign(fields, nullptr);
-  scalars_.resize(fields);
-  owners_.reserve(fields);
-}
-
-std::byte* Columns::scalar_slot(std::size_t field_index) { return reinterpret_cast<std::byte*>(scalars_[field_index].data()); }
 
 std::vector<std::string> default_names(std::size_t count) {
   if (count > 5) {
@@ -181,15 +178,15 @@ std::size_t convert_value(const Field& field, py::handle value, bool batched, Co
   if (py::isinstance<py::array>(value)) {
     auto array = py::reinterpret_borrow<py::array>(value);
     const py::ssize_t offset = batched ? 1 : 0;
-    if (array.dtype().equal(field.dtype) && (array.flags() & py::array::c_style) &&
+    PyObject* descriptor = reinterpret_cast<PyObject*>(py::detail::array_proxy(array.ptr())->descr);
+    if ((descriptor == field.dtype.ptr() || array.dtype().equal(field.dtype)) && (array.flags() & py::array::c_style) &&
         array.ndim() == static_cast<py::ssize_t>(field.shape.size()) + offset &&
         std::equal(field.shape.begin(), field.shape.end(), array.shape() + offset)) {
-      columns.pointers[field_index] = static_cast<const std::byte*>(array.data());
-      columns.keep_alive(array);
+      columns.pointers()[field_index] = static_cast<const std::byte*>(array.data());
       return batched ? static_cast<std::size_t>(array.shape(0)) : 1;
     }
   } else if (!batched && field.shape.empty() && write_python_scalar(field, value, columns.scalar_slot(field_index))) {
-    columns.pointers[field_index] = columns.scalar_slot(field_index);
+    columns.pointers()[field_index] = columns.scalar_slot(field_index);
     return 1;
   }
   // General path: let numpy convert, then check kind and shape before accepting.
@@ -215,8 +212,12 @@ std::size_t convert_value(const Field& field, py::handle value, bool batched, Co
     expected.insert(expected.begin(), shape[0]);
   }
   if (shape != expected) {
-    auto wanted = batched ? "(batch, " + field.shape_text().substr(1) : field.shape_text();
-    if (batched && field.shape.empty()) wanted = "(batch,)";
+    std::string wanted = field.shape_text();
+    if (batched) {
+      wanted = "(batch";
+      for (py::ssize_t extent : field.shape) wanted += ", " + std::to_string(extent);
+      wanted += field.shape.empty() ? ",)" : ")";
+    }
     throw py::value_error("field '" + field.name + "': expected shape " + wanted + ", got " + shape_text(shape));
   }
   if (from_python && array.dtype().kind() == 'i' && (field.kind == 'i' || field.kind == 'u')) {
@@ -227,35 +228,62 @@ std::size_t convert_value(const Field& field, py::handle value, bool batched, Co
     }
   }
   py::array converted = numpy().attr("ascontiguousarray")(array, field.dtype);
-  columns.pointers[field_index] = static_cast<const std::byte*>(converted.data());
+  columns.pointers()[field_index] = static_cast<const std::byte*>(converted.data());
   columns.keep_alive(converted);
   return batched ? static_cast<std::size_t>(shape[0]) : 1;
 }
 
-std::vector<py::handle> match_fields(const Schema& schema, const py::args& args, const py::kwargs& kwargs, const char* priority_key) {
-  if (args.size() > schema.size()) {
-    throw py::value_error("got " + std::to_string(args.size()) + " positional values but the buffer has " +
-                          std::to_string(schema.size()) + " fields");
+namespace {
+
+bool same_name(PyObject* a, PyObject* b) { return a == b || PyUnicode_Compare(a, b) == 0; }
+
+}  // namespace
+
+void match_fields(const Schema& schema, const CallArguments& call, const py::str& extra_key, PyObject** values, PyObject** extra) {
+  const auto fields = static_cast<Py_ssize_t>(schema.size());
+  if (call.nargs > fields) {
+    throw py::value_error("got " + std::to_string(call.nargs) + " positional values but the buffer has " + std::to_string(fields) + " fields");
   }
-  std::vector<py::handle> values(schema.size());
-  for (std::size_t i = 0; i < args.size(); ++i) values[i] = args[i];
-  for (auto item : kwargs) {
-    const auto key = item.first.cast<std::string>();
-    if (key == priority_key) continue;
-    std::size_t index = 0;
-    while (index < schema.size() && schema[index].name != key) ++index;
-    if (index == schema.size()) {
+  for (Py_ssize_t i = 0; i < fields; ++i) values[i] = i < call.nargs ? call.args[i] : nullptr;
+  for (Py_ssize_t k = 0; k < call.num_keywords(); ++k) {
+    PyObject* name = call.keyword_name(k);
+    if (same_name(name, extra_key.ptr())) {
+      *extra = call.keyword_value(k);
+      continue;
+    }
+    Py_ssize_t index = 0;
+    while (index < fields && !same_name(name, schema[index].key.ptr())) ++index;
+    if (index == fields) {
       std::string known;
       for (const Field& field : schema) known += (known.empty() ? "" : ", ") + field.name;
-      throw py::value_error("unknown field '" + key + "' (the buffer's fields are: " + known + ")");
+      throw py::value_error("unknown field '" + py::reinterpret_borrow<py::str>(name).cast<std::string>() +
+                            "' (the buffer's fields are: " + known + ")");
     }
-    if (values[index]) throw py::type_error("field '" + key + "' given twice");
-    values[index] = item.second;
+    if (values[index] != nullptr) throw py::type_error("field '" + schema[index].name + "' given twice");
+    values[index] = call.keyword_value(k);
   }
-  for (std::size_t i = 0; i < schema.size(); ++i) {
-    if (!values[i]) throw py::value_error("missing field '" + schema[i].name + "'");
+  for (Py_ssize_t i = 0; i < fields; ++i) {
+    if (values[i] == nullptr) throw py::value_error("missing field '" + schema[i].name + "'");
   }
-  return values;
+}
+
+void names_and_values(const CallArguments& call, const py::str& extra_key, std::vector<std::string>& names,
+                      std::vector<py::handle>& values, PyObject** extra) {
+  names = default_names(static_cast<std::size_t>(call.nargs));
+  values.assign(call.args, call.args + call.nargs);
+  for (Py_ssize_t k = 0; k < call.num_keywords(); ++k) {
+    PyObject* name = call.keyword_name(k);
+    if (same_name(name, extra_key.ptr())) {
+      *extra = call.keyword_value(k);
+      continue;
+    }
+    names.push_back(py::reinterpret_borrow<py::str>(name).cast<std::string>());
+    for (std::size_t i = 0; i + 1 < names.size(); ++i) {
+      if (names[i] == names.back()) throw py::type_error("field '" + names.back() + "' given twice");
+    }
+    values.push_back(call.keyword_value(k));
+  }
+  if (names.empty()) throw py::value_error("no fields given: pass state, action, reward, next_state, done (or schema= fields)");
 }
 
 }  // namespace replay_buffer::bindings

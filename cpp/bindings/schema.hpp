@@ -14,6 +14,7 @@
 #include <pybind11/pybind11.h>
 
 #include <array>
+#include <cstdint>
 #include <cstddef>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@ namespace py = pybind11;
 
 struct Field {
   std::string name;
+  py::str key;                     // interned name: compared by pointer with keyword names and dict keys
   py::dtype dtype;
   std::vector<py::ssize_t> shape;  // per row
   std::size_t row_bytes = 0;
@@ -37,19 +39,47 @@ struct Field {
 using Schema = std::vector<Field>;
 
 // The field values of one add()/add_batch() call, converted and validated, in schema order.
+// Values already in the right layout are used in place (the caller's arguments outlive the call);
+// converted copies are owned here. Up to kInline fields need no heap allocation.
 class Columns {
  public:
-  std::size_t rows = 0;
-  std::vector<const std::byte*> pointers;  // one per field: `rows` contiguous rows
+  static constexpr std::size_t kInline = 8;
 
-  void reserve(std::size_t fields);
-  // For a scalar converted in place: storage that lives as long as this object.
-  std::byte* scalar_slot(std::size_t field_index);
+  explicit Columns(std::size_t fields) : fields_(fields) {
+    if (fields > kInline) {
+      heap_pointers_.resize(fields);
+      heap_scalars_.resize(fields);
+    }
+  }
+  Columns(const Columns&) = delete;
+  Columns& operator=(const Columns&) = delete;
+
+  const std::byte** pointers() { return fields_ > kInline ? heap_pointers_.data() : inline_pointers_.data(); }
+  // Storage for a scalar converted in place, living as long as this object.
+  std::byte* scalar_slot(std::size_t field_index) {
+    auto& slot = fields_ > kInline ? heap_scalars_[field_index] : inline_scalars_[field_index];
+    return reinterpret_cast<std::byte*>(slot.data());
+  }
   void keep_alive(py::object owner) { owners_.push_back(std::move(owner)); }
 
  private:
-  std::vector<std::array<std::uint64_t, 2>> scalars_;
+  std::size_t fields_;
+  std::array<const std::byte*, kInline> inline_pointers_{};
+  std::array<std::array<std::uint64_t, 2>, kInline> inline_scalars_{};
+  std::vector<const std::byte*> heap_pointers_;
+  std::vector<std::array<std::uint64_t, 2>> heap_scalars_;
   std::vector<py::object> owners_;
+};
+
+// Arguments of a vectorcall (METH_FASTCALL | METH_KEYWORDS): borrowed, alive for the whole call.
+struct CallArguments {
+  PyObject* const* args;
+  Py_ssize_t nargs;
+  PyObject* kwnames;  // tuple of keyword names (their values follow the positional ones), or null
+
+  Py_ssize_t num_keywords() const { return kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames); }
+  PyObject* keyword_name(Py_ssize_t i) const { return PyTuple_GET_ITEM(kwnames, i); }
+  PyObject* keyword_value(Py_ssize_t i) const { return args[nargs + i]; }
 };
 
 // Infers a schema from the values of a first add (batched: the leading axis is the batch).
@@ -62,7 +92,13 @@ Schema parse_schema(const py::handle& mapping);
 std::size_t convert_value(const Field& field, py::handle value, bool batched, Columns& columns, std::size_t field_index);
 
 // Orders positional and keyword values by schema, rejecting missing, unknown and duplicate fields.
-std::vector<py::handle> match_fields(const Schema& schema, const py::args& args, const py::kwargs& kwargs, const char* priority_key);
+// The keyword `extra_key` (priority/priorities) is not a field: its value, if any, goes to *extra.
+void match_fields(const Schema& schema, const CallArguments& call, const py::str& extra_key, PyObject** values, PyObject** extra);
+
+// Field names and values of a first call, before any schema exists (positional ones take the
+// transition names state, action, reward, next_state, done).
+void names_and_values(const CallArguments& call, const py::str& extra_key, std::vector<std::string>& names,
+                      std::vector<py::handle>& values, PyObject** extra);
 
 // Names for positional values when no schema exists yet: the five transition fields.
 std::vector<std::string> default_names(std::size_t count);

@@ -82,27 +82,38 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     core::Random rng(seed_ ^ (0x9E3779B97F4A7C15ull * (sample_calls_.value.fetch_add(1, std::memory_order_relaxed) + 1)));
     const std::size_t cap = store_.capacity();
     const std::size_t columns = store_.num_columns();
-    for (std::size_t i = 0; i < request.batch_size; ++i) {
+    // Slots are drawn a chunk ahead and prefetched, so the cache misses of a chunk overlap.
+    constexpr std::size_t kChunk = 32;
+    std::size_t chunk_slots[kChunk];
+    for (std::size_t begin = 0; begin < request.batch_size; begin += kChunk) {
+      const std::size_t end = std::min(begin + kChunk, request.batch_size);
       const std::size_t live = static_cast<std::size_t>(std::min<std::uint64_t>(claimed_.value.load(std::memory_order_relaxed), cap));
-      std::size_t slot = rng.below(live);
-      for (;;) {
-        const std::uint64_t before = guards_[slot].version.load(std::memory_order_acquire);
-        if (before == 0) {  // claimed but not yet written: draw another slot
-          slot = rng.below(live);
-          continue;
-        }
-        if (before & 1) {  // a writer is copying: wait for it
-          REPLAY_BUFFER_CPU_RELAX();
-          continue;
-        }
-        for (std::size_t c = 0; c < columns; ++c) {
-          memory::copy_row(destinations[c] + i * store_.row_bytes(c), store_.row(c, slot), store_.row_bytes(c));
-        }
-        // acquire fence: the copy above completes before the version is read again (seqlock read side).
-        std::atomic_thread_fence(std::memory_order_acquire);
-        if (guards_[slot].version.load(std::memory_order_relaxed) == before) {
-          if (request.ids != nullptr) request.ids[i] = static_cast<std::int64_t>(before / 2 - 1);
-          break;
+      for (std::size_t i = begin; i < end; ++i) {
+        const std::size_t slot = chunk_slots[i - begin] = rng.below(live);
+        __builtin_prefetch(&guards_[slot]);
+        store_.prefetch_row(slot);
+      }
+      for (std::size_t i = begin; i < end; ++i) {
+        std::size_t slot = chunk_slots[i - begin];
+        for (;;) {
+          const std::uint64_t before = guards_[slot].version.load(std::memory_order_acquire);
+          if (before == 0) {  // claimed but not yet written: draw another slot
+            slot = rng.below(live);
+            continue;
+          }
+          if (before & 1) {  // a writer is copying: wait for it
+            REPLAY_BUFFER_CPU_RELAX();
+            continue;
+          }
+          for (std::size_t c = 0; c < columns; ++c) {
+            memory::copy_row(destinations[c] + i * store_.row_bytes(c), store_.row(c, slot), store_.row_bytes(c));
+          }
+          // acquire fence: the copy above completes before the version is read again (seqlock read side).
+          std::atomic_thread_fence(std::memory_order_acquire);
+          if (guards_[slot].version.load(std::memory_order_relaxed) == before) {
+            if (request.ids != nullptr) request.ids[i] = static_cast<std::int64_t>(before / 2 - 1);
+            break;
+          }
         }
       }
     }

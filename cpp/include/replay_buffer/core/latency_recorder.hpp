@@ -19,6 +19,16 @@ class LatencyRecorder {
   static constexpr int kSubBits = 3;
   static constexpr int kBuckets = 64 << kSubBits;
 
+  // True for every kTimedCallInterval-th call. The count is a relaxed load and store, not a
+  // read-modify-write: concurrent callers may lose an increment, which only shifts which calls are
+  // timed, and no locked instruction lands on the hot path.
+  static constexpr std::uint64_t kTimedCallInterval = 8;
+  bool should_time() noexcept {
+    const std::uint64_t call = calls_.load(std::memory_order_relaxed);
+    calls_.store(call + 1, std::memory_order_relaxed);
+    return call % kTimedCallInterval == 0;
+  }
+
   void record(std::uint64_t nanoseconds) noexcept {
     buckets_[bucket_of(nanoseconds)].fetch_add(1, std::memory_order_relaxed);
   }
@@ -57,14 +67,18 @@ class LatencyRecorder {
   }
 
   std::array<std::atomic<std::uint64_t>, kBuckets> buckets_{};
+  std::atomic<std::uint64_t> calls_{0};
 };
 
-// Times one scope into a recorder when monitoring is on; a disabled timer reads no clock.
+// Times one scope into a recorder. Reading the clock twice costs ~70 ns here, as much as a whole
+// single-row add, so only every 8th call to a recorder is timed (LatencyRecorder::should_time):
+// percentiles of a 1-in-8 systematic sample serve monitoring as well, at 1/8 of the cost.
+// A disabled or skipped timer reads no clock.
 class ScopedTimer {
  public:
   ScopedTimer(LatencyRecorder& recorder, bool enabled) noexcept
-      : recorder_(enabled ? &recorder : nullptr),
-        start_(enabled ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{}) {}
+      : recorder_(enabled && recorder.should_time() ? &recorder : nullptr),
+        start_(recorder_ != nullptr ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{}) {}
   ~ScopedTimer() {
     if (recorder_ != nullptr) {
       const auto elapsed = std::chrono::steady_clock::now() - start_;

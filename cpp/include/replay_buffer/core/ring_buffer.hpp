@@ -85,13 +85,15 @@ class RingBuffer final : public ReplayBufferInterface {
     }
     if constexpr (Selector::kPrioritized) {
       const double total = selector_.total();
-      const double min_mass = selector_.min_positive();
+      const double log_min_mass = std::log(selector_.min_positive());
       for (std::size_t i = 0; i < n; ++i) {
         const double mass = selector_.mass(slots_[i]);
         if (request.masses != nullptr) request.masses[i] = mass;
         if (request.probabilities != nullptr) request.probabilities[i] = mass / total;
         // w_i = (N * P(i))^-beta / max_j (N * P(j))^-beta = (mass_i / min_mass)^-beta.
-        if (request.weights != nullptr) request.weights[i] = static_cast<float>(std::pow(mass / min_mass, -request.beta));
+        if (request.weights != nullptr) {
+          request.weights[i] = static_cast<float>(std::exp(-request.beta * (std::log(mass) - log_min_mass)));
+        }
       }
     }
     samples_ += n;

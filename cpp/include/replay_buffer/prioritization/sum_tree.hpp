@@ -94,17 +94,24 @@ class SumTree {
       for (std::size_t i = 0; i < n; ++i) {
         const double* children = sums + leaves[i] * kFanout;
         double remaining = scratch_targets_[i];
-        std::size_t chosen = kFanout;
-        std::size_t last_positive = 0;
+        // Branch-free: count the children whose running sum is <= the target (a data-dependent
+        // branch per child would mispredict about once per node). A zero child never counts as
+        // chosen: its running sum equals its left neighbour's.
+        double prefix[kFanout];
+        double running = 0.0;
+        std::size_t chosen = 0;
         for (std::size_t j = 0; j < kFanout; ++j) {
-          if (children[j] > 0.0) last_positive = j;
-          if (remaining < children[j]) { chosen = j; break; }
-          remaining -= children[j];
+          running += children[j];
+          prefix[j] = running;
+          chosen += running <= remaining ? 1 : 0;
         }
-        if (chosen == kFanout) {
+        if (chosen == kFanout || children[chosen] <= 0.0) {
           // Rounding carried the target past the last positive child: take that child.
-          chosen = last_positive;
+          chosen = kFanout - 1;
+          while (chosen > 0 && children[chosen] <= 0.0) --chosen;
           remaining = children[chosen] * 0.5;
+        } else {
+          remaining -= chosen > 0 ? prefix[chosen - 1] : 0.0;
         }
         scratch_targets_[i] = remaining;
         leaves[i] = leaves[i] * kFanout + chosen;
