@@ -1,0 +1,47 @@
+"""Type stubs of the private compiled module (see ray_replay.buffer for the documented facade)."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+class BufferFullError(RuntimeError): ...
+
+class NativeReplayBuffer:
+    def __init__(
+        self,
+        capacity: int,
+        buffer_type: str = "uniform",
+        *,
+        schema: Mapping[str, tuple[Any, Any]] | None = None,
+        seed: int | None = None,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        eps: float = 1e-6,
+        sampling: str = "stratified",
+        on_full: str = "error",
+        collect_stats: bool = True,
+    ) -> None: ...
+    def add(self, *fields: Any, priority: float | None = None, **named_fields: Any) -> None: ...
+    def add_batch(self, *columns: npt.ArrayLike, priorities: npt.ArrayLike | None = None, **named_columns: npt.ArrayLike) -> None: ...
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        beta: float | None = None,
+        out: Mapping[str, np.ndarray] | None = None,
+        partial: bool = False,
+    ) -> dict[str, np.ndarray]: ...
+    def update_priorities(self, ids: npt.ArrayLike, priorities: npt.ArrayLike) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def buffer_type(self) -> str: ...
+    @property
+    def schema(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]: ...
+    collect_stats: bool
+    def stats(self) -> dict[str, Any]: ...
+    def _get_state(self) -> dict[str, Any]: ...
+    def _set_state(self, state: Mapping[str, Any]) -> None: ...
