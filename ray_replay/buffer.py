@@ -6,12 +6,14 @@ inherited without a Python frame in between; this module adds construction, pick
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 
 from ray_replay import _core
+from ray_replay.persistence import CorruptFileError, read_state, write_state
 
 __all__ = ["BUFFER_TYPES", "BufferType", "ReplayBuffer"]
 
@@ -89,6 +91,25 @@ class ReplayBuffer(_core.NativeReplayBuffer):
     def from_state(cls, state: Mapping[str, Any]) -> ReplayBuffer:
         """Rebuilds a buffer from :meth:`get_state`."""
         return _restore(cls, dict(state))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the buffer to ``path`` atomically (see ray_replay.persistence for the format).
+
+        The lock-free buffer must not be added to while it is saved.
+        """
+        write_state(self._get_state(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ReplayBuffer:
+        """Reads a buffer written by :meth:`save`: contents, priorities, counters and random state.
+
+        Raises CorruptFileError (a ValueError) for anything but an intact buffer file.
+        """
+        state = read_state(path)
+        try:
+            return _restore(cls, state)
+        except (ValueError, TypeError) as error:
+            raise CorruptFileError(f"{path}: inconsistent buffer file ({error})") from None
 
 
 def _restore(cls: type[ReplayBuffer], state: dict[str, Any]) -> ReplayBuffer:

@@ -1,0 +1,181 @@
+"""The ray_replay buffer file: a versioned binary format that loading can trust without running code.
+
+Layout (all integers little-endian)::
+
+    offset 0   8 bytes   magic b"RRBUF\\x00\\r\\n" (the CR/LF catch text-mode mangling)
+    offset 8   uint32    format version (1)
+    offset 12  uint32    header length H (at most 1 MiB)
+    offset 16  uint32    CRC-32 of the header
+    offset 20  H bytes   header: UTF-8 JSON (configuration, schema, counters, random state and,
+                         per section, its offset, length and CRC-32)
+    then       sections  raw C-order rows of each column (oldest row first), then the priority
+                         masses (float64) of a prioritized buffer; each section starts 64-byte aligned
+
+No pickle: a file is data only. Every length, offset, dtype and shape is checked against the file
+and the schema before anything is allocated or copied, so a truncated, corrupted or hostile file
+raises CorruptFileError (a ValueError) and never crashes or allocates what the file cannot hold.
+Writes are atomic: a temporary file in the same folder, fsync, then rename over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "CorruptFileError", "read_state", "write_state"]
+
+MAGIC = b"RRBUF\x00\r\n"
+FORMAT_VERSION = 1
+_PREAMBLE = struct.Struct("<8sIII")
+_MAX_HEADER_BYTES = 1 << 20
+_ALIGNMENT = 64
+_MAX_RESERVED_BYTES = 1 << 42
+_ALLOWED_KINDS = {"b", "i", "u", "f"}
+_COUNTERS = ("total_adds", "samples", "sample_calls", "evictions", "rejected", "priority_updates", "stale_priority_updates")
+_CONFIG = ("capacity", "buffer_type", "seed", "alpha", "beta", "eps", "sampling", "on_full", "collect_stats")
+
+
+class CorruptFileError(ValueError):
+    """The file is not a valid ray_replay buffer file (truncated, corrupted or not one at all)."""
+
+
+def _align(offset: int) -> int:
+    return -(-offset // _ALIGNMENT) * _ALIGNMENT
+
+
+def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Writes a buffer state (``ReplayBuffer.get_state()``) to ``path`` atomically."""
+    path = Path(path)
+    arrays: list[tuple[str, np.ndarray]] = []
+    if "columns" in state:
+        arrays = [(name, np.ascontiguousarray(state["columns"][name])) for name, _, _ in state["schema"]]
+        arrays.append(("__masses__", np.ascontiguousarray(state["masses"], dtype="<f8")))
+    header: dict[str, Any] = {key: state[key] for key in _CONFIG}
+    header["schema"] = [[name, list(shape), np.dtype(dtype).newbyteorder("<").str] for name, shape, dtype in state["schema"]]
+    if arrays:
+        header.update({key: int(state[key]) for key in _COUNTERS})
+        header["max_priority"] = float(state["max_priority"])
+        header["random"] = [int(word) for word in state["random"]]
+        header["rows"] = int(len(arrays[0][1]))
+    # Section offsets depend on the header's length, which depends on the offsets: two passes.
+    sections: list[dict[str, Any]] = []
+    header["sections"] = sections
+    for _ in range(2):
+        offset = _align(_PREAMBLE.size + len(json.dumps(header).encode()))
+        sections.clear()
+        for name, array in arrays:
+            sections.append({"name": name, "offset": offset, "nbytes": array.nbytes, "crc32": zlib.crc32(array) if array.nbytes else 0})
+            offset = _align(offset + array.nbytes)
+    encoded = json.dumps(header).encode()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(encoded), zlib.crc32(encoded)))
+            file.write(encoded)
+            for section, (_, array) in zip(sections, arrays):
+                file.write(b"\0" * (section["offset"] - file.tell()))
+                file.write(memoryview(array).cast("B"))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise CorruptFileError(message)
+
+
+def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Reads and verifies a buffer file; returns a state for ``ReplayBuffer.from_state``.
+
+    Column arrays are read-only views of a memory map of the file; the buffer copies them in.
+    """
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        _require(size >= _PREAMBLE.size, f"{path}: too short to be a ray_replay buffer file ({size} bytes)")
+        view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    magic, version, header_length, header_crc = _PREAMBLE.unpack_from(view, 0)
+    _require(magic == MAGIC, f"{path}: not a ray_replay buffer file (bad magic)")
+    _require(version == FORMAT_VERSION, f"{path}: format version {version} is not supported (this ray_replay reads {FORMAT_VERSION})")
+    _require(header_length <= _MAX_HEADER_BYTES, f"{path}: header length {header_length} exceeds {_MAX_HEADER_BYTES}")
+    _require(_PREAMBLE.size + header_length <= size, f"{path}: truncated inside the header")
+    encoded = view[_PREAMBLE.size : _PREAMBLE.size + header_length]
+    _require(zlib.crc32(encoded) == header_crc, f"{path}: header checksum mismatch")
+    try:
+        header = json.loads(encoded)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptFileError(f"{path}: header is not valid JSON ({error})") from None
+    try:
+        return _state_from(header, view, size, str(path))
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
+        if isinstance(error, CorruptFileError):
+            raise
+        raise CorruptFileError(f"{path}: malformed header ({type(error).__name__}: {error})") from None
+
+
+def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -> dict[str, Any]:
+    _require(isinstance(header, dict), f"{path}: header is not an object")
+    state: dict[str, Any] = {key: header[key] for key in _CONFIG}
+    capacity = state["capacity"]
+    _require(isinstance(capacity, int) and 0 < capacity < 1 << 48, f"{path}: capacity {capacity!r} is out of range")
+    schema = []
+    row_bytes = []
+    for name, shape, dtype_text in header["schema"]:
+        dtype = np.dtype(str(dtype_text))
+        _require(dtype.kind in _ALLOWED_KINDS and dtype.str.startswith(("<", "|")), f"{path}: field {name!r} has dtype {dtype_text!r}")
+        _require(all(isinstance(n, int) and 0 < n < 1 << 31 for n in shape), f"{path}: field {name!r} has shape {shape!r}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        _require(0 < nbytes < 1 << 31, f"{path}: field {name!r} rows of {nbytes} bytes")
+        schema.append((str(name), tuple(shape), dtype.newbyteorder("=")))
+        row_bytes.append(nbytes)
+    state["schema"] = schema
+    _require(capacity * sum(row_bytes) <= _MAX_RESERVED_BYTES, f"{path}: capacity {capacity} x {sum(row_bytes)} bytes per row exceeds 4 TiB")
+    if "rows" not in header:
+        _require(not header.get("sections"), f"{path}: sections without rows")
+        return state
+    rows = header["rows"]
+    _require(isinstance(rows, int) and 0 <= rows <= capacity, f"{path}: {rows!r} rows for capacity {capacity}")
+    sections = header["sections"]
+    _require(len(sections) == len(schema) + 1, f"{path}: expected {len(schema) + 1} sections, found {len(sections)}")
+    expected_names = [name for name, _, _ in schema] + ["__masses__"]
+    masses_rows = rows if state["buffer_type"] == "prioritized" else 0
+    columns = {}
+    for section, name, field_bytes in zip(sections, expected_names, row_bytes + [8]):
+        _require(section["name"] == name, f"{path}: section {section['name']!r} where {name!r} was expected")
+        expected_nbytes = (masses_rows if name == "__masses__" else rows) * field_bytes
+        offset, nbytes = section["offset"], section["nbytes"]
+        _require(nbytes == expected_nbytes, f"{path}: section {name!r} holds {nbytes} bytes, expected {expected_nbytes}")
+        _require(isinstance(offset, int) and offset % _ALIGNMENT == 0 and 0 <= offset and offset + nbytes <= size,
+                 f"{path}: section {name!r} lies outside the file (truncated?)")
+        data = memoryview(view)[offset : offset + nbytes]
+        _require(zlib.crc32(data) == section["crc32"], f"{path}: checksum mismatch in section {name!r}")
+        if name == "__masses__":
+            state["masses"] = np.frombuffer(data, dtype="<f8")
+        else:
+            _, shape, dtype = schema[len(columns)]
+            columns[name] = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape((rows, *shape))
+    state["columns"] = columns
+    for key in _COUNTERS:
+        value = header[key]
+        _require(isinstance(value, int) and 0 <= value < 1 << 64, f"{path}: counter {key} = {value!r}")
+        state[key] = value
+    state["max_priority"] = float(header["max_priority"])
+    random = header["random"]
+    _require(len(random) == 4 and all(isinstance(w, int) and 0 <= w < 1 << 64 for w in random), f"{path}: bad random state")
+    state["random"] = np.array(random, dtype=np.uint64)
+    return state
+

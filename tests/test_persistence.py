@@ -1,0 +1,135 @@
+"""save/load: exact round trips for every buffer type, atomic writes, and files that must be refused."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from helpers import SCHEMA, transitions
+
+from ray_replay import BUFFER_TYPES, ReplayBuffer
+from ray_replay.persistence import MAGIC, CorruptFileError
+
+
+def filled(buffer_type: str, capacity: int = 64) -> ReplayBuffer:
+    buf = ReplayBuffer(capacity, buffer_type, schema=SCHEMA, seed=4)
+    buf.add_batch(**transitions(50 if buffer_type == "fifo" else 100))
+    buf.sample(8)
+    if buffer_type == "prioritized":
+        batch = buf.sample(8)
+        buf.update_priorities(batch["ids"], np.linspace(0.0, 2.0, 8))
+    return buf
+
+
+@pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
+def test_round_trip_is_exact_including_sampling_after_load(buffer_type, tmp_path):
+    buf = filled(buffer_type)
+    path = tmp_path / "buffer.rrb"
+    buf.save(path)
+    loaded = ReplayBuffer.load(path)
+    assert loaded.buffer_type == buffer_type and loaded.capacity == buf.capacity and loaded.schema == buf.schema
+    assert {k: v for k, v in loaded.stats().items() if "_ns" not in k} == {k: v for k, v in buf.stats().items() if "_ns" not in k}
+    original, restored = buf.get_state(), loaded.get_state()
+    for name in SCHEMA:
+        np.testing.assert_array_equal(restored["columns"][name], original["columns"][name])
+    np.testing.assert_array_equal(restored["masses"], original["masses"])
+    np.testing.assert_array_equal(restored["random"], original["random"])
+    for _ in range(3):
+        a, b = buf.sample(8), loaded.sample(8)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_an_empty_buffer_round_trips(tmp_path):
+    ReplayBuffer(10, "prioritized", alpha=0.3).save(tmp_path / "empty.rrb")
+    loaded = ReplayBuffer.load(tmp_path / "empty.rrb")
+    assert len(loaded) == 0 and loaded.schema == {}
+    loaded.add(1.0, 2)
+    assert len(loaded) == 1
+
+
+def test_save_replaces_the_file_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "buffer.rrb"
+    filled("uniform").save(path)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk died")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk died"):
+        filled("prioritized").save(path)
+    assert path.read_bytes() == before  # the previous file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["buffer.rrb"]  # no temporary left behind
+
+
+def valid_file(tmp_path) -> bytes:
+    path = tmp_path / "valid.rrb"
+    filled("prioritized").save(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda data: b"", "too short"),
+        (lambda data: data[:10], "too short"),
+        (lambda data: b"PK\x03\x04" + data[4:], "bad magic"),
+        (lambda data: data[:8] + (99).to_bytes(4, "little") + data[12:], "version 99"),
+        (lambda data: data[:12] + (2**31).to_bytes(4, "little") + data[16:], "header length"),
+        (lambda data: data[:30] + bytes([data[30] ^ 1]) + data[31:], "header checksum"),
+        (lambda data: data[: len(data) // 2], "truncated|outside the file"),
+        (lambda data: data[:-1] + bytes([data[-1] ^ 0xFF]), "checksum mismatch in section"),
+    ],
+)
+def test_damaged_files_are_refused(tmp_path, mangle, message):
+    path = tmp_path / "bad.rrb"
+    path.write_bytes(mangle(valid_file(tmp_path)))
+    with pytest.raises(CorruptFileError, match=message):
+        ReplayBuffer.load(path)
+
+
+def test_fuzzed_files_never_crash(tmp_path):
+    """Random mutations of a valid file: each loads cleanly or raises CorruptFileError, nothing else."""
+    data = bytearray(valid_file(tmp_path))
+    rng = np.random.default_rng(0)
+    path = tmp_path / "fuzz.rrb"
+    outcomes = {"refused": 0, "loaded": 0}
+    for trial in range(300):
+        mutated = bytearray(data)
+        kind = trial % 4
+        if kind == 0:  # flip bits anywhere
+            for position in rng.integers(0, len(mutated), size=rng.integers(1, 8)):
+                mutated[position] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:  # truncate
+            mutated = mutated[: int(rng.integers(0, len(mutated)))]
+        elif kind == 2:  # random garbage with a valid magic
+            mutated = bytearray(MAGIC + rng.bytes(int(rng.integers(0, 4096))))
+        else:  # rewrite a header number (JSON stays well formed, values are hostile)
+            text = bytes(mutated[20:200])
+            digits = [i for i, c in enumerate(text) if chr(c).isdigit()]
+            position = 20 + digits[int(rng.integers(0, len(digits)))]
+            mutated[position] = ord("9")
+        path.write_bytes(bytes(mutated))
+        try:
+            ReplayBuffer.load(path)
+            outcomes["loaded"] += 1
+        except CorruptFileError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 250
+
+
+def test_a_hostile_but_consistent_header_cannot_force_an_allocation(tmp_path):
+    import json
+    import struct
+    import zlib
+
+    header = {"capacity": 2**60, "buffer_type": "uniform", "seed": 0, "alpha": 0.6, "beta": 0.4, "eps": 1e-6,
+              "sampling": "stratified", "on_full": "error", "collect_stats": True, "schema": [["x", [2**30], "<f8"]],
+              "sections": []}
+    encoded = json.dumps(header).encode()
+    path = tmp_path / "hostile.rrb"
+    path.write_bytes(struct.pack("<8sIII", MAGIC, 1, len(encoded), zlib.crc32(encoded)) + encoded)
+    with pytest.raises(CorruptFileError, match="capacity"):
+        ReplayBuffer.load(path)
