@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 JOBS ?= 2
 ARGS ?=
 
-.PHONY: all install test test-cpp test-python demo bench clean
+.PHONY: all install test test-cpp test-asan test-tsan test-python demo bench clean
 
 all: test
 
@@ -24,15 +24,30 @@ $(VENV)/.build-tools: pyproject.toml | $(PY)
 install: $(VENV)/.build-tools
 	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) install --quiet --no-build-isolation ".[test]"
 
-test-cpp: | $(PY)
-	$(VENV)/bin/cmake -S . -B build/cpp -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREPLAY_BUFFER_BUILD_TESTS=ON > build-cpp.log 2>&1 || (cat build-cpp.log; exit 1)
-	$(VENV)/bin/cmake --build build/cpp -j $(JOBS)
-	cd build/cpp && ctest --output-on-failure
+# C++ tests: plain, then under AddressSanitizer + UBSan, then ThreadSanitizer (build/cpp-<variant>).
+define cpp_tests
+	$(VENV)/bin/cmake -S . -B build/cpp$(1) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREPLAY_BUFFER_BUILD_TESTS=ON -DREPLAY_BUFFER_SANITIZE=$(2) > build/cmake$(1).log 2>&1 || (cat build/cmake$(1).log; exit 1)
+	$(VENV)/bin/cmake --build build/cpp$(1) -j $(JOBS)
+	cd build/cpp$(1) && $(VENV_ABS)/bin/ctest --output-on-failure
+endef
+VENV_ABS := $(abspath $(VENV))
+
+test-cpp: $(VENV)/.build-tools
+	mkdir -p build
+	$(call cpp_tests,,)
+
+test-asan: $(VENV)/.build-tools
+	mkdir -p build
+	$(call cpp_tests,-asan,address)
+
+test-tsan: $(VENV)/.build-tools
+	mkdir -p build
+	$(call cpp_tests,-tsan,thread)
 
 test-python: install
 	$(VENV)/bin/pytest $(ARGS)
 
-test: install test-cpp test-python
+test: install test-cpp test-asan test-tsan test-python
 
 demo: install
 	$(PY) -m ray_replay demo $(ARGS)
@@ -42,4 +57,4 @@ bench: install
 	$(PY) benchmarks/local.py $(ARGS)
 
 clean:
-	rm -rf build $(VENV) build-cpp.log
+	rm -rf build $(VENV)

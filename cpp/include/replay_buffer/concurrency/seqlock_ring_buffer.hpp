@@ -38,7 +38,45 @@
 #define REPLAY_BUFFER_CPU_RELAX() ((void)0)
 #endif
 
+#if defined(__SANITIZE_THREAD__)
+#define REPLAY_BUFFER_THREAD_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define REPLAY_BUFFER_THREAD_SANITIZER 1
+#endif
+#endif
+
 namespace replay_buffer::concurrency {
+
+// Copies a row that another thread may be writing at the same time (the seqlock's intended race).
+// Normal builds use plain copies, whose torn results the version check discards, ordered by the
+// fences below. ThreadSanitizer builds (which support no fences) copy byte by byte with atomics
+// instead: acquire loads on the reading side, release stores on the writing side, which order the
+// copy against the version checks by themselves. TSan then checks everything else without
+// reporting this race.
+inline void racy_copy(std::byte* destination, const std::byte* source, std::size_t bytes, bool writer) noexcept {
+#if defined(REPLAY_BUFFER_THREAD_SANITIZER)
+  auto* out = reinterpret_cast<unsigned char*>(destination);
+  auto* in = reinterpret_cast<const unsigned char*>(source);
+  for (std::size_t i = 0; i < bytes; ++i) {
+    if (writer) {
+      __atomic_store_n(out + i, in[i], __ATOMIC_RELEASE);
+    } else {
+      out[i] = __atomic_load_n(in + i, __ATOMIC_ACQUIRE);
+    }
+  }
+#else
+  (void)writer;
+  memory::copy_row(destination, source, bytes);
+#endif
+}
+
+// The seqlock's fences (see racy_copy for ThreadSanitizer builds).
+inline void seqlock_fence([[maybe_unused]] std::memory_order order) noexcept {
+#if !defined(REPLAY_BUFFER_THREAD_SANITIZER)
+  std::atomic_thread_fence(order);
+#endif
+}
 
 // One counter per cache line, so writers bumping `claimed_` do not slow readers of other counters.
 struct alignas(memory::kCacheLineBytes) PaddedCounter {
@@ -81,7 +119,6 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     // reproducible for a single thread, no shared generator state between threads.
     core::Random rng(seed_ ^ (0x9E3779B97F4A7C15ull * (sample_calls_.value.fetch_add(1, std::memory_order_relaxed) + 1)));
     const std::size_t cap = store_.capacity();
-    const std::size_t columns = store_.num_columns();
     // Slots are drawn a chunk ahead and prefetched, so the cache misses of a chunk overlap.
     constexpr std::size_t kChunk = 32;
     std::size_t chunk_slots[kChunk];
@@ -105,11 +142,9 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
             REPLAY_BUFFER_CPU_RELAX();
             continue;
           }
-          for (std::size_t c = 0; c < columns; ++c) {
-            memory::copy_row(destinations[c] + i * store_.row_bytes(c), store_.row(c, slot), store_.row_bytes(c));
-          }
+          copy_out(slot, destinations, i);
           // acquire fence: the copy above completes before the version is read again (seqlock read side).
-          std::atomic_thread_fence(std::memory_order_acquire);
+          seqlock_fence(std::memory_order_acquire);
           if (guards_[slot].version.load(std::memory_order_relaxed) == before) {
             if (request.ids != nullptr) request.ids[i] = static_cast<std::int64_t>(before / 2 - 1);
             break;
@@ -210,14 +245,23 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
       if (version.compare_exchange_weak(current, current | 1, std::memory_order_acquire, std::memory_order_relaxed)) break;
     }
     // release fence: the odd version is visible before any byte of the new row (seqlock write side).
-    std::atomic_thread_fence(std::memory_order_release);
+    seqlock_fence(std::memory_order_release);
     if (current != 0) evictions_.value.fetch_add(1, std::memory_order_relaxed);
-    for (std::size_t c = 0; c < store_.num_columns(); ++c) {
-      memory::copy_row(store_.row(c, slot), sources[c] + index * store_.row_bytes(c), store_.row_bytes(c));
-    }
+    copy_in(slot, sources, index);
     // release: readers that see the new version see the whole row.
     version.store(published, std::memory_order_release);
     return true;
+  }
+
+  void copy_in(std::size_t slot, const std::byte* const* sources, std::size_t index) noexcept {
+    for (std::size_t c = 0; c < store_.num_columns(); ++c) {
+      racy_copy(store_.row(c, slot), sources[c] + index * store_.row_bytes(c), store_.row_bytes(c), /*writer=*/true);
+    }
+  }
+  void copy_out(std::size_t slot, std::byte* const* destinations, std::size_t index) const noexcept {
+    for (std::size_t c = 0; c < store_.num_columns(); ++c) {
+      racy_copy(destinations[c] + index * store_.row_bytes(c), store_.row(c, slot), store_.row_bytes(c), /*writer=*/false);
+    }
   }
 
   memory::ColumnStore store_;
