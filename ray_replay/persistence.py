@@ -81,7 +81,8 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
             file.write(encoded)
             for section, (_, array) in zip(sections, arrays):
                 file.write(b"\0" * (section["offset"] - file.tell()))
-                file.write(memoryview(array).cast("B"))
+                if array.nbytes:  # memoryview cannot cast an empty array
+                    file.write(memoryview(array).cast("B"))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

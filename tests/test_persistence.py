@@ -49,6 +49,14 @@ def test_an_empty_buffer_round_trips(tmp_path):
     assert len(loaded) == 1
 
 
+@pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
+def test_a_buffer_with_a_schema_and_no_rows_round_trips(buffer_type, tmp_path):
+    # Found by the model-based test: empty columns broke the writer.
+    ReplayBuffer(5, buffer_type, schema=SCHEMA).save(tmp_path / "b.rrb")
+    loaded = ReplayBuffer.load(tmp_path / "b.rrb")
+    assert len(loaded) == 0 and loaded.schema == ReplayBuffer(5, schema=SCHEMA).schema
+
+
 def test_save_replaces_the_file_atomically(tmp_path, monkeypatch):
     path = tmp_path / "buffer.rrb"
     filled("uniform").save(path)
