@@ -85,14 +85,18 @@ class RingBuffer final : public ReplayBufferInterface {
     }
     if constexpr (Selector::kPrioritized) {
       const double total = selector_.total();
-      const double log_min_mass = std::log(selector_.min_positive());
+      // Weights are float32, so the power is taken in float (exp2f/log2f cost half of exp/log); the
+      // ratio is formed in double, so masses below float's range do not underflow to 0.
+      const double min_mass = selector_.min_positive();
+      const auto beta = static_cast<float>(request.beta);
       for (std::size_t i = 0; i < n; ++i) {
         const double mass = selector_.mass(slots_[i]);
         if (request.masses != nullptr) request.masses[i] = mass;
         if (request.probabilities != nullptr) request.probabilities[i] = mass / total;
         // w_i = (N * P(i))^-beta / max_j (N * P(j))^-beta = (mass_i / min_mass)^-beta.
         if (request.weights != nullptr) {
-          request.weights[i] = static_cast<float>(std::exp(-request.beta * (std::log(mass) - log_min_mass)));
+          const auto ratio = static_cast<float>(mass / min_mass);  // >= 1; inf when beyond float's range
+          request.weights[i] = beta == 0.0f ? 1.0f : std::exp2(-beta * std::log2(ratio));
         }
       }
     }
