@@ -25,24 +25,30 @@ install: $(VENV)/.build-tools
 	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) install --quiet --no-build-isolation ".[test]"
 
 # C++ tests: plain, then under AddressSanitizer + UBSan, then ThreadSanitizer (build/cpp-<variant>).
+VENV_ABS := $(abspath $(VENV))
 define cpp_tests
-	$(VENV)/bin/cmake -S . -B build/cpp$(1) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREPLAY_BUFFER_BUILD_TESTS=ON -DREPLAY_BUFFER_SANITIZE=$(2) > build/cmake$(1).log 2>&1 || (cat build/cmake$(1).log; exit 1)
+	mkdir -p build
+	$(VENV)/bin/cmake -S . -B build/cpp$(1) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREPLAY_BUFFER_BUILD_TESTS=ON -DREPLAY_BUFFER_SANITIZE=$(2) $(3) > build/cmake$(1).log 2>&1 || (cat build/cmake$(1).log; exit 1)
 	$(VENV)/bin/cmake --build build/cpp$(1) -j $(JOBS)
 	cd build/cpp$(1) && $(VENV_ABS)/bin/ctest --output-on-failure
 endef
-VENV_ABS := $(abspath $(VENV))
 
 test-cpp: $(VENV)/.build-tools
-	mkdir -p build
-	$(call cpp_tests,,)
+	$(call cpp_tests,,,)
 
-test-asan: $(VENV)/.build-tools
-	mkdir -p build
-	$(call cpp_tests,-asan,address)
+# The ASan variant also builds the extension with ASan + UBSan and runs the local-buffer tests on it
+# (ASan's runtime must be loaded first, and libstdc++ before it intercepts a throw, hence LD_PRELOAD;
+# CPython's own allocations are not leaks).
+ASAN_TESTS := tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py
+test-asan: install
+	$(call cpp_tests,-asan,address,-DREPLAY_BUFFER_BUILD_PYTHON_MODULE=ON -DPython_EXECUTABLE=$(VENV_ABS)/bin/python -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir))
+	rm -rf build/asan-package && mkdir -p build/asan-package && cp -r ray_replay build/asan-package/
+	cp build/cpp-asan/_core*.so build/asan-package/ray_replay/
+	PYTHONPATH=build/asan-package LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
+		$(VENV)/bin/pytest -p no:cacheprovider -q $(ASAN_TESTS)
 
 test-tsan: $(VENV)/.build-tools
-	mkdir -p build
-	$(call cpp_tests,-tsan,thread)
+	$(call cpp_tests,-tsan,thread,)
 
 test-python: install
 	$(VENV)/bin/pytest $(ARGS)
