@@ -22,7 +22,7 @@ $(VENV)/.build-tools: pyproject.toml | $(PY)
 	touch $@
 
 install: $(VENV)/.build-tools
-	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) install --quiet --no-build-isolation ".[test]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) install --quiet --no-build-isolation ".[test,rllib]"
 
 # C++ tests: plain, then under AddressSanitizer + UBSan, then ThreadSanitizer (build/cpp-<variant>).
 VENV_ABS := $(abspath $(VENV))
@@ -56,7 +56,7 @@ test-python: install
 test: install test-cpp test-asan test-tsan test-python
 
 demo: install
-	$(PY) -m ray_replay demo $(ARGS)
+	$(VENV)/bin/ray-replay demo $(ARGS)
 
 bench: install
 	$(PIP) install --quiet "cpprb>=10" "matplotlib>=3.7" || echo "optional baselines unavailable; benchmarking without them"

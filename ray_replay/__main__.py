@@ -1,4 +1,10 @@
-"""The ``ray-replay`` command: ``ray-replay demo``, ``ray-replay --cmake-dir``, ``ray-replay --include-dir``."""
+"""The ``ray-replay`` command.
+
+    ray-replay demo [--address ADDR] [--seconds S] [--local]   the demo (a local Ray by default)
+    ray-replay stats --address ADDR --name NAME [--namespace NS] [--interval S] [--once]
+                                                             live stats of a running ReplayCoordinator
+    ray-replay --cmake-dir | --include-dir                   where the C++ package is, for CMake users
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--address", default=None, help="join an existing Ray cluster instead of starting one")
     demo.add_argument("--seconds", type=float, default=15.0, help="how long writers and learner run")
     demo.add_argument("--local", action="store_true", help="fill and sample each local buffer type, no Ray")
+    stats = sub.add_parser("stats", help="print live stats of a named ReplayCoordinator, refreshing")
+    stats.add_argument("--address", default="auto", help="the Ray cluster to join (default: auto)")
+    stats.add_argument("--name", required=True, help="the coordinator's actor name")
+    stats.add_argument("--namespace", default=None, help="the coordinator's Ray namespace")
+    stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    stats.add_argument("--once", action="store_true", help="print once and exit")
     args, rest = parser.parse_known_args(argv)
 
     if args.cmake_dir:
@@ -37,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from ray_replay import demo as demo_module
 
         return demo_module.main(args)
+    if args.command == "stats":
+        from ray_replay.distributed.live_stats import watch
+
+        return watch(args.address, args.name, args.namespace, args.interval, args.once)
     parser.print_help()
     return 0 if not rest else 2
 

@@ -1,0 +1,339 @@
+"""Distributed replay benchmark DIST-1 (issue 4), with the naive single-actor baseline in the same run.
+
+DIST-1: 2 writer actors insert batches of 1000 transitions (obs float32[8], action int64, reward
+float32, next_obs float32[8], done bool); 1 learner samples prioritized batches of 512 (alpha 0.6,
+beta 0.4) and updates the priorities of every batch; capacity 1,000,000 (2 shards); measured for
+``--seconds`` after a prefill of ``--prefill`` rows.
+
+* ray_replay: ReplayCoordinator with 2 shards; writers and learner use ReplayClient.
+* naive: numpy ring + numpy sum tree (benchmarks/baselines/numpy_sum_tree.py) in one plain Ray
+  actor; writers call add_batch.remote (at most 2 in flight), the learner ray.get(sample.remote(512))
+  then update_priorities.remote.
+
+Reported: inserted/s and sampled/s (rows), learner-side sample latency p50/p99, and CPU-us per
+transition = CPU time (user+sys, from /proc) of every process of the workload (writers, learner,
+shards, coordinator or naive actor) during the window / (rows inserted + rows sampled). Also
+single-transition ``add.remote(...)`` calls/s from the driver (window of 1000 calls in flight).
+``--cluster`` instead runs DIST-1 with 1, 2 and 4 shards on a simulated 4-node Ray Cluster and
+reports CPU-us per transition. Medians over ``--repeats`` runs. Everything runs on loopback.
+
+    python benchmarks/distributed.py [--seconds 20] [--repeats 2] [--quick] [--cluster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import machine_info, write_json  # noqa: E402
+
+from ray_replay.distributed import ReplayClient, ReplayCoordinator  # noqa: E402
+from ray_replay.distributed.runtime import LOOPBACK, init_ray  # noqa: E402
+
+SCHEMA = {
+    "state": ((8,), np.float32),
+    "action": ((), np.int64),
+    "reward": ((), np.float32),
+    "next_state": ((8,), np.float32),
+    "done": ((), np.bool_),
+}
+FIELDS = tuple(SCHEMA)
+CAPACITY = 1_000_000
+WRITE_BATCH = 1000
+SAMPLE_BATCH = 512
+TARGETS = {"inserted_per_s": 2_000_000, "sampled_per_s": 250_000, "sample_p50_ms": 2.0, "single_add_per_s": 5_000}
+
+
+def make_rows(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    state = rng.standard_normal((n, 8), dtype=np.float32)
+    return {
+        "state": state,
+        "action": rng.integers(0, 4, n),
+        "reward": rng.standard_normal(n, dtype=np.float32),
+        "next_state": state + 0.1,
+        "done": rng.random(n) < 0.01,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@ray.remote(num_cpus=0)
+class NaiveReplay:
+    """The baseline: numpy ring + numpy sum tree in one plain (one call at a time) Ray actor."""
+
+    def __init__(self, capacity: int) -> None:
+        from baselines.numpy_sum_tree import NumpySumTreePER
+
+        self.buffer = NumpySumTreePER(capacity, SCHEMA, alpha=0.6, beta=0.4, eps=1e-6)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def add(self, state, action, reward, next_state, done) -> None:
+        self.buffer.add_batch(state[None], np.array([action]), np.array([reward]), next_state[None], np.array([done]))
+
+    def add_batch(self, state, action, reward, next_state, done, priorities=None) -> None:
+        self.buffer.add_batch(state, action, reward, next_state, done, priorities)
+
+    def sample(self, n: int) -> dict[str, np.ndarray]:
+        return self.buffer.sample(n)
+
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None:
+        self.buffer.update_priorities(ids, priorities)
+
+
+@ray.remote(num_cpus=0)
+class Writer:
+    def __init__(self, replay: Any, naive: bool, seed: int, batch_rows: int) -> None:
+        self.replay, self.naive = replay, naive
+        self.client = None if naive else ReplayClient(replay, batch_rows=batch_rows, max_in_flight=2)
+        self.batches = [make_rows(WRITE_BATCH, seed * 100 + i) for i in range(8)]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, start_at: float, seconds: float) -> int:
+        while time.time() < start_at:
+            time.sleep(0.001)
+        end, rows, pending, i = start_at + seconds, 0, [], 0
+        while time.time() < end:
+            batch = self.batches[i % len(self.batches)]
+            i += 1
+            if self.naive:
+                pending.append(self.replay.add_batch.remote(*batch.values()))
+                if len(pending) >= 2:
+                    ray.get(pending.pop(0))
+            else:
+                self.client.add_batch(**batch)
+            rows += WRITE_BATCH
+        if self.naive:
+            ray.get(pending)
+        else:
+            self.client.flush()
+        return rows
+
+
+@ray.remote(num_cpus=0)
+class Learner:
+    def __init__(self, replay: Any, naive: bool, prefetch: int) -> None:
+        self.replay, self.naive = replay, naive
+        self.client = None if naive else ReplayClient(replay, prefetch=prefetch, max_in_flight=8, seed=0)
+        self.rng = np.random.default_rng(0)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, start_at: float, seconds: float) -> dict[str, Any]:
+        while time.time() < start_at:
+            time.sleep(0.001)
+        end, latencies, rows = start_at + seconds, [], 0
+        while time.time() < end:
+            t0 = time.perf_counter()
+            batch = ray.get(self.replay.sample.remote(SAMPLE_BATCH)) if self.naive else self.client.sample(SAMPLE_BATCH)
+            latencies.append(time.perf_counter() - t0)
+            priorities = self.rng.uniform(0.1, 2.0, SAMPLE_BATCH)
+            if self.naive:
+                self.replay.update_priorities.remote(batch["indexes"], priorities)
+            else:
+                self.client.update_priorities(batch["ids"], priorities)
+            rows += SAMPLE_BATCH
+        if not self.naive:
+            self.client.close()
+        ms = np.array(latencies) * 1e3
+        return {"rows": rows, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def prefill(replay: Any, naive: bool, rows: int) -> None:
+    chunk = make_rows(min(rows, 100_000), 99)
+    refs = []
+    for start in range(0, rows, len(chunk["action"])):
+        n = min(len(chunk["action"]), rows - start)
+        part = {k: v[:n] for k, v in chunk.items()}
+        refs.append(replay.add_batch.remote(*part.values()) if naive else replay.add_batch.remote(**part))
+        if len(refs) >= 2:
+            ray.get(refs.pop(0))
+    ray.get(refs)
+
+
+def run_dist1(naive: bool, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = 8192, prefetch: int = 2) -> dict[str, Any]:
+    """One DIST-1 run; every actor it creates is killed at the end."""
+    if naive:
+        replay = NaiveReplay.remote(CAPACITY)
+        pids = [ray.get(replay.pid.remote())]
+    else:
+        replay = ReplayCoordinator.remote(
+            capacity=CAPACITY, num_shards=num_shards, buffer_type="prioritized", alpha=0.6, beta=0.4, schema=SCHEMA, seed=0, collect_stats=False
+        )
+        pids = []
+    prefill(replay, naive, prefill_rows)
+    if not naive:
+        shard_pids = ray.get([s.__ray_call__.remote(lambda self: os.getpid()) for s in ray.get(replay.shard_handles.remote())])
+        pids += shard_pids + [ray.get(replay.__ray_call__.remote(lambda self: os.getpid()))]
+    writers = [Writer.remote(replay, naive, i, batch_rows) for i in range(2)]
+    learner = Learner.remote(replay, naive, prefetch)
+    pids += ray.get([a.pid.remote() for a in [*writers, learner]])
+    start_at = time.time() + 1.0
+    cpu0 = sum(cpu_seconds(p) for p in pids)
+    wall0 = time.perf_counter()
+    written = [w.run.remote(start_at, seconds) for w in writers]
+    learned = learner.run.remote(start_at, seconds)
+    inserted, result = sum(ray.get(written)), ray.get(learned)
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    elapsed = time.perf_counter() - wall0 - 1.0  # the actors start together one second after wall0
+    out = {
+        "inserted_per_s": inserted / seconds,
+        "sampled_per_s": result["rows"] / seconds,
+        "sample_p50_ms": result["p50_ms"],
+        "sample_p99_ms": result["p99_ms"],
+        "cpu_us_per_transition": cpu * 1e6 / (inserted + result["rows"]),
+        "overrun_s": elapsed - seconds,
+    }
+    if not naive:
+        shards = ray.get(replay.stats.remote())["shards"]
+        out["shard_sizes"] = [s["size"] for s in shards]
+        ray.get(replay.shutdown.remote())
+    for actor in [*writers, learner, replay]:
+        ray.kill(actor)
+    return out
+
+
+def single_adds(naive: bool, seconds: float) -> float:
+    """Single-transition add.remote calls per second from the driver, up to 1000 in flight."""
+    replay = NaiveReplay.remote(CAPACITY) if naive else ReplayCoordinator.remote(capacity=CAPACITY, num_shards=2, buffer_type="prioritized", schema=SCHEMA)
+    row = {k: v[0] for k, v in make_rows(1, 0).items()}
+    args = tuple(row.values())
+    ray.get(replay.add.remote(*args))
+    calls, window, end = 0, [], time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < end:
+        window.append(replay.add.remote(*args))
+        calls += 1
+        if len(window) >= 1000:
+            ray.get(window[:500])
+            del window[:500]
+    ray.get(window)
+    rate = calls / (time.perf_counter() - start)
+    if not naive:
+        ray.get(replay.shutdown.remote())
+    ray.kill(replay)
+    return rate
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, v in runs[0].items() if isinstance(v, float)]
+    out = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["runs"] = runs
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    ours, naive = results["ray_replay"], results["naive"]
+    lines = [
+        "### DIST-1 (medians of %d runs, %.0f s each after a %s-row prefill)" % (results["repeats"], results["seconds"], f"{results['prefill']:,}"),
+        "",
+        "| metric | ray_replay | naive actor | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [
+        ("inserted/s", "inserted_per_s", "{:,.0f}", True),
+        ("sampled/s", "sampled_per_s", "{:,.0f}", True),
+        ("sample p50 (ms)", "sample_p50_ms", "{:.2f}", False),
+        ("sample p99 (ms)", "sample_p99_ms", "{:.2f}", False),
+        ("CPU-us per transition", "cpu_us_per_transition", "{:.2f}", False),
+        ("single add.remote calls/s", "single_add_per_s", "{:,.0f}", True),
+    ]
+    for label, key, fmt, higher in rows:
+        a, b = ours[key], naive[key]
+        ratio = (a / b if higher else b / a) if a and b else float("nan")
+        target = TARGETS.get(key)
+        met = "" if target is None else ("yes" if (a >= target if higher else a <= target) else "**no**")
+        tgt = "" if target is None else (f">= {target:,}" if higher else f"<= {target}")
+        lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {ratio:.1f}x better | {tgt} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """DIST-1 with 1, 2, 4 shards on a simulated 4-node cluster (head + 3 workers, 1 CPU each)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster()
+    results: dict[str, Any] = {}
+    try:
+        for _ in range(4):
+            cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK, include_dashboard=False, object_store_memory=300 * 1024**2)
+        init_ray(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
+        for shards in (1, 2, 4):
+            runs = [run_dist1(False, args.seconds, args.prefill, num_shards=shards) for _ in range(args.repeats)]
+            results[str(shards)] = median_of(runs)
+            r = results[str(shards)]
+            print(f"{shards} shard(s): {r['inserted_per_s']:,.0f} inserted/s, {r['sampled_per_s']:,.0f} sampled/s, "
+                  f"{r['cpu_us_per_transition']:.2f} CPU-us/transition", flush=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    lines = ["### DIST-1 on a simulated 4-node cluster", "", "| shards | inserted/s | sampled/s | p50 ms | CPU-us per transition |", "|---|---|---|---|---|"]
+    for shards, r in results.items():
+        lines.append(f"| {shards} | {r['inserted_per_s']:,.0f} | {r['sampled_per_s']:,.0f} | {r['sample_p50_ms']:.2f} | {r['cpu_us_per_transition']:.2f} |")
+    print("\n".join(lines))
+    return results
+
+
+def _pythonpath() -> str:
+    return os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window of each run")
+    parser.add_argument("--prefill", type=int, default=CAPACITY, help="rows inserted before the window")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (medians reported)")
+    parser.add_argument("--quick", action="store_true", help="4 s windows, 200K prefill, 1 repeat")
+    parser.add_argument("--cluster", action="store_true", help="1, 2, 4 shards on a simulated multi-node cluster")
+    parser.add_argument("--batch-rows", type=int, default=8192, help="ReplayClient batch_rows of the writers")
+    parser.add_argument("--out", default=str(HERE / "results" / "distributed.json"))
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.prefill, args.repeats = 4.0, 200_000, 1
+    results: dict[str, Any] = {"machine": machine_info(), "seconds": args.seconds, "prefill": args.prefill, "repeats": args.repeats, "batch_rows": args.batch_rows}
+    if args.cluster:
+        results["cluster"] = cluster_mode(args)
+        write_json(results, Path(args.out).with_name("distributed_cluster.json"))
+        return 0
+    init_ray(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
+    try:
+        runs: dict[str, list[dict[str, Any]]] = {"ray_replay": [], "naive": []}
+        for rep in range(args.repeats):  # interleaved, so load spikes fall on both alike
+            for name in ("ray_replay", "naive"):
+                r = run_dist1(name == "naive", args.seconds, args.prefill, batch_rows=args.batch_rows)
+                r["single_add_per_s"] = single_adds(name == "naive", min(args.seconds, 5.0))
+                runs[name].append(r)
+                print(f"[{rep + 1}/{args.repeats}] {name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items() if isinstance(v, float)), flush=True)
+        for name, rs in runs.items():
+            results[name] = median_of(rs)
+    finally:
+        ray.shutdown()
+    table = markdown(results)
+    print(table)
+    results["markdown"] = table
+    print("wrote", write_json(results, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

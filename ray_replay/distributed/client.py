@@ -1,0 +1,293 @@
+"""ReplayClient: the fast path for writers and learners, talking to the shards directly.
+
+The coordinator is asked once, for the shard map; after that no payload passes through it:
+
+* writes are staged in a local buffer of the replay's schema (so a bad row raises at once, with the
+  local buffer's error), and sent as one ``add_batch`` to one shard (round robin) when ``batch_rows``
+  rows are staged or the oldest staged row is ``flush_interval_s`` old (checked on every call);
+* samples are planned here, from the snapshots every shard reply carries (one round trip: shards with
+  no rows in the plan report their snapshot in the same round), and ``prefetch`` rounds are kept in
+  flight, so a learner usually finds its next batch already there;
+* priority updates are fire and forget.
+
+At most ``max_in_flight`` writes and updates are outstanding; errors of any of them are raised by the
+client's next call (as the shard's ValueError/TypeError), never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import ray
+
+from ray_replay.buffer import ReplayBuffer
+from ray_replay.distributed.coordinator import _check_priority, check_batch_size, check_beta
+from ray_replay.distributed.sampling import ShardTable, Snapshot, split_ids
+
+__all__ = ["ReplayClient"]
+
+
+class ReplayClient:
+    """A writer's or learner's handle on a ReplayCoordinator's shards (one per process; not shareable).
+
+    Args:
+        coordinator: the ReplayCoordinator actor handle.
+        batch_rows: rows staged before they are sent to a shard in one call (larger: fewer calls,
+            higher throughput; smaller: rows visible sooner).
+        flush_interval_s: staged rows are sent once the oldest is this old (checked on each call;
+            call ``flush()`` when a writer goes idle).
+        max_in_flight: bound on outstanding writes and priority updates; a call past it waits for one.
+        prefetch: sample rounds kept in flight after each ``sample`` (0: none). Prefetched batches do
+            not see priority updates made after they were requested, as in Ape-X.
+        seed: seeds the client's multinomial draws.
+    """
+
+    def __init__(
+        self,
+        coordinator: Any,
+        *,
+        batch_rows: int = 4096,
+        flush_interval_s: float = 0.05,
+        max_in_flight: int = 4,
+        prefetch: int = 2,
+        seed: int | None = None,
+    ) -> None:
+        for name, value, low in (("batch_rows", batch_rows, 1), ("max_in_flight", max_in_flight, 1), ("prefetch", prefetch, 0)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if not flush_interval_s > 0:
+            raise ValueError(f"flush_interval_s must be > 0, got {flush_interval_s!r}")
+        config = ray.get(coordinator.client_config.remote())
+        self._coordinator = coordinator
+        self._shards: list[Any] = config["shards"]
+        self._buffer_type: str = config["buffer_type"]
+        self._capacity: int = config["capacity"]
+        self._beta: float = config["beta"]
+        self._limiter = config["limiter"]
+        self._schema = config["schema"]
+        self._table = ShardTable(len(self._shards), self._buffer_type, config["snapshots"])
+        self._batch_rows = batch_rows
+        self._flush_interval_s = flush_interval_s
+        self._max_in_flight = max_in_flight
+        self._prefetch = prefetch if self._buffer_type != "fifo" else 0
+        self._rng = np.random.default_rng(seed)
+        self._staging: ReplayBuffer | None = None
+        self._priorities = np.empty(batch_rows, dtype=np.float64)
+        self._has_priorities = False
+        self._staged_since = 0.0
+        self._next_shard = int(self._rng.integers(len(self._shards)))
+        self._pending: list[tuple[int, Any]] = []  # (shard, ref of a Snapshot reply)
+        self._rounds: deque[tuple[int, float, list[Any]]] = deque()  # (batch_size, beta, refs)
+        self._rows_in_flight = 0
+        self._closed = False
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def add(self, *fields: Any, priority: Any = None, **named: Any) -> None:
+        """One transition, as ReplayBuffer.add; sent with the next batch."""
+        self._check_open()
+        if priority is not None:
+            self._require_prioritized("priority")
+            value = _check_priority(priority)
+        staging = self._staging_for(priority is not None, 1)
+        staging.add(*fields, **named)
+        if priority is not None:
+            self._priorities[len(staging) - 1] = value
+        self._after_stage()
+
+    def add_batch(self, *columns: Any, priorities: Any = None, **named: Any) -> None:
+        """Rows along the leading axis, as ReplayBuffer.add_batch. A batch of batch_rows rows or more goes
+        to a shard as it is (no copy; its errors surface at the next call), smaller ones are staged."""
+        self._check_open()
+        first = columns[0] if columns else next(iter(named.values()), None)
+        rows = len(first) if hasattr(first, "__len__") else 0
+        if priorities is not None:
+            self._require_prioritized("priorities")
+        if rows >= self._batch_rows:
+            self._send_staged()
+            kwargs = named if priorities is None else {**named, "priorities": priorities}
+            self._send(columns, kwargs)
+            return
+        staging = self._staging_for(priorities is not None, rows)
+        start = len(staging)
+        if priorities is not None:
+            values = np.asarray(priorities, dtype=np.float64)
+            if values.shape != (rows,):
+                raise ValueError(f"priorities: expected {rows} values, got shape {values.shape}")
+            if not (np.isfinite(values).all() and (values >= 0).all()):
+                j = int(np.argmax(~np.isfinite(values) | (values < 0)))
+                raise ValueError(f"priorities[{j}] = {values[j]}: priorities must be finite and >= 0")
+        staging.add_batch(*columns, **named)
+        if priorities is not None:
+            self._priorities[start : start + rows] = values
+        self._after_stage()
+
+    def flush(self) -> None:
+        """Sends staged rows and waits until every write and update sent so far is in its shard."""
+        self._check_open()
+        self._send_staged()
+        self._reap(wait_all=True)
+
+    def _staging_for(self, with_priorities: bool, rows: int) -> ReplayBuffer:
+        if self._staging is None:
+            self._staging = ReplayBuffer(self._batch_rows, "fifo", schema=self._schema, collect_stats=False)
+        staged = len(self._staging)
+        if staged and (staged + rows > self._batch_rows or with_priorities != self._has_priorities):
+            self._send_staged()
+        if not len(self._staging):
+            self._has_priorities = with_priorities
+            self._staged_since = time.monotonic()
+        return self._staging
+
+    def _after_stage(self) -> None:
+        staged = len(self._staging)
+        if staged >= self._batch_rows or time.monotonic() - self._staged_since >= self._flush_interval_s:
+            self._send_staged()
+        elif self._pending:
+            self._reap()
+
+    def _send_staged(self) -> None:
+        if self._staging is None or not len(self._staging):
+            return
+        rows = len(self._staging)
+        columns = self._staging.sample(rows)
+        if self._schema is None:
+            self._schema = self._staging.schema
+        if self._has_priorities:
+            columns["priorities"] = self._priorities[:rows].copy()
+        self._send((), columns)
+
+    def _send(self, columns: tuple[Any, ...], named: dict[str, Any]) -> None:
+        k = self._next_shard
+        self._next_shard = (k + 1) % len(self._shards)
+        self._track(k, self._shards[k].add_batch.remote(*columns, **named))
+
+    def _track(self, shard: int, ref: Any) -> None:
+        self._pending.append((shard, ref))
+        self._reap()
+
+    def _reap(self, wait_all: bool = False) -> None:
+        """Collects finished writes/updates (their snapshots refresh the plan); raises the first error.
+
+        Blocks while more than max_in_flight are outstanding, or until all are done with wait_all.
+        """
+        if not self._pending:
+            return
+        refs = [ref for _, ref in self._pending]
+        keep = 0 if wait_all else self._max_in_flight
+        must = max(len(refs) - keep, 0)
+        ready, _ = ray.wait(refs, num_returns=must or len(refs), timeout=None if must else 0)
+        if not ready:
+            return
+        done = set(ready)
+        finished = [(k, ref) for k, ref in self._pending if ref in done]
+        self._pending = [(k, ref) for k, ref in self._pending if ref not in done]
+        error: BaseException | None = None
+        for k, ref in finished:
+            try:
+                self._table.update(k, ray.get(ref))
+            except Exception as e:  # keep collecting, then raise the first
+                error = error or e
+        if error is not None:
+            raise error
+
+    # -- sampling ----------------------------------------------------------------------------------
+
+    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> dict[str, np.ndarray]:
+        """One batch over all shards, with the coordinator's semantics (global probabilities and weights).
+
+        fifo reads go through the coordinator, which orders pops over shards; ``partial`` is for fifo.
+        """
+        self._check_open()
+        if self._pending:
+            self._reap()
+        if self._buffer_type == "fifo":
+            self._send_staged()
+            self._reap(wait_all=True)
+            return ray.get(self._coordinator.sample.remote(batch_size, beta, partial))
+        batch_size = check_batch_size(batch_size, self._capacity)
+        beta = check_beta(beta, self._beta)
+        while self._rounds and self._rounds[0][:2] != (batch_size, beta):
+            self._rows_in_flight -= self._rounds.popleft()[0]  # asked for another shape: drop
+        if not self._rounds:
+            self._admit(batch_size)
+            self._issue(batch_size, beta)
+        n, _, refs = self._rounds.popleft()
+        self._rows_in_flight -= n
+        while len(self._rounds) < self._prefetch and self._limiter.blocked(self._table, batch_size + self._rows_in_flight) is None:
+            self._issue(batch_size, beta)
+        replies = ray.get(refs)
+        for k, (_, snapshot) in enumerate(replies):
+            self._table.update(k, snapshot)
+        return self._table.merge([part for part, _ in replies], beta)
+
+    def _issue(self, batch_size: int, beta: float) -> None:
+        counts = self._table.plan(self._rng, batch_size)
+        refs = [shard.sample.remote(int(c)) for shard, c in zip(self._shards, counts)]
+        self._rounds.append((batch_size, beta, refs))
+        self._rows_in_flight += batch_size
+
+    def _refresh(self) -> None:
+        for k, (_, snapshot) in enumerate(ray.get([shard.sample.remote(0) for shard in self._shards])):
+            self._table.update(k, snapshot)
+
+    def _admit(self, batch_size: int) -> None:
+        """Waits (refreshing the snapshots) until the rate limiter allows the sample, or TimeoutError."""
+        if self._table.total_mass == 0:
+            self._refresh()
+        deadline = time.monotonic() + self._limiter.timeout_s
+        delay = 0.001
+        while (reason := self._limiter.blocked(self._table, batch_size + self._rows_in_flight)) is not None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"sample({batch_size}) not allowed after {self._limiter.timeout_s} s: {reason}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            self._refresh()
+
+    def update_priorities(self, ids: Any, priorities: Any) -> None:
+        """Sends each id's new priority to its shard without waiting (errors surface at the next call)."""
+        self._check_open()
+        self._require_prioritized("update_priorities")
+        for k, shard_ids, values in split_ids(ids, priorities, len(self._shards)):
+            self._track(k, self._shards[k].update_priorities.remote(shard_ids, values))
+
+    # -- state and lifetime ------------------------------------------------------------------------
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        """The last snapshot of each shard this client has seen."""
+        return list(self._table.snapshots)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
+    def close(self) -> None:
+        """Flushes everything, drops prefetched batches; raises any error still pending. Idempotent."""
+        if self._closed:
+            return
+        self._rounds.clear()
+        self._rows_in_flight = 0
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+
+    def __enter__(self) -> ReplayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this ReplayClient is closed")
+
+    def _require_prioritized(self, what: str) -> None:
+        if self._buffer_type != "prioritized":
+            raise ValueError(f"{what} is only supported by buffer_type='prioritized' (this buffer is '{self._buffer_type}')")

@@ -1,0 +1,162 @@
+"""Episode chunks to self-contained replay rows, and rows back to n-step transitions.
+
+Each stored row is one timestep ``t`` of an episode together with the next ``K`` observations and
+rewards (``K`` = the largest n-step the buffer serves). A row therefore holds everything an n-step
+transition needs for any ``n <= K``: sampling never has to find a neighbouring row, which is what
+lets the rows live in any native buffer or be spread over Ray shards.
+
+Rows of an unfinished episode are held back until their K future steps are known, so transitions are
+correct across chunk boundaries; at an episode's end the window is cut short (``horizon < K``) and
+the terminated / truncated flag is set only on transitions that actually reach the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["END_NONE", "EXTRA_PREFIX", "END_TERMINATED", "END_TRUNCATED", "NStepBatch", "Segment", "assemble", "draw_n_steps", "max_n_step"]
+
+END_NONE, END_TERMINATED, END_TRUNCATED = 0, 1, 2
+EXTRA_PREFIX = "extra."
+
+
+def max_n_step(n_step: int | tuple[int, int] | list[int]) -> int:
+    """The largest n an ``n_step`` setting (an int or RLlib's closed ``(low, high)`` range) can draw."""
+    if isinstance(n_step, (tuple, list)):
+        if len(n_step) != 2 or not all(isinstance(v, (int, np.integer)) for v in n_step):
+            raise ValueError(f"n_step range must be (low, high) ints, got {n_step!r}")
+        low, high = int(n_step[0]), int(n_step[1])
+        if not 1 <= low <= high:
+            raise ValueError(f"n_step range must satisfy 1 <= low <= high, got {n_step!r}")
+        return high
+    if isinstance(n_step, bool) or not isinstance(n_step, (int, np.integer)) or n_step < 1:
+        raise ValueError(f"n_step must be an int >= 1 or a (low, high) range, got {n_step!r}")
+    return int(n_step)
+
+
+def draw_n_steps(n_step: int | tuple[int, int] | list[int], size: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-row n: a constant, or uniform over the closed range ``[low, high]`` as DQNConfig documents.
+
+    (RLlib 2.60's own buffers draw from ``[low, high)``, contradicting that documentation.)
+    """
+    if isinstance(n_step, (tuple, list)):
+        return rng.integers(int(n_step[0]), int(n_step[1]) + 1, size=size, dtype=np.int64)
+    return np.full(size, int(n_step), dtype=np.int64)
+
+
+@dataclass
+class Segment:
+    """The not-yet-stored tail of one episode: ``obs`` has one entry more than ``actions``/``rewards``.
+
+    ``base`` is the episode timestep of ``obs[0]``; ``infos`` (one per observation) is kept only
+    when the environment returns non-empty infos.
+    """
+
+    key: int
+    base: int
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    infos: list[Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def extend(self, other: Segment) -> None:
+        """Appends the next chunk (whose first observation repeats our last one)."""
+        self.obs = np.concatenate([self.obs[:-1], other.obs])
+        self.actions = np.concatenate([self.actions, other.actions])
+        self.rewards = np.concatenate([self.rewards, other.rewards])
+        self.extras = {k: np.concatenate([self.extras[k], v]) for k, v in other.extras.items() if k in self.extras}
+        if self.infos is not None or other.infos is not None:
+            mine = self.infos if self.infos is not None else [{}] * len(self.obs)
+            theirs = other.infos if other.infos is not None else [{}] * len(other.obs)
+            self.infos = mine[:-1] + theirs
+
+    def take_rows(self, k: int, end: int) -> tuple[dict[str, np.ndarray], list[list[Any]] | None]:
+        """Cuts off every row whose k-step future is known (all of them once ``end`` is set).
+
+        Returns the row columns and, if infos are kept, each row's infos ``[info_t .. info_t+k]``.
+        """
+        length = len(self)
+        num = length if end != END_NONE else max(0, length - k + 1)
+        if num == 0:
+            return {}, None
+        j = np.arange(num)
+        offsets = np.arange(1, k + 1)
+        future = np.minimum(j[:, None] + offsets[None, :], length)  # obs indices t+1 .. t+k (clamped)
+        reward_idx = j[:, None] + offsets[None, :] - 1
+        rewards = np.where(reward_idx < length, self.rewards[np.minimum(reward_idx, length - 1)], 0.0)
+        to_end = length - j
+        if end != END_NONE:
+            horizon = np.minimum(to_end, k).astype(np.int32)
+            end_code = np.where(to_end <= k, end, END_NONE).astype(np.int8)
+        else:
+            horizon = np.full(num, k, dtype=np.int32)
+            end_code = np.zeros(num, dtype=np.int8)
+        rows = {
+            "obs": self.obs[:num],
+            "next_obs": self.obs[future],
+            "actions": self.actions[:num],
+            "rewards": rewards.astype(np.float64),
+            "horizon": horizon,
+            "end": end_code,
+            "episode": np.full(num, self.key, dtype=np.int64),
+            "t": self.base + j.astype(np.int64),
+        }
+        for name, values in self.extras.items():
+            rows[EXTRA_PREFIX + name] = values[:num]
+        infos = None
+        if self.infos is not None:
+            infos = [self.infos[i : min(i + k, length) + 1] for i in range(num)]
+        self.base += num
+        self.obs = self.obs[num:]
+        self.actions = self.actions[num:]
+        self.rewards = self.rewards[num:]
+        self.extras = {name: values[num:] for name, values in self.extras.items()}
+        if self.infos is not None:
+            self.infos = self.infos[num:]
+        return rows, infos
+
+
+@dataclass
+class NStepBatch:
+    """n-step transitions assembled from sampled rows (all arrays have the batch as leading axis)."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray  # sum_{i<n} gamma^i r_{t+i+1}
+    next_obs: np.ndarray  # o_{t+n}
+    n_steps: np.ndarray  # the n actually used (cut short at the episode's end)
+    terminated: np.ndarray
+    truncated: np.ndarray
+    t: np.ndarray
+    extras: dict[str, np.ndarray]
+
+
+def assemble(rows: Mapping[str, np.ndarray], n: np.ndarray, gamma: float) -> NStepBatch:
+    """Turns sampled rows and per-row ``n`` into n-step transitions (vectorised over the batch)."""
+    horizon = rows["horizon"].astype(np.int64)
+    used = np.minimum(n, horizon)
+    k = rows["rewards"].shape[1]
+    steps = np.arange(k)
+    discounts = np.power(gamma, steps, dtype=np.float64)
+    rewards = (rows["rewards"] * discounts * (steps[None, :] < used[:, None])).sum(axis=1)
+    reached_end = used == horizon
+    end = rows["end"]
+    return NStepBatch(
+        obs=rows["obs"],
+        actions=rows["actions"],
+        rewards=rewards,
+        next_obs=rows["next_obs"][np.arange(len(used)), used - 1],
+        n_steps=used,
+        terminated=reached_end & (end == END_TERMINATED),
+        truncated=reached_end & (end == END_TRUNCATED),
+        t=rows["t"],
+        extras={name[len(EXTRA_PREFIX) :]: v for name, v in rows.items() if name.startswith(EXTRA_PREFIX)},
+    )

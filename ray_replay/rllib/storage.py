@@ -1,0 +1,114 @@
+"""Where the episode buffer's rows live: the seam between the RLlib adapter and ray_replay's backends.
+
+``LocalStorage`` keeps them in one native prioritized buffer in the Algorithm's process. A sharded
+backend (rows spread over Ray shards behind a ``ReplayCoordinator``, with global prioritized sampling)
+implements the same five methods; ``make_storage`` picks one from the ``backend`` option.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from ray_replay.buffer import ReplayBuffer
+
+__all__ = ["LocalStorage", "ShardedStorage", "Storage", "make_storage"]
+
+
+class Storage(Protocol):
+    """Rows in, prioritized rows (plus ``weights`` and ``ids``) out."""
+
+    capacity: int
+
+    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None) -> None: ...
+    def sample(self, size: int, beta: float) -> dict[str, np.ndarray]: ...
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None: ...
+    def __len__(self) -> int: ...
+    def stats(self) -> dict[str, Any]: ...
+    def get_state(self) -> dict[str, Any]: ...
+    def set_state(self, state: dict[str, Any]) -> None: ...
+
+
+class LocalStorage:
+    """One native prioritized ``ReplayBuffer`` in this process."""
+
+    def __init__(self, capacity: int, *, alpha: float, beta: float, eps: float, seed: int | None) -> None:
+        self._buffer = ReplayBuffer(capacity, "prioritized", alpha=alpha, beta=beta, eps=eps, seed=seed)
+        self.capacity = capacity
+
+    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None) -> None:
+        self._buffer.add_batch(**columns, priorities=priorities)
+
+    def sample(self, size: int, beta: float) -> dict[str, np.ndarray]:
+        return self._buffer.sample(size, beta=beta)
+
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None:
+        self._buffer.update_priorities(ids, priorities)
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def stats(self) -> dict[str, Any]:
+        return self._buffer.stats()
+
+    def get_state(self) -> dict[str, Any]:
+        return self._buffer.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._buffer = ReplayBuffer.from_state(state)
+
+
+class ShardedStorage:
+    """Rows spread over the Ray shards of a running ``ReplayCoordinator`` (global prioritized sampling).
+
+    Writes go through a ``ReplayClient`` (staged, sent in batches; ``sample`` sends what is staged
+    first so every added row can be drawn). No prefetching, so each sample sees the last priority
+    update. The coordinator's capacity, alpha and beta apply; it must be ``"prioritized"``.
+    """
+
+    def __init__(self, coordinator: Any, *, seed: int | None) -> None:
+        import ray
+
+        from ray_replay.distributed import ReplayClient
+
+        if isinstance(coordinator, str):
+            coordinator = ray.get_actor(coordinator)
+        self._ray = ray
+        self._coordinator = coordinator
+        self._client = ReplayClient(coordinator, prefetch=0, seed=seed)
+        stats = self.stats()
+        if stats["buffer_type"] != "prioritized":
+            raise ValueError(f"the ReplayCoordinator must be 'prioritized', it is {stats['buffer_type']!r}")
+        self.capacity = int(stats["capacity"])
+
+    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None) -> None:
+        self._client.add_batch(**columns, priorities=priorities)
+
+    def sample(self, size: int, beta: float) -> dict[str, np.ndarray]:
+        self._client.flush()
+        return self._client.sample(size, beta=beta)
+
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None:
+        self._client.update_priorities(ids, priorities)
+
+    def __len__(self) -> int:
+        self._client.flush()
+        return int(self._ray.get(self._coordinator.size.remote()))
+
+    def stats(self) -> dict[str, Any]:
+        """The coordinator's counters summed over the shards."""
+        return dict(self._ray.get(self._coordinator.stats.remote())["total"])
+
+    def get_state(self) -> dict[str, Any]:
+        raise NotImplementedError("checkpoint a sharded replay through its ReplayCoordinator, not the RLlib buffer")
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError("checkpoint a sharded replay through its ReplayCoordinator, not the RLlib buffer")
+
+
+def make_storage(backend: Any, capacity: int, *, alpha: float, beta: float, eps: float, seed: int | None) -> Storage:
+    """``"local"``, or a running ``ReplayCoordinator`` (actor handle or actor name) for the sharded backend."""
+    if isinstance(backend, str) and backend == "local":
+        return LocalStorage(capacity, alpha=alpha, beta=beta, eps=eps, seed=seed)
+    return ShardedStorage(backend, seed=seed)
