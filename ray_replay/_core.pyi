@@ -30,7 +30,7 @@ class NativeReplayBuffer:
         batch_size: int,
         *,
         beta: float | None = None,
-        out: Mapping[str, np.ndarray] | None = None,
+        out: dict[str, np.ndarray] | None = None,
         partial: bool = False,
     ) -> dict[str, np.ndarray]: ...
     def update_priorities(self, ids: npt.ArrayLike, priorities: npt.ArrayLike) -> None: ...

@@ -159,3 +159,19 @@ def test_a_buffer_whose_init_never_ran_raises_instead_of_crashing():
 @pytest.mark.parametrize("seed", [0, 2**64 - 1])
 def test_the_whole_seed_range_is_accepted(seed):
     assert ReplayBuffer(4, seed=seed).stats()["size"] == 0
+
+
+def test_the_interpreter_exits_cleanly_after_the_general_conversion_path(tmp_path):
+    # Regression: cached Python objects held by C++ statics were released after finalization (exit 139).
+    import subprocess
+    import sys
+
+    script = "import numpy as np\nfrom ray_replay import ReplayBuffer\nb = ReplayBuffer(4)\nb.add([1.0, 2.0], np.int64(3))\nb.add_batch([[1.0, 2.0]], [4])\n"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_out_must_be_a_dict():
+    buf = filled("uniform")
+    with pytest.raises(TypeError, match="out must be a dict"):
+        buf.sample(2, out=[np.empty(2)])

@@ -65,11 +65,7 @@ std::vector<double> convert_priorities(py::handle value, std::size_t count, cons
 
 py::tuple shape_tuple(const std::vector<py::ssize_t>& shape) { return py::tuple(py::cast(shape)); }
 
-py::str interned(const char* text) {
-  PyObject* key = PyUnicode_InternFromString(text);
-  if (key == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::str>(key);
-}
+
 
 }  // namespace
 
@@ -194,18 +190,18 @@ class NativeBuffer {
     for (std::size_t i = 0; i < schema_.size(); ++i) {
       std::vector<py::ssize_t> shape = schema_[i].shape;
       shape.insert(shape.begin(), batch_size);
-      py::array array = out_array(out, schema_[i].name, schema_[i].dtype, shape);
+      py::array array = out_array(out, schema_[i].key, schema_[i].dtype, shape);
       destinations[i] = static_cast<std::byte*>(array.mutable_data());
       result[schema_[i].key] = array;
     }
     if (type_ == BufferType::kPrioritized) {
-      py::array weights = out_array(out, "weights", py::dtype::of<float>(), {batch_size});
-      py::array ids = out_array(out, "ids", py::dtype::of<std::int64_t>(), {batch_size});
-      py::array probabilities = out_array(out, "probabilities", py::dtype::of<double>(), {batch_size});
+      static const py::handle weights_key = interned("weights"), ids_key = interned("ids"), probabilities_key = interned("probabilities");
+      py::array weights = out_array(out, weights_key, py::dtype::of<float>(), {batch_size});
+      py::array ids = out_array(out, ids_key, py::dtype::of<std::int64_t>(), {batch_size});
+      py::array probabilities = out_array(out, probabilities_key, py::dtype::of<double>(), {batch_size});
       request.weights = static_cast<float*>(weights.mutable_data());
       request.ids = static_cast<std::int64_t*>(ids.mutable_data());
       request.probabilities = static_cast<double*>(probabilities.mutable_data());
-      static const py::str weights_key = interned("weights"), ids_key = interned("ids"), probabilities_key = interned("probabilities");
       result[weights_key] = weights;
       result[ids_key] = ids;
       result[probabilities_key] = probabilities;
@@ -367,26 +363,32 @@ class NativeBuffer {
     }
   }
 
-  static Schema infer_from(const CallArguments& call, const py::str& extra_key, bool batched, PyObject** extra) {
+  static Schema infer_from(const CallArguments& call, py::handle extra_key, bool batched, PyObject** extra) {
     std::vector<std::string> names;
     std::vector<py::handle> values;
     names_and_values(call, extra_key, names, values, extra);
     return infer_schema(names, values, batched);
   }
 
-  static const py::str& priority_key() {
-    static const py::str key = interned("priority");
+  static py::handle priority_key() {
+    static const py::handle key = interned("priority");
     return key;
   }
-  static const py::str& priorities_key() {
-    static const py::str key = interned("priorities");
+  static py::handle priorities_key() {
+    static const py::handle key = interned("priorities");
     return key;
   }
 
-  // A fresh array, or the caller's out= array after checking that it fits exactly.
-  static py::array out_array(const py::object& out, const std::string& name, const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
-    if (out.is_none() || !out.contains(name)) return py::array(dtype, shape);
-    py::object given = out[name.c_str()];
+  // A fresh array, or the caller's out= array (a dict) after checking that it fits exactly.
+  static py::array out_array(const py::object& out, py::handle key, const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
+    if (out.is_none()) return py::array(dtype, shape);
+    if (!PyDict_Check(out.ptr())) throw py::type_error("out must be a dict of numpy arrays");
+    PyObject* given = PyDict_GetItemWithError(out.ptr(), key.ptr());  // borrowed
+    if (given == nullptr) {
+      if (PyErr_Occurred()) throw py::error_already_set();
+      return py::array(dtype, shape);
+    }
+    const std::string name = py::reinterpret_borrow<py::str>(key);
     if (!py::isinstance<py::array>(given)) throw py::type_error("out['" + name + "'] must be a numpy array");
     auto array = py::reinterpret_borrow<py::array>(given);
     const std::vector<py::ssize_t> actual(array.shape(), array.shape() + array.ndim());

@@ -12,8 +12,10 @@ namespace {
 
 const char* const kTransitionFields[] = {"state", "action", "reward", "next_state", "done"};
 
-py::module_& numpy() {
-  static py::module_ module = py::module_::import("numpy");  // imported once; the interpreter owns it
+// Cached Python objects are held by handles, never by owning py::object statics: those would be
+// released by a C++ exit handler after the interpreter is finalized, a crash at exit.
+py::handle numpy() {
+  static const py::handle module = py::module_::import("numpy").release();
   return module;
 }
 
@@ -30,7 +32,22 @@ std::vector<py::ssize_t> shape_of(const py::array& array) {
 }
 
 bool is_numpy_value(py::handle value) {
-  return py::isinstance<py::array>(value) || py::isinstance(value, numpy().attr("generic"));
+  static const py::handle generic = py::object(numpy().attr("generic")).release();
+  return py::isinstance<py::array>(value) || py::isinstance(value, generic);
+}
+
+// A numpy scalar of exactly the field's type (np.float32 into a float32 field...), copied in place.
+bool write_numpy_scalar(const Field& field, py::handle value, std::byte* out) {
+  if (Py_TYPE(value.ptr()) != reinterpret_cast<PyTypeObject*>(field.scalar_type.ptr())) return false;
+  Py_buffer view;
+  if (PyObject_GetBuffer(value.ptr(), &view, PyBUF_SIMPLE) != 0) {
+    PyErr_Clear();
+    return false;
+  }
+  const bool fits = static_cast<std::size_t>(view.len) == static_cast<std::size_t>(field.itemsize);
+  if (fits) std::memcpy(out, view.buf, static_cast<std::size_t>(field.itemsize));
+  PyBuffer_Release(&view);
+  return fits;
 }
 
 // Python ints, floats and bools written straight into a scalar field: the fast path of add().
@@ -90,6 +107,12 @@ bool write_python_scalar(const Field& field, py::handle value, std::byte* out) {
 
 }  // namespace
 
+py::handle interned(const char* text) {
+  PyObject* key = PyUnicode_InternFromString(text);
+  if (key == nullptr) throw py::error_already_set();
+  return key;  // deliberately never released
+}
+
 Field Field::make(std::string name, py::dtype dtype, std::vector<py::ssize_t> shape) {
   Field field;
   field.name = std::move(name);
@@ -107,6 +130,7 @@ Field Field::make(std::string name, py::dtype dtype, std::vector<py::ssize_t> sh
   // numpy's own descriptor of the type in native byte order: rows can be copied as they are, and
   // arrays of this dtype usually share the very same descriptor object (checked by pointer first).
   field.dtype = py::dtype(dtype.num());
+  field.scalar_type = py::object(field.dtype.attr("type")).ptr();  // a builtin numpy type: the handle stays valid
   PyObject* key = PyUnicode_FromStringAndSize(field.name.data(), static_cast<Py_ssize_t>(field.name.size()));
   if (key == nullptr) throw py::error_already_set();
   PyUnicode_InternInPlace(&key);
@@ -185,7 +209,9 @@ std::size_t convert_value(const Field& field, py::handle value, bool batched, Co
       columns.pointers()[field_index] = static_cast<const std::byte*>(array.data());
       return batched ? static_cast<std::size_t>(array.shape(0)) : 1;
     }
-  } else if (!batched && field.shape.empty() && write_python_scalar(field, value, columns.scalar_slot(field_index))) {
+  } else if (!batched && field.shape.empty() &&
+             (write_python_scalar(field, value, columns.scalar_slot(field_index)) ||
+              write_numpy_scalar(field, value, columns.scalar_slot(field_index)))) {
     columns.pointers()[field_index] = columns.scalar_slot(field_index);
     return 1;
   }
@@ -239,7 +265,7 @@ bool same_name(PyObject* a, PyObject* b) { return a == b || PyUnicode_Compare(a,
 
 }  // namespace
 
-void match_fields(const Schema& schema, const CallArguments& call, const py::str& extra_key, PyObject** values, PyObject** extra) {
+void match_fields(const Schema& schema, const CallArguments& call, py::handle extra_key, PyObject** values, PyObject** extra) {
   const auto fields = static_cast<Py_ssize_t>(schema.size());
   if (call.nargs > fields) {
     throw py::value_error("got " + std::to_string(call.nargs) + " positional values but the buffer has " + std::to_string(fields) + " fields");
@@ -267,7 +293,7 @@ void match_fields(const Schema& schema, const CallArguments& call, const py::str
   }
 }
 
-void names_and_values(const CallArguments& call, const py::str& extra_key, std::vector<std::string>& names,
+void names_and_values(const CallArguments& call, py::handle extra_key, std::vector<std::string>& names,
                       std::vector<py::handle>& values, PyObject** extra) {
   names = default_names(static_cast<std::size_t>(call.nargs));
   values.assign(call.args, call.args + call.nargs);

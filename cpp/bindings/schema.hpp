@@ -29,6 +29,7 @@ struct Field {
   py::dtype dtype;
   std::vector<py::ssize_t> shape;  // per row
   std::size_t row_bytes = 0;
+  py::handle scalar_type;          // numpy's scalar type of the dtype (np.float32, ...): a builtin, never freed
   char kind = 0;                   // numpy kind: 'b', 'i', 'u', 'f'
   int itemsize = 0;
 
@@ -82,6 +83,9 @@ struct CallArguments {
   PyObject* keyword_value(Py_ssize_t i) const { return args[nargs + i]; }
 };
 
+// An interned string that lives as long as the process (a handle: see numpy() in schema.cpp).
+py::handle interned(const char* text);
+
 // Infers a schema from the values of a first add (batched: the leading axis is the batch).
 Schema infer_schema(const std::vector<std::string>& names, const std::vector<py::handle>& values, bool batched);
 
@@ -93,11 +97,11 @@ std::size_t convert_value(const Field& field, py::handle value, bool batched, Co
 
 // Orders positional and keyword values by schema, rejecting missing, unknown and duplicate fields.
 // The keyword `extra_key` (priority/priorities) is not a field: its value, if any, goes to *extra.
-void match_fields(const Schema& schema, const CallArguments& call, const py::str& extra_key, PyObject** values, PyObject** extra);
+void match_fields(const Schema& schema, const CallArguments& call, py::handle extra_key, PyObject** values, PyObject** extra);
 
 // Field names and values of a first call, before any schema exists (positional ones take the
 // transition names state, action, reward, next_state, done).
-void names_and_values(const CallArguments& call, const py::str& extra_key, std::vector<std::string>& names,
+void names_and_values(const CallArguments& call, py::handle extra_key, std::vector<std::string>& names,
                       std::vector<py::handle>& values, PyObject** extra);
 
 // Names for positional values when no schema exists yet: the five transition fields.
