@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +28,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
 from ray_replay.distributed.sampling import RateLimiter, ShardTable, split_capacity, split_ids
 from ray_replay.distributed.shard import ReplayShard
+from ray_replay.monitoring import SampleLatencyHistogram
 
 __all__ = ["ReplayCoordinator", "check_batch_size", "check_beta"]
 
@@ -70,6 +73,8 @@ class ReplayCoordinator:
         placement: "spread" (a SPREAD placement group of one bundle per shard, {"CPU": num_cpus of
             shard_options, default 0.01}: shards on different nodes where possible) or "pack" (Ray's
             default scheduling). A scheduling_strategy in shard_options overrides either.
+        metrics: export live metrics through Ray's metrics system (Prometheus, dashboard), tagged
+            with this coordinator's actor name (or "replay" when it has none); see ray_replay.monitoring.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class ReplayCoordinator:
         flush_interval_s: float = 0.05,
         shard_options: Mapping[str, Any] | None = None,
         placement: str = "spread",
+        metrics: bool = True,
         **buffer_kwargs: Any,
     ) -> None:
         capacities = split_capacity(capacity, num_shards)
@@ -118,8 +124,14 @@ class ReplayCoordinator:
             options.setdefault("num_cpus", 0.01)  # a bundle must hold something; shards mostly wait on I/O
             bundle = {"CPU": options["num_cpus"], **options.get("resources", {})}
             self._placement_group = placement_group([bundle] * num_shards, strategy="SPREAD")
+        metrics_name = (ray.get_runtime_context().get_actor_name() or "replay") if metrics else None
+        self._sample_latency = SampleLatencyHistogram(metrics_name) if metrics_name else None
+        self._recent_sample_s: deque[float] = deque(maxlen=1000)  # for the p50/p99 of stats()
+        self._previous_totals: tuple[float, int, int] | None = None  # (time, adds, samples) at the last stats()
         self._shards = [
-            ReplayShard.options(**options, **self._bundle(k)).remote(k, cap, buffer_type, alpha=alpha, beta=beta, seed=s, **buffer_kwargs)
+            ReplayShard.options(**options, **self._bundle(k)).remote(
+                k, cap, buffer_type, alpha=alpha, beta=beta, seed=s, metrics_name=metrics_name, **buffer_kwargs
+            )
             for k, (cap, s) in enumerate(zip(capacities, shard_seeds))
         ]
         self._table = ShardTable(num_shards, buffer_type)
@@ -232,6 +244,15 @@ class ReplayCoordinator:
         fifo: pops the oldest rows of each shard, in proportion to the shard sizes (see fifo_counts);
         ``partial`` as for the local fifo buffer.
         """
+        start = time.perf_counter()
+        batch = await self._sample(batch_size, beta, partial)
+        elapsed = time.perf_counter() - start
+        self._recent_sample_s.append(elapsed)
+        if self._sample_latency is not None:
+            self._sample_latency.observe(elapsed)
+        return batch
+
+    async def _sample(self, batch_size: int, beta: float | None, partial: bool) -> dict[str, np.ndarray]:
         batch_size = check_batch_size(batch_size, self._capacity)
         beta = check_beta(beta, self._beta)
         await self._flush()
@@ -284,7 +305,9 @@ class ReplayCoordinator:
         return self._table.size
 
     async def stats(self) -> dict[str, Any]:
-        """{"shards": [per-shard stats with "node_id"], "total": summed counters and global masses}."""
+        """{"shards": [per-shard stats with "node_id", "pid", "restarts"], "total": summed counters,
+        global masses, inserts/s and samples/s since the previous stats() call, and the p50/p99 of
+        the latest 1,000 sample() calls as callers saw them (``sample_latency_p50_ms``, ``_p99_ms``)}."""
         await self._flush()
         shard_stats, nodes = await asyncio.gather(
             asyncio.gather(*[shard.stats.remote() for shard in self._shards]),
@@ -302,6 +325,16 @@ class ReplayCoordinator:
             positive = [s["min_priority"] for s in shard_stats if s["min_priority"] > 0]
             total["min_priority"] = min(positive) if positive else 0.0
             total["max_priority"] = max(s["max_priority"] for s in shard_stats)
+        total["restarts"] = sum(s["restarts"] for s in shard_stats)
+        now = time.monotonic()
+        if self._previous_totals is not None and now > self._previous_totals[0]:
+            then, adds, samples = self._previous_totals
+            total["inserts_per_second"] = (total["adds"] - adds) / (now - then)
+            total["samples_per_second"] = (total["samples"] - samples) / (now - then)
+        self._previous_totals = (now, total["adds"], total["samples"])
+        if self._recent_sample_s:
+            p50, p99 = np.percentile(np.fromiter(self._recent_sample_s, float), [50, 99]) * 1e3
+            total["sample_latency_p50_ms"], total["sample_latency_p99_ms"] = float(p50), float(p99)
         return {"shards": shard_stats, "total": total}
 
     def shard_handles(self) -> list[Any]:

@@ -7,6 +7,8 @@ rows of the same reply: the masses of a sample and the shard's total mass S_k co
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +16,7 @@ import numpy as np
 import ray
 
 from ray_replay.buffer import ReplayBuffer
+from ray_replay.monitoring import ShardMetrics
 from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, encode_ids, local_ids
 
 __all__ = ["ReplayShard", "ReplayShardImpl"]
@@ -36,6 +39,7 @@ class ReplayShardImpl:
     def snapshot(self) -> Snapshot:
         """Size, mass, smallest positive mass and lifetime row counters, from one stats() call."""
         s = self.buffer.stats()
+        self._observe(s)
         if self._prioritized:
             return Snapshot(s["size"], s["total_priority"], s["min_priority"], s["adds"], s["samples"])
         return Snapshot(s["size"], float(s["size"]), 0.0, s["adds"], s["samples"])
@@ -88,6 +92,9 @@ class ReplayShardImpl:
         """The buffer's schema once known (given, or inferred from the first add), else None."""
         return self.buffer.schema or None
 
+    def _observe(self, stats: Mapping[str, Any]) -> None:
+        """Called with the buffer's stats on every reply; the actor exports them as metrics."""
+
     def stats(self) -> dict[str, Any]:
         return {"shard": self.shard_index, **self.buffer.stats()}
 
@@ -97,7 +104,26 @@ class ReplayShardImpl:
 
 @ray.remote
 class ReplayShard(ReplayShardImpl):
-    """The Ray actor hosting one shard; created by ReplayCoordinator (with ``shard_options``)."""
+    """The Ray actor hosting one shard; created by ReplayCoordinator (with ``shard_options``).
+
+    With ``metrics_name`` set, it exports its stats as Ray metrics tagged with that name (see
+    ray_replay.monitoring), at most once a second.
+    """
+
+    def __init__(self, shard_index: int, capacity: int, buffer_type: str = "uniform", *, metrics_name: str | None = None,
+                 **buffer_kwargs: Any) -> None:
+        super().__init__(shard_index, capacity, buffer_type, **buffer_kwargs)
+        with warnings.catch_warnings():  # Ray 2.60's property calls one of its own deprecated APIs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._restarts = int(ray.get_runtime_context().was_current_actor_reconstructed)
+        self._metrics = ShardMetrics(metrics_name, shard_index) if metrics_name else None
+
+    def _observe(self, stats: Mapping[str, Any]) -> None:
+        if self._metrics is not None and self._metrics.due():
+            self._metrics.publish(stats, self._restarts)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "restarts": self._restarts, "pid": os.getpid()}
 
     def node_id(self) -> str:
         """The Ray node this shard lives on (to check placement)."""
