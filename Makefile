@@ -60,7 +60,7 @@ demo: install
 
 bench: install
 	$(PIP) install --quiet "cpprb>=10" "matplotlib>=3.7" || echo "optional baselines unavailable; benchmarking without them"
-	$(PY) benchmarks/local.py $(ARGS)
+	$(PY) benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf build $(VENV)

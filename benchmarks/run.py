@@ -1,0 +1,195 @@
+"""``make bench``: every benchmark in one run, with progress and an estimate of the time left.
+
+    python benchmarks/run.py [--quick] [--skip NAME ...]
+
+Steps (each writes JSON and Markdown under benchmarks/results/):
+  local        ray_replay beside numpy ring, deque, cpprb and a numpy sum tree; includes the C++ benchmark
+  batch_sizes  sample latency per call vs batch size (ray_replay uniform and prioritized, numpy ring)
+  distributed  DIST-1 on Ray: ReplayCoordinator/ReplayClient vs a naive numpy actor
+  scaling      DIST-1 with 1, 2 and 4 shards on a simulated 4-node cluster (full mode only)
+  rllib        DQN on CartPole with RLlib's buffer vs ray_replay (full mode only: ~1 hour)
+Then it draws the plots (PNG, matplotlib) and writes benchmarks/results/summary.md.
+--quick takes under 2 minutes on a 2-core machine; the full run about 15 minutes plus RLlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+from baselines.numpy_ring import NumpyRing  # noqa: E402
+from common import machine_info  # noqa: E402
+
+from ray_replay import ReplayBuffer  # noqa: E402
+
+SCHEMA = {"state": ((8,), np.float32), "action": ((), np.int64), "reward": ((), np.float32),
+          "next_state": ((8,), np.float32), "done": ((), np.bool_)}
+BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
+
+
+def progress(step: int, steps: list[tuple[str, float]], started: float) -> None:
+    """A progress bar with the time left, estimated from the planned step durations and the pace so far."""
+    planned_done = sum(seconds for _, seconds in steps[:step])
+    planned_total = sum(seconds for _, seconds in steps)
+    elapsed = time.monotonic() - started
+    pace = elapsed / planned_done if planned_done else 1.0
+    left = (planned_total - planned_done) * pace
+    width = 30
+    filled = int(width * planned_done / planned_total)
+    name = steps[step][0] if step < len(steps) else "plots"
+    print(f"[{'#' * filled}{'.' * (width - filled)}] {step}/{len(steps)} {name:<12} elapsed {elapsed:5.0f} s, ~{left:4.0f} s left",
+          flush=True)
+
+
+def run_script(script: str, *args: str) -> None:
+    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
+
+
+def batch_size_sweep(quick: bool) -> dict[str, Any]:
+    """Median sample latency (us) per batch size, in one process, from full buffers (1,000,000 rows; 200,000 with --quick)."""
+    capacity = 200_000 if quick else 1_000_000
+    rng = np.random.default_rng(0)
+    rows = {name: (rng.random((capacity, *shape)) * 10).astype(dtype) for name, (shape, dtype) in SCHEMA.items()}
+    uniform = ReplayBuffer(capacity, "uniform", schema=SCHEMA, seed=0, collect_stats=False)
+    prioritized = ReplayBuffer(capacity, "prioritized", schema=SCHEMA, seed=0, collect_stats=False)
+    uniform.add_batch(**rows)
+    prioritized.add_batch(**rows, priorities=rng.random(capacity))
+    ring = NumpyRing(capacity, SCHEMA)
+    ring.add_batch(*rows.values())
+    cases = {
+        "ray_replay uniform": lambda n: uniform.sample(n),
+        "ray_replay prioritized": lambda n: prioritized.sample(n),
+        "numpy ring": lambda n: ring.sample(n),
+    }
+    repetitions = 30 if quick else 200
+    result: dict[str, Any] = {"capacity": capacity, "repetitions": repetitions, "batch_sizes": list(BATCH_SIZES), "us": {}}
+    for name, sample in cases.items():
+        medians = []
+        for n in BATCH_SIZES:
+            times = []
+            for _ in range(repetitions):
+                start = time.perf_counter_ns()
+                sample(n)
+                times.append((time.perf_counter_ns() - start) / 1e3)
+            medians.append(float(np.median(times)))
+        result["us"][name] = medians
+    (RESULTS / "batch_sizes.json").write_text(json.dumps({"machine": machine_info(), **result}, indent=2))
+    return result
+
+
+def plots() -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    sweep = RESULTS / "batch_sizes.json"
+    if sweep.exists():
+        data = json.loads(sweep.read_text())
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, values in data["us"].items():
+            ax.plot(data["batch_sizes"], values, marker="o", label=name)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="median latency per sample() call (us)",
+               title=f"sample latency vs batch size ({data['capacity']:,} rows)")
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "batch_sizes.png", dpi=110)
+        made.append("batch_sizes.png")
+    distributed = RESULTS / "distributed.json"
+    if distributed.exists():
+        data = json.loads(distributed.read_text())
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+        names = ["ray_replay", "naive"]
+        x = np.arange(2)
+        left.bar(x - 0.2, [data[n]["inserted_per_s"] / 1e3 for n in names], 0.4, label="inserted/s")
+        left.bar(x + 0.2, [data[n]["sampled_per_s"] / 1e3 for n in names], 0.4, label="sampled/s")
+        left.set(xticks=x, xticklabels=names, ylabel="thousand transitions / s", title="DIST-1 throughput")
+        left.legend()
+        right.bar(x - 0.2, [data[n]["sample_p50_ms"] for n in names], 0.4, label="p50")
+        right.bar(x + 0.2, [data[n]["sample_p99_ms"] for n in names], 0.4, label="p99")
+        right.set(xticks=x, xticklabels=names, ylabel="ms", title="learner-side sample latency (512)")
+        right.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "distributed.png", dpi=110)
+        made.append("distributed.png")
+    scaling = RESULTS / "distributed_cluster.json"
+    if scaling.exists():
+        data = json.loads(scaling.read_text())["cluster"]
+        shards = sorted(data, key=int)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([int(s) for s in shards], [data[s]["inserted_per_s"] / 1e3 for s in shards], marker="o", label="inserted/s (thousands)")
+        ax.plot([int(s) for s in shards], [data[s]["cpu_us_per_transition"] for s in shards], marker="s", label="CPU-us per transition")
+        ax.set(xlabel="shards (simulated 4-node cluster)", title="DIST-1 vs number of shards", xticks=[int(s) for s in shards])
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "scaling.png", dpi=110)
+        made.append("scaling.png")
+    plt.close("all")
+    return made
+
+
+def summary(made: list[str]) -> None:
+    parts = ["# Benchmark results", ""]
+    for name in ("local.md", "distributed.json", "rllib_dqn.md"):
+        path = RESULTS / name
+        if path.exists():
+            parts.append(json.loads(path.read_text())["markdown"] if name.endswith(".json") else path.read_text())
+            parts.append("")
+    sweep = RESULTS / "batch_sizes.json"
+    if sweep.exists():
+        data = json.loads(sweep.read_text())
+        parts += ["### sample latency vs batch size (median us per call)", "",
+                  "| implementation | " + " | ".join(map(str, data["batch_sizes"])) + " |",
+                  "|---|" + "---|" * len(data["batch_sizes"])]
+        parts += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for name, values in data["us"].items()]
+        parts.append("")
+    parts += [f"![{name}]({name})" for name in made]
+    (RESULTS / "summary.md").write_text("\n".join(parts) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs: under 2 minutes in all")
+    parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out (local, batch_sizes, distributed, scaling, rllib)")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    quick = ["--quick"] if args.quick else []
+    plan: list[tuple[str, float, Any]] = [
+        ("local", 12 if args.quick else 60, lambda: run_script("local.py", *quick)),
+        ("batch_sizes", 10 if args.quick else 40, lambda: batch_size_sweep(args.quick)),
+        ("distributed", 60 if args.quick else 180, lambda: run_script("distributed.py", *quick)),
+    ]
+    if not args.quick:
+        plan += [
+            ("scaling", 300, lambda: run_script("distributed.py", "--cluster", "--seconds", "10", "--prefill", "200000", "--repeats", "1")),
+            ("rllib", 3600, lambda: run_script("rllib_dqn.py")),
+        ]
+    plan = [step for step in plan if step[0] not in args.skip]
+    steps = [(name, seconds) for name, seconds, _ in plan]
+    started = time.monotonic()
+    for i, (name, _, run) in enumerate(plan):
+        progress(i, steps, started)
+        run()
+    progress(len(plan), steps, started)
+    made = plots()
+    summary(made)
+    print(f"wrote {RESULTS / 'summary.md'} and {', '.join(made)} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
