@@ -28,6 +28,15 @@ from typing import Any
 
 Case = Callable[[int], "tuple[int, int]"]
 
+# The transition of the issues' workloads: obs float32[8], action int64, reward float32, next_obs, done.
+SCHEMA = {
+    "state": ((8,), "float32"),
+    "action": ((), "int64"),
+    "reward": ((), "float32"),
+    "next_state": ((8,), "float32"),
+    "done": ((), "bool"),
+}
+
 
 def start() -> tuple[int, int]:
     """Clocks at the start of a timed loop: (wall ns, thread CPU ns)."""

@@ -36,18 +36,11 @@ import ray
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine_info, write_json  # noqa: E402
+from common import SCHEMA, machine_info, write_json  # noqa: E402
 
 from ray_replay.distributed import ReplayClient, ReplayCoordinator  # noqa: E402
 from ray_replay.distributed.runtime import LOOPBACK, init_ray  # noqa: E402
 
-SCHEMA = {
-    "state": ((8,), np.float32),
-    "action": ((), np.int64),
-    "reward": ((), np.float32),
-    "next_state": ((8,), np.float32),
-    "done": ((), np.bool_),
-}
 FIELDS = tuple(SCHEMA)
 CAPACITY = 1_000_000
 WRITE_BATCH = 1000

@@ -39,15 +39,9 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
+from common import SCHEMA  # noqa: E402
 from baselines import cpprb_buffer, deque_buffer, numpy_ring, numpy_sum_tree  # noqa: E402
 
-SCHEMA = {
-    "state": ((8,), np.float32),
-    "action": ((), np.int64),
-    "reward": ((), np.float32),
-    "next_state": ((8,), np.float32),
-    "done": ((), np.bool_),
-}
 ALPHA, BETA, EPS = 0.6, 0.4, 1e-6
 ADD_BATCH = 1000
 SAMPLE_BATCH = 256

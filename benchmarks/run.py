@@ -29,12 +29,10 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 from baselines.numpy_ring import NumpyRing  # noqa: E402
-from common import machine_info  # noqa: E402
+from common import SCHEMA, machine_info  # noqa: E402
 
 from ray_replay import ReplayBuffer  # noqa: E402
 
-SCHEMA = {"state": ((8,), np.float32), "action": ((), np.int64), "reward": ((), np.float32),
-          "next_state": ((8,), np.float32), "done": ((), np.bool_)}
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 
 

@@ -65,6 +65,17 @@ std::vector<double> convert_priorities(py::handle value, std::size_t count, cons
 
 py::tuple shape_tuple(const std::vector<py::ssize_t>& shape) { return py::tuple(py::cast(shape)); }
 
+// The counters of a buffer state, by their key in get_state().
+constexpr std::pair<const char*, std::uint64_t core::BufferCounters::*> kCounterFields[] = {
+    {"total_adds", &core::BufferCounters::total_adds},
+    {"samples", &core::BufferCounters::samples},
+    {"sample_calls", &core::BufferCounters::sample_calls},
+    {"evictions", &core::BufferCounters::evictions},
+    {"rejected", &core::BufferCounters::rejected},
+    {"priority_updates", &core::BufferCounters::priority_updates},
+    {"stale_priority_updates", &core::BufferCounters::stale_priority_updates},
+};
+
 
 
 }  // namespace
@@ -315,13 +326,7 @@ class NativeBuffer {
       s = engine_->export_state(destinations.data());
     }
     state["columns"] = columns;
-    state["total_adds"] = s.total_adds;
-    state["samples"] = s.samples;
-    state["sample_calls"] = s.sample_calls;
-    state["evictions"] = s.evictions;
-    state["rejected"] = s.rejected;
-    state["priority_updates"] = s.priority_updates;
-    state["stale_priority_updates"] = s.stale_priority_updates;
+    for (const auto& [name, member] : kCounterFields) state[name] = s.counters.*member;
     state["max_priority"] = s.max_priority;
     state["random"] = py::array_t<std::uint64_t>(4, s.random.data());
     state["masses"] = py::array_t<double>(static_cast<py::ssize_t>(s.priorities.size()), s.priorities.data());
@@ -339,13 +344,7 @@ class NativeBuffer {
       rows = convert_value(schema_[i], columns[schema_[i].name.c_str()], true, converted, i);
     }
     core::BufferState s;
-    s.total_adds = state["total_adds"].cast<std::uint64_t>();
-    s.samples = state["samples"].cast<std::uint64_t>();
-    s.sample_calls = state["sample_calls"].cast<std::uint64_t>();
-    s.evictions = state["evictions"].cast<std::uint64_t>();
-    s.rejected = state["rejected"].cast<std::uint64_t>();
-    s.priority_updates = state["priority_updates"].cast<std::uint64_t>();
-    s.stale_priority_updates = state["stale_priority_updates"].cast<std::uint64_t>();
+    for (const auto& [name, member] : kCounterFields) s.counters.*member = state[name].cast<std::uint64_t>();
     s.max_priority = state["max_priority"].cast<double>();
     auto random = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(state["random"]);
     if (!random || random.size() != 4) throw py::value_error("state 'random' must hold 4 words");

@@ -172,17 +172,8 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
 
   core::BufferStats stats() const override {
     core::BufferStats s;
-    s.size = size();
-    s.capacity = store_.capacity();
-    s.adds = committed_.value.load(std::memory_order_relaxed);
-    s.samples = samples_.value.load(std::memory_order_relaxed);
-    s.sample_calls = sample_calls_.value.load(std::memory_order_relaxed);
-    s.evictions = evictions_.value.load(std::memory_order_relaxed);
-    std::size_t row_bytes = 0;
-    for (std::size_t bytes : store_.all_row_bytes()) row_bytes += bytes;
-    s.bytes_held = s.size * row_bytes;
-    s.bytes_reserved = store_.bytes_reserved() + store_.capacity() * sizeof(SlotGuard);
-    fill_latencies(s);
+    fill_common(s, size(), store_, counters());
+    s.bytes_reserved += store_.capacity() * sizeof(SlotGuard);
     return s;
   }
 
@@ -201,33 +192,39 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
       }
     }
     core::BufferState state;
-    state.total_adds = total;
-    state.samples = samples_.value.load(std::memory_order_relaxed);
-    state.sample_calls = sample_calls_.value.load(std::memory_order_relaxed);
-    state.evictions = evictions_.value.load(std::memory_order_relaxed);
+    state.counters = counters();
     return state;
   }
 
   void import_state(const core::BufferState& state, const std::byte* const* sources, std::size_t rows) override {
     const std::size_t cap = store_.capacity();
-    if (rows != std::min<std::uint64_t>(state.total_adds, cap)) {
+    if (rows != std::min<std::uint64_t>(state.counters.total_adds, cap)) {
       throw std::invalid_argument("state holds " + std::to_string(rows) + " rows but its add count implies " +
-                                  std::to_string(std::min<std::uint64_t>(state.total_adds, cap)));
+                                  std::to_string(std::min<std::uint64_t>(state.counters.total_adds, cap)));
     }
-    const std::uint64_t oldest = state.total_adds - rows;
+    const std::uint64_t oldest = state.counters.total_adds - rows;
     store_.write_ring(static_cast<std::size_t>(oldest % cap), rows, sources);
     for (std::size_t slot = 0; slot < cap; ++slot) guards_[slot].version.store(0, std::memory_order_relaxed);
-    for (std::uint64_t seq = oldest; seq < state.total_adds; ++seq) {
+    for (std::uint64_t seq = oldest; seq < state.counters.total_adds; ++seq) {
       guards_[seq % cap].version.store(2 * (seq + 1), std::memory_order_relaxed);
     }
-    samples_.value.store(state.samples, std::memory_order_relaxed);
-    sample_calls_.value.store(state.sample_calls, std::memory_order_relaxed);
-    evictions_.value.store(state.evictions, std::memory_order_relaxed);
-    claimed_.value.store(state.total_adds, std::memory_order_relaxed);
-    committed_.value.store(state.total_adds, std::memory_order_release);  // publishes everything above
+    samples_.value.store(state.counters.samples, std::memory_order_relaxed);
+    sample_calls_.value.store(state.counters.sample_calls, std::memory_order_relaxed);
+    evictions_.value.store(state.counters.evictions, std::memory_order_relaxed);
+    claimed_.value.store(state.counters.total_adds, std::memory_order_relaxed);
+    committed_.value.store(state.counters.total_adds, std::memory_order_release);  // publishes everything above
   }
 
  private:
+  core::BufferCounters counters() const noexcept {
+    core::BufferCounters counters;
+    counters.total_adds = committed_.value.load(std::memory_order_relaxed);
+    counters.samples = samples_.value.load(std::memory_order_relaxed);
+    counters.sample_calls = sample_calls_.value.load(std::memory_order_relaxed);
+    counters.evictions = evictions_.value.load(std::memory_order_relaxed);
+    return counters;
+  }
+
   // Writes row `index` of the batch as sequence number `seq`; false when a newer row already holds the slot.
   bool write_row(std::uint64_t seq, const std::byte* const* sources, std::size_t index) noexcept {
     const std::size_t slot = static_cast<std::size_t>(seq % store_.capacity());

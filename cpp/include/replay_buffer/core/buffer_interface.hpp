@@ -18,6 +18,7 @@
 
 #include "replay_buffer/core/latency_recorder.hpp"
 #include "replay_buffer/core/random.hpp"
+#include "replay_buffer/memory/column_store.hpp"
 
 namespace replay_buffer::core {
 
@@ -43,6 +44,17 @@ struct PriorityUpdateResult {
   std::size_t stale = 0;
 };
 
+// Lifetime counters every buffer keeps (rows, not calls, except sample_calls).
+struct BufferCounters {
+  std::uint64_t total_adds = 0;
+  std::uint64_t samples = 0;       // rows returned by sample()
+  std::uint64_t sample_calls = 0;
+  std::uint64_t evictions = 0;     // rows overwritten or dropped before anyone sampled them out (FIFO)
+  std::uint64_t rejected = 0;      // rows refused by a full FIFO buffer (never stored)
+  std::uint64_t priority_updates = 0;
+  std::uint64_t stale_priority_updates = 0;
+};
+
 struct BufferStats {
   std::size_t size = 0;
   std::size_t capacity = 0;
@@ -64,13 +76,7 @@ struct BufferStats {
 
 // Everything but the rows needed to restore a buffer exactly (pickling, checkpoints).
 struct BufferState {
-  std::uint64_t total_adds = 0;
-  std::uint64_t samples = 0;
-  std::uint64_t sample_calls = 0;
-  std::uint64_t evictions = 0;
-  std::uint64_t rejected = 0;
-  std::uint64_t priority_updates = 0;
-  std::uint64_t stale_priority_updates = 0;
+  BufferCounters counters;
   double max_priority = 1.0;
   Random::State random{};
   std::vector<double> priorities;  // prioritized: per row, oldest first
@@ -110,6 +116,24 @@ class ReplayBufferInterface {
   void reset_latencies() noexcept { add_latency_.reset(); sample_latency_.reset(); }
 
  protected:
+  // The fields of stats() every buffer fills alike.
+  void fill_common(BufferStats& stats, std::size_t size, const memory::ColumnStore& store, const BufferCounters& counters) const noexcept {
+    stats.size = size;
+    stats.capacity = store.capacity();
+    stats.adds = counters.total_adds;
+    stats.samples = counters.samples;
+    stats.sample_calls = counters.sample_calls;
+    stats.evictions = counters.evictions;
+    stats.rejected = counters.rejected;
+    stats.priority_updates = counters.priority_updates;
+    stats.stale_priority_updates = counters.stale_priority_updates;
+    std::size_t row_bytes = 0;
+    for (std::size_t bytes : store.all_row_bytes()) row_bytes += bytes;
+    stats.bytes_held = size * row_bytes;
+    stats.bytes_reserved = store.bytes_reserved();
+    fill_latencies(stats);
+  }
+
   void fill_latencies(BufferStats& stats) const noexcept {
     stats.add_p50_ns = add_latency_.percentile(0.50);
     stats.add_p99_ns = add_latency_.percentile(0.99);

@@ -36,7 +36,7 @@ class FifoBuffer final : public ReplayBufferInterface {
     const std::size_t cap = store_.capacity();
     const std::size_t free_rows = cap - size_;
     if (count > free_rows && overflow_ == OverflowPolicy::kReject) {
-      rejected_ += count;
+      counters_.rejected += count;
       throw BufferFullError("fifo buffer is full: " + std::to_string(count) + " rows do not fit in the " +
                             std::to_string(free_rows) + " free rows of capacity " + std::to_string(cap) +
                             " (sample to consume rows, or construct with on_full=\"evict\")");
@@ -46,12 +46,12 @@ class FifoBuffer final : public ReplayBufferInterface {
     const std::size_t dropped = size_ + kept > cap ? size_ + kept - cap : 0;
     head_ = (head_ + dropped) % cap;
     size_ -= dropped;
-    evictions_ += dropped + skipped;
+    counters_.evictions += dropped + skipped;
     offsets_.resize(store_.num_columns());
     for (std::size_t c = 0; c < store_.num_columns(); ++c) offsets_[c] = sources[c] + skipped * store_.row_bytes(c);
     store_.write_ring((head_ + size_) % cap, kept, offsets_.data());
     size_ += kept;
-    total_adds_ += count;
+    counters_.total_adds += count;
   }
 
   std::size_t sample(const SampleRequest& request, std::byte* const* destinations) override {
@@ -66,8 +66,8 @@ class FifoBuffer final : public ReplayBufferInterface {
     store_.read_ring(head_, n, destinations);
     head_ = (head_ + n) % store_.capacity();
     size_ -= n;
-    samples_ += n;
-    ++sample_calls_;
+    counters_.samples += n;
+    ++counters_.sample_calls;
     return n;
   }
 
@@ -84,18 +84,7 @@ class FifoBuffer final : public ReplayBufferInterface {
   BufferStats stats() const override {
     std::lock_guard lock(mutex_);
     BufferStats s;
-    s.size = size_;
-    s.capacity = store_.capacity();
-    s.adds = total_adds_;
-    s.samples = samples_;
-    s.sample_calls = sample_calls_;
-    s.evictions = evictions_;
-    s.rejected = rejected_;
-    std::size_t row_bytes = 0;
-    for (std::size_t bytes : store_.all_row_bytes()) row_bytes += bytes;
-    s.bytes_held = size_ * row_bytes;
-    s.bytes_reserved = store_.bytes_reserved();
-    fill_latencies(s);
+    fill_common(s, size_, store_, counters_);
     return s;
   }
 
@@ -103,11 +92,7 @@ class FifoBuffer final : public ReplayBufferInterface {
     std::lock_guard lock(mutex_);
     store_.read_ring(head_, size_, destinations);
     BufferState state;
-    state.total_adds = total_adds_;
-    state.samples = samples_;
-    state.sample_calls = sample_calls_;
-    state.evictions = evictions_;
-    state.rejected = rejected_;
+    state.counters = counters_;
     return state;
   }
 
@@ -117,11 +102,7 @@ class FifoBuffer final : public ReplayBufferInterface {
     store_.write_ring(0, rows, sources);
     head_ = 0;
     size_ = rows;
-    total_adds_ = state.total_adds;
-    samples_ = state.samples;
-    sample_calls_ = state.sample_calls;
-    evictions_ = state.evictions;
-    rejected_ = state.rejected;
+    counters_ = state.counters;
   }
 
  private:
@@ -130,11 +111,7 @@ class FifoBuffer final : public ReplayBufferInterface {
   OverflowPolicy overflow_;
   std::size_t head_ = 0;  // slot of the oldest unread row
   std::size_t size_ = 0;
-  std::uint64_t total_adds_ = 0;
-  std::uint64_t samples_ = 0;
-  std::uint64_t sample_calls_ = 0;
-  std::uint64_t evictions_ = 0;
-  std::uint64_t rejected_ = 0;
+  BufferCounters counters_;
   std::vector<const std::byte*> offsets_;
 };
 

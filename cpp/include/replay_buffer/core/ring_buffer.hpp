@@ -40,7 +40,7 @@ class RingBuffer final : public ReplayBufferInterface {
     // Of a batch longer than the ring only the newest `cap` rows can survive: skip the others.
     const std::size_t skipped = count > cap ? count - cap : 0;
     const std::size_t kept = count - skipped;
-    const std::uint64_t first_id = total_adds_ + skipped;
+    const std::uint64_t first_id = counters_.total_adds + skipped;
     const std::size_t first_slot = static_cast<std::size_t>(first_id % cap);
     if (skipped > 0) {
       offsets_.resize(store_.num_columns());
@@ -62,9 +62,9 @@ class RingBuffer final : public ReplayBufferInterface {
       selector_.insert(slots_.data(), priorities_.data(), kept);
     }
     const std::size_t new_size = std::min<std::size_t>(size_ + count, cap);
-    evictions_ += size_ + count - new_size;
+    counters_.evictions += size_ + count - new_size;
     size_ = new_size;
-    total_adds_ += count;
+    counters_.total_adds += count;
   }
 
   std::size_t sample(const SampleRequest& request, std::byte* const* destinations) override {
@@ -76,7 +76,7 @@ class RingBuffer final : public ReplayBufferInterface {
     selector_.sample(request, rng_, size_, slots_.data());
     store_.gather(slots_.data(), n, destinations);
     const std::size_t cap = store_.capacity();
-    const std::uint64_t oldest = total_adds_ - size_;
+    const std::uint64_t oldest = counters_.total_adds - size_;
     if (request.ids != nullptr) {
       const std::uint64_t oldest_slot = oldest % cap;
       for (std::size_t i = 0; i < n; ++i) {
@@ -100,8 +100,8 @@ class RingBuffer final : public ReplayBufferInterface {
         }
       }
     }
-    samples_ += n;
-    ++sample_calls_;
+    counters_.samples += n;
+    ++counters_.sample_calls;
     return n;
   }
 
@@ -113,7 +113,7 @@ class RingBuffer final : public ReplayBufferInterface {
       check_ids_issued_locked(ids, count);
       slots_.clear();
       priorities_.clear();
-      const std::uint64_t oldest = total_adds_ - size_;
+      const std::uint64_t oldest = counters_.total_adds - size_;
       for (std::size_t i = 0; i < count; ++i) {
         const auto id = static_cast<std::uint64_t>(ids[i]);
         if (id < oldest) continue;  // its slot has been overwritten since it was sampled
@@ -123,8 +123,8 @@ class RingBuffer final : public ReplayBufferInterface {
       }
       selector_.update(slots_.data(), priorities_.data(), slots_.size());
       PriorityUpdateResult result{slots_.size(), count - slots_.size()};
-      priority_updates_ += result.applied;
-      stale_priority_updates_ += result.stale;
+      counters_.priority_updates += result.applied;
+      counters_.stale_priority_updates += result.stale;
       return result;
     }
   }
@@ -143,35 +143,22 @@ class RingBuffer final : public ReplayBufferInterface {
   BufferStats stats() const override {
     std::lock_guard lock(mutex_);
     BufferStats s;
-    s.size = size_;
-    s.capacity = store_.capacity();
-    s.adds = total_adds_;
-    s.samples = samples_;
-    s.sample_calls = sample_calls_;
-    s.evictions = evictions_;
-    s.priority_updates = priority_updates_;
-    s.stale_priority_updates = stale_priority_updates_;
-    std::size_t row_bytes = 0;
-    for (std::size_t bytes : store_.all_row_bytes()) row_bytes += bytes;
-    s.bytes_held = size_ * row_bytes;
-    s.bytes_reserved = store_.bytes_reserved();
+    fill_common(s, size_, store_, counters_);
     if constexpr (Selector::kPrioritized) {
       s.total_priority = selector_.total();
       const double min_mass = selector_.min_positive();
       s.min_priority = std::isfinite(min_mass) ? min_mass : 0.0;
       s.max_priority = max_priority_;
     }
-    fill_latencies(s);
     return s;
   }
 
   BufferState export_state(std::byte* const* destinations) const override {
     std::lock_guard lock(mutex_);
     const std::size_t cap = store_.capacity();
-    const std::uint64_t oldest = total_adds_ - size_;
+    const std::uint64_t oldest = counters_.total_adds - size_;
     store_.read_ring(static_cast<std::size_t>(oldest % cap), size_, destinations);
-    BufferState state{total_adds_, samples_, sample_calls_, evictions_, 0, priority_updates_,
-                      stale_priority_updates_, max_priority_, rng_.state(), {}};
+    BufferState state{counters_, max_priority_, rng_.state(), {}};
     if constexpr (Selector::kPrioritized) {
       state.priorities.resize(size_);
       for (std::size_t i = 0; i < size_; ++i) state.priorities[i] = selector_.mass((oldest + i) % cap);
@@ -182,15 +169,15 @@ class RingBuffer final : public ReplayBufferInterface {
   // state.priorities, when prioritized, holds masses (p^alpha) as export_state wrote them.
   void import_state(const BufferState& state, const std::byte* const* sources, std::size_t rows) override {
     const std::size_t cap = store_.capacity();
-    if (rows != std::min<std::uint64_t>(state.total_adds, cap)) {
+    if (rows != std::min<std::uint64_t>(state.counters.total_adds, cap)) {
       throw std::invalid_argument("state holds " + std::to_string(rows) + " rows but its add count implies " +
-                                  std::to_string(std::min<std::uint64_t>(state.total_adds, cap)));
+                                  std::to_string(std::min<std::uint64_t>(state.counters.total_adds, cap)));
     }
     if (Selector::kPrioritized && state.priorities.size() != rows) {
       throw std::invalid_argument("state must hold one priority per row");
     }
     std::lock_guard lock(mutex_);
-    const std::uint64_t oldest = state.total_adds - rows;
+    const std::uint64_t oldest = state.counters.total_adds - rows;
     store_.write_ring(static_cast<std::size_t>(oldest % cap), rows, sources);
     if constexpr (Selector::kPrioritized) {
       selector_.clear();
@@ -199,12 +186,7 @@ class RingBuffer final : public ReplayBufferInterface {
       selector_.set_masses(slots_.data(), state.priorities.data(), rows);
     }
     size_ = rows;
-    total_adds_ = state.total_adds;
-    samples_ = state.samples;
-    sample_calls_ = state.sample_calls;
-    evictions_ = state.evictions;
-    priority_updates_ = state.priority_updates;
-    stale_priority_updates_ = state.stale_priority_updates;
+    counters_ = state.counters;
     max_priority_ = state.max_priority;
     rng_.set_state(state.random);
   }
@@ -214,7 +196,7 @@ class RingBuffer final : public ReplayBufferInterface {
  private:
   void check_ids_issued_locked(const std::int64_t* ids, std::size_t count) const {
     for (std::size_t i = 0; i < count; ++i) {
-      if (ids[i] < 0 || static_cast<std::uint64_t>(ids[i]) >= total_adds_) {
+      if (ids[i] < 0 || static_cast<std::uint64_t>(ids[i]) >= counters_.total_adds) {
         throw std::invalid_argument("ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
                                     " was never issued by this buffer");
       }
@@ -226,12 +208,7 @@ class RingBuffer final : public ReplayBufferInterface {
   Selector selector_;
   Random rng_;
   std::size_t size_ = 0;
-  std::uint64_t total_adds_ = 0;
-  std::uint64_t samples_ = 0;
-  std::uint64_t sample_calls_ = 0;
-  std::uint64_t evictions_ = 0;
-  std::uint64_t priority_updates_ = 0;
-  std::uint64_t stale_priority_updates_ = 0;
+  BufferCounters counters_;
   double max_priority_ = 1.0;  // priority of rows added without one: the largest seen so far
   // Scratch space reused across calls (guarded by mutex_), so steady-state calls do not allocate.
   std::vector<std::uint64_t> slots_;

@@ -64,17 +64,9 @@ class ColumnStore {
   // Writes `count` rows into slots first, first+1, ... (mod capacity). sources[c] points at
   // `count` contiguous rows of column c. O(count * row bytes), at most two memcpy per column.
   void write_ring(std::size_t first, std::size_t count, const std::byte* const* sources) noexcept {
-    for (std::size_t c = 0; c < row_bytes_.size(); ++c) {
-      const std::size_t bytes = row_bytes_[c];
-      std::size_t done = 0;
-      std::size_t slot = first;
-      while (done < count) {
-        const std::size_t run = std::min(count - done, capacity_ - slot);
-        std::memcpy(row(c, slot), sources[c] + done * bytes, run * bytes);
-        done += run;
-        slot = 0;
-      }
-    }
+    for_each_run(first, count, [&](std::size_t c, std::size_t slot, std::size_t done, std::size_t bytes) {
+      std::memcpy(row(c, slot), sources[c] + done * row_bytes_[c], bytes);
+    });
   }
 
   // Copies rows slots[0..count) of every column into destinations[c] (contiguous rows).
@@ -99,20 +91,25 @@ class ColumnStore {
 
   // Copies `count` ring-ordered rows starting at slot `first` out to destinations (the inverse of write_ring).
   void read_ring(std::size_t first, std::size_t count, std::byte* const* destinations) const noexcept {
+    for_each_run(first, count, [&](std::size_t c, std::size_t slot, std::size_t done, std::size_t bytes) {
+      std::memcpy(destinations[c] + done * row_bytes_[c], row(c, slot), bytes);
+    });
+  }
+
+ private:
+  // Calls copy(column, first slot, rows done, bytes) for each contiguous run of `count` rows from
+  // slot `first` on: one run, or two where the ring wraps.
+  template <class Copy>
+  void for_each_run(std::size_t first, std::size_t count, Copy&& copy) const noexcept {
     for (std::size_t c = 0; c < row_bytes_.size(); ++c) {
-      const std::size_t bytes = row_bytes_[c];
-      std::size_t done = 0;
-      std::size_t slot = first;
-      while (done < count) {
+      for (std::size_t done = 0, slot = first; done < count; slot = 0) {
         const std::size_t run = std::min(count - done, capacity_ - slot);
-        std::memcpy(destinations[c] + done * bytes, row(c, slot), run * bytes);
+        copy(c, slot, done, run * row_bytes_[c]);
         done += run;
-        slot = 0;
       }
     }
   }
 
- private:
   std::size_t capacity_;
   std::vector<std::size_t> row_bytes_;
   std::vector<AlignedArray> columns_;
