@@ -270,7 +270,7 @@ class NativeBuffer {
     d["buffer_type"] = type_name_;
     d["size"] = s.size;
     d["capacity"] = s.capacity;
-    d["adds"] = s.adds;
+    d["adds"] = s.total_adds;
     d["samples"] = s.samples;
     d["sample_calls"] = s.sample_calls;
     d["evictions"] = s.evictions;

@@ -61,9 +61,9 @@ int main() {
   for (auto& thread : threads) thread.join();
   CHECK(!torn.load());
   const auto stats = buffer.stats();
-  CHECK(stats.adds == std::uint64_t{kWriters} * kRowsPerWriter);
+  CHECK(stats.total_adds == std::uint64_t{kWriters} * kRowsPerWriter);
   CHECK(stats.size == 1000);
-  CHECK(stats.evictions == stats.adds - stats.size);
+  CHECK(stats.evictions == stats.total_adds - stats.size);
   CHECK(stats.priority_updates + stats.stale_priority_updates == ids_updated.load());
   std::vector<std::vector<std::byte>> columns(5);
   const std::size_t row_bytes[5] = {sizeof(State), sizeof(std::uint32_t), sizeof(float), sizeof(State), 1};

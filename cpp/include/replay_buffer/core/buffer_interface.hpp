@@ -55,16 +55,10 @@ struct BufferCounters {
   std::uint64_t stale_priority_updates = 0;
 };
 
-struct BufferStats {
+// stats(): the counters, plus the buffer's present state.
+struct BufferStats : BufferCounters {
   std::size_t size = 0;
   std::size_t capacity = 0;
-  std::uint64_t adds = 0;
-  std::uint64_t samples = 0;       // rows returned by sample()
-  std::uint64_t sample_calls = 0;
-  std::uint64_t evictions = 0;     // rows overwritten or dropped before anyone sampled them out (FIFO)
-  std::uint64_t rejected = 0;      // rows refused by a full FIFO buffer (never stored)
-  std::uint64_t priority_updates = 0;
-  std::uint64_t stale_priority_updates = 0;
   std::size_t bytes_held = 0;      // payload bytes of the rows held now
   std::size_t bytes_reserved = 0;  // bytes of storage reserved at construction
   std::uint64_t add_p50_ns = 0, add_p99_ns = 0;
@@ -118,15 +112,9 @@ class ReplayBufferInterface {
  protected:
   // The fields of stats() every buffer fills alike.
   void fill_common(BufferStats& stats, std::size_t size, const memory::ColumnStore& store, const BufferCounters& counters) const noexcept {
+    static_cast<BufferCounters&>(stats) = counters;
     stats.size = size;
     stats.capacity = store.capacity();
-    stats.adds = counters.total_adds;
-    stats.samples = counters.samples;
-    stats.sample_calls = counters.sample_calls;
-    stats.evictions = counters.evictions;
-    stats.rejected = counters.rejected;
-    stats.priority_updates = counters.priority_updates;
-    stats.stale_priority_updates = counters.stale_priority_updates;
     std::size_t row_bytes = 0;
     for (std::size_t bytes : store.all_row_bytes()) row_bytes += bytes;
     stats.bytes_held = size * row_bytes;
