@@ -61,16 +61,16 @@ def test_metrics_reach_prometheus_and_stats_are_live(metrics_ray):
     again = ray.get(replay.stats.remote())["total"]
     assert again["inserts_per_second"] > 0 and again["samples_per_second"] > 0
 
-    # Shards publish at most once a second: keep them busy until the scrape shows the metrics.
-    deadline = time.monotonic() + 60
-    text = ""
+    # Shards publish at most once a second: keep them busy until the scrape shows both shards' metrics.
+    deadline = time.monotonic() + 90
+    text, sizes = "", []
     while time.monotonic() < deadline:
         drive(replay)
         text = urllib.request.urlopen(metrics_ray, timeout=5).read().decode()
-        if "ray_replay_size{" in text and "ray_replay_sample_seconds_bucket" in text:
+        sizes = [line for line in text.splitlines() if line.startswith("ray_replay_size{") and 'replay="metrics-replay"' in line]
+        if len(sizes) == 2 and "ray_replay_sample_seconds_bucket" in text:
             break
         time.sleep(1)
-    sizes = [line for line in text.splitlines() if line.startswith("ray_replay_size{") and 'replay="metrics-replay"' in line]
     assert len(sizes) == 2, text[:2000]  # one per shard
     assert sum(float(line.rsplit(" ", 1)[1]) for line in sizes) >= 500
     assert any(line.startswith("ray_replay_adds_total{") for line in text.splitlines())

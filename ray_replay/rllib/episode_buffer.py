@@ -10,7 +10,6 @@ because RLlib routes priority updates by an ``isinstance`` check on it.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -36,10 +35,6 @@ __all__ = ["NativeEpisodeReplayBuffer"]
 # Unfinished episodes whose next chunk never comes (e.g. an EnvRunner was restarted) would otherwise
 # keep their held-back tail forever; past this many open episodes the least recently extended goes.
 _MAX_OPEN_EPISODES = 10_000
-
-# RLlib calls get_metrics() after every sample (inside its sample timer) and reducing RLlib's metric
-# objects costs ~70 us each; reporting at most this often keeps that out of the training step.
-_METRICS_INTERVAL_S = 1.0
 
 # The native stats passed on through get_metrics() under "ray_replay".
 _NATIVE_STATS = ("priority_updates", "stale_priority_updates", "add_p50_ns", "sample_p50_ns", "sample_p99_ns")
@@ -135,7 +130,6 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._counts = {"steps_added": 0, "episodes_added": 0, "steps_sampled": 0}
         self._reported = dict(self._counts)
         self._last_mean_n = 0.0
-        self._metrics_due = 0.0
         self.metrics = MetricsLogger(root=False)
         self._window = metrics_num_episodes_for_smoothing
 
@@ -313,13 +307,10 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
     def get_metrics(self) -> ResultDict:
         """Adds, samples and storage size since the last report, plus the native buffer's counters.
 
-        Reports at most every ``_METRICS_INTERVAL_S`` seconds (an empty dict in between); the
-        lifetime counts are deltas since the previous report, so none are lost.
+        RLlib calls this after every sample and aggregates the replies per training iteration, so
+        every call reports (a throttled call would leave fast iterations without values); the
+        lifetime counts are deltas since the previous report.
         """
-        now = time.monotonic()
-        if now < self._metrics_due:
-            return {}
-        self._metrics_due = now + _METRICS_INTERVAL_S
         counts, reported = self._counts, self._reported
         log = self.metrics.log_value
         log(NUM_ENV_STEPS_STORED, len(self._storage), reduce="mean", window=1)
