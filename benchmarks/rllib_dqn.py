@@ -26,6 +26,7 @@ from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 from ray.rllib.utils.replay_buffers import PrioritizedEpisodeReplayBuffer
 
+from ray_replay.distributed.runtime import init_ray
 from ray_replay.rllib import NativeEpisodeReplayBuffer
 
 __all__ = ["TimedBuiltinEpisodeReplayBuffer", "TimedNativeEpisodeReplayBuffer", "main"]
@@ -215,7 +216,7 @@ def main() -> None:
     env_steps = args.env_steps or (20_000 if args.quick else 100_000)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2", log_to_driver=False)
+    init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         runs = [run(buffer, env_steps, args.seed) for buffer in BUFFERS]
     finally:

@@ -50,12 +50,9 @@ def watch(address: str, name: str, namespace: str | None, interval: float, once:
     """Joins the cluster at ``address``, finds the named coordinator and prints its stats until Ctrl-C."""
     import ray
 
-    from ray_replay.distributed.runtime import LOOPBACK
+    from ray_replay.distributed.runtime import init_ray
 
-    host = address.split("://")[-1].split(":")[0]
-    local = host.startswith("127.") or host == "localhost"
-    ray.init(address=address, namespace=namespace, logging_level="ERROR", log_to_driver=False,
-             **({"_node_ip_address": LOOPBACK} if local else {}))
+    init_ray(address, namespace=namespace, logging_level="ERROR", log_to_driver=False)
     try:
         try:
             coordinator = ray.get_actor(name, namespace=namespace)

@@ -11,7 +11,7 @@ from typing import Any
 
 import ray
 
-__all__ = ["LOOPBACK", "init_ray"]
+__all__ = ["LOOPBACK", "init_ray", "is_local_address"]
 
 LOOPBACK = "127.0.0.2"  # a loopback address: a local Ray neither listens on nor talks over the network
 
@@ -33,10 +33,22 @@ def _worker_safe_cwd() -> Iterator[None]:
         os.chdir(here)
 
 
-def init_ray(address: str | None = None, *, node_ip_address: str = LOOPBACK, **kwargs: Any) -> Any:
-    """ray.init on loopback: a new local Ray (address None) or a running one (e.g. a Cluster's address).
+def is_local_address(address: str | None) -> bool:
+    """True for a new local Ray (None) or a cluster on this machine's loopback addresses."""
+    if address is None:
+        return True
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host.startswith("127.") or host == "localhost"
 
-    Extra keyword arguments go to ray.init (num_cpus, include_dashboard, ...).
+
+def init_ray(address: str | None = None, **kwargs: Any) -> Any:
+    """ray.init for ray_replay's demo, benchmarks and tests.
+
+    A new local Ray (address None) or a cluster on loopback gets this driver on 127.0.0.2, so nothing
+    listens on or talks over the network; joining a remote cluster leaves Ray to pick the address it
+    can be reached at. Extra keyword arguments go to ray.init (num_cpus, include_dashboard, ...).
     """
+    if is_local_address(address):
+        kwargs.setdefault("_node_ip_address", LOOPBACK)
     with _worker_safe_cwd():
-        return ray.init(address=address, _node_ip_address=node_ip_address, **kwargs)
+        return ray.init(address=address, **kwargs)
