@@ -313,7 +313,9 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         """
         counts, reported = self._counts, self._reported
         log = self.metrics.log_value
-        log(NUM_ENV_STEPS_STORED, len(self._storage), reduce="mean", window=1)
+        # Gauges are logged as "item" (the latest value): a windowed mean would cost a numpy reduction
+        # per gauge per call, and RLlib calls this after every sample.
+        log(NUM_ENV_STEPS_STORED, len(self._storage), reduce="item")
         log(NUM_ENV_STEPS_ADDED_LIFETIME, counts["steps_added"] - reported["steps_added"], reduce="lifetime_sum")
         log(NUM_ENV_STEPS_SAMPLED_LIFETIME, counts["steps_sampled"] - reported["steps_sampled"], reduce="lifetime_sum")
         log(NUM_EPISODES_ADDED_LIFETIME, counts["episodes_added"] - reported["episodes_added"], reduce="lifetime_sum")
@@ -321,8 +323,8 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         stats = self._storage.stats()
         for name in _NATIVE_STATS:
             if name in stats:  # a sharded backend reports counters, not latencies
-                log(("ray_replay", name), stats[name], reduce="mean", window=1)
-        log(("ray_replay", "open_episodes"), len(self._open), reduce="mean", window=1)
+                log(("ray_replay", name), stats[name], reduce="item")
+        log(("ray_replay", "open_episodes"), len(self._open), reduce="item")
         self._reported = dict(counts)
         return self.metrics.reduce()
 
