@@ -127,11 +127,18 @@ def plots() -> list[str]:
     if scaling.exists():
         data = json.loads(scaling.read_text())["cluster"]
         shards = sorted(data, key=int)
+        counts = [int(s) for s in shards]
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([int(s) for s in shards], [data[s]["inserted_per_s"] / 1e3 for s in shards], marker="o", label="inserted/s (thousands)")
-        ax.plot([int(s) for s in shards], [data[s]["cpu_us_per_transition"] for s in shards], marker="s", label="CPU-us per transition")
-        ax.set(xlabel="shards (simulated 4-node cluster)", title="DIST-1 vs number of shards", xticks=[int(s) for s in shards])
-        ax.legend()
+        ax.plot(counts, [data[s]["inserted_per_s"] / 1e3 for s in shards], marker="o", label="inserted/s (thousands)")
+        ax.plot(counts, [data[s]["sampled_per_s"] / 1e3 for s in shards], marker="^", label="sampled/s (thousands)")
+        ax.set(xlabel="shards (simulated 4-node cluster)", ylabel="thousand transitions / s", xticks=counts,
+               title="DIST-1 vs number of shards")
+        cpu = ax.twinx()
+        cpu.plot(counts, [data[s]["cpu_us_per_transition"] for s in shards], marker="s", color="tab:red", label="CPU-us per transition")
+        cpu.set(ylabel="CPU-us per transition", ylim=(0, None))
+        lines = ax.get_legend_handles_labels()
+        more = cpu.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(RESULTS / "scaling.png", dpi=110)
