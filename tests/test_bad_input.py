@@ -63,16 +63,6 @@ BAD_ADDS = [
 
 
 @pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
-@pytest.mark.parametrize("name, call, error, message", BAD_ADDS, ids=[case[0] for case in BAD_ADDS])
-def test_bad_adds_raise_and_change_nothing(buffer_type, name, call, error, message):
-    buf = filled(buffer_type)
-    before = snapshot(buf)
-    with pytest.raises(error, match=message):
-        call(buf)
-    assert_unchanged(buf, before)
-
-
-@pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
 def test_a_bad_column_late_in_a_batch_writes_none_of_it(buffer_type):
     buf = filled(buffer_type)
     before = snapshot(buf)
@@ -91,8 +81,8 @@ BAD_SAMPLES = [
 
 
 @pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
-@pytest.mark.parametrize("name, call, error, message", BAD_SAMPLES, ids=[case[0] for case in BAD_SAMPLES])
-def test_bad_samples_raise_and_change_nothing(buffer_type, name, call, error, message):
+@pytest.mark.parametrize("name, call, error, message", BAD_ADDS + BAD_SAMPLES, ids=[case[0] for case in BAD_ADDS + BAD_SAMPLES])
+def test_bad_calls_raise_and_change_nothing(buffer_type, name, call, error, message):
     buf = filled(buffer_type)
     before = snapshot(buf)
     with pytest.raises(error, match=message):
