@@ -42,6 +42,16 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         on_full: fifo only: ``"error"`` (add raises BufferFullError and writes nothing) or
             ``"evict"`` (the oldest unread rows are dropped and counted in ``stats()["evictions"]``).
         collect_stats: record add/sample latency percentiles in the native core (about 40 ns a call).
+        next_state: ``"store"`` (every field stored as given) or ``"dedup"``: each observation is
+            stored once and ``next_state`` is rebuilt at sample time from the next step of the same
+            stream (``add(..., stream=k)``, ``add_batch(..., streams=...)``; one stream per writer or
+            environment). Every reuse is checked byte for byte, so samples equal those of a plain
+            buffer fed the same data, at episode ends and resets too. Needs fields ``state`` and
+            ``next_state`` of one shape and dtype.
+        frame_stack_axis: with ``next_state="dedup"``, the axis along which observations stack
+            frames (e.g. ``-1`` for (84, 84, 4)): each frame is then stored once and stacks are rebuilt
+            at sample time. A stack that starts an episode is stored as given (repeated reset frames,
+            as gymnasium's FrameStackObservation makes them, or zeros), repeated frames once.
     """
 
     def __init__(
@@ -57,6 +67,8 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         sampling: Literal["stratified", "proportional"] = "stratified",
         on_full: Literal["error", "evict"] = "error",
         collect_stats: bool = True,
+        next_state: Literal["store", "dedup"] = "store",
+        frame_stack_axis: int | None = None,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
             raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
@@ -73,6 +85,8 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             sampling=sampling,
             on_full=on_full,
             collect_stats=collect_stats,
+            next_state=next_state,
+            frame_stack_axis=frame_stack_axis,
         )
 
     def __repr__(self) -> str:
@@ -125,6 +139,8 @@ def _restore(cls: type[ReplayBuffer], state: dict[str, Any]) -> ReplayBuffer:
         sampling=state["sampling"],
         on_full=state["on_full"],
         collect_stats=state["collect_stats"],
+        next_state=state.get("next_state", "store"),
+        frame_stack_axis=state.get("frame_stack_axis"),
     )
     buffer._set_state(state)
     return buffer

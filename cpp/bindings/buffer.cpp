@@ -20,6 +20,7 @@
 #include "replay_buffer/concurrency/seqlock_ring_buffer.hpp"
 #include "replay_buffer/core/fifo_buffer.hpp"
 #include "replay_buffer/core/ring_buffer.hpp"
+#include "replay_buffer/dedup/dedup_buffer.hpp"
 #include "gil.hpp"
 #include "schema.hpp"
 
@@ -65,6 +66,32 @@ std::vector<double> convert_priorities(py::handle value, std::size_t count, cons
 
 py::tuple shape_tuple(const std::vector<py::ssize_t>& shape) { return py::tuple(py::cast(shape)); }
 
+std::int64_t convert_stream(PyObject* value, const char* name) {
+  if (PyBool_Check(value) || !PyIndex_Check(value)) {
+    throw py::type_error(std::string(name) + " must be an int (a stream id), got " + std::string(py::str(py::type::of(py::handle(value)))));
+  }
+  int overflow = 0;
+  const long long stream = PyLong_AsLongLongAndOverflow(py::reinterpret_steal<py::object>(PyNumber_Index(value)).ptr(), &overflow);
+  if (overflow != 0) throw py::value_error(std::string(name) + " must fit in int64");
+  return stream;
+}
+
+// streams= of add_batch: one int for every row, or an integer array of one stream id per row.
+std::vector<std::int64_t> convert_streams(py::handle value, std::size_t rows) {
+  if (!py::isinstance<py::array>(value) && PyIndex_Check(value.ptr())) return std::vector<std::int64_t>(rows, convert_stream(value.ptr(), "streams"));
+  py::array array = py::array::ensure(value);
+  if (!array || (array.dtype().kind() != 'i' && array.dtype().kind() != 'u')) {
+    throw py::type_error("streams must be an int or an integer array of one stream id per row, got " +
+                         std::string(array ? std::string(py::str(array.dtype())) : std::string(py::str(py::type::of(value)))));
+  }
+  if (array.ndim() != 1 || static_cast<std::size_t>(array.size()) != rows) {
+    throw py::value_error("streams: expected " + std::to_string(rows) + " stream ids, got shape " +
+                          std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(array.shape(), array.shape() + array.ndim()))))));
+  }
+  auto ids = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(array);
+  return std::vector<std::int64_t>(ids.data(), ids.data() + rows);
+}
+
 // The counters of a buffer state, by their key in get_state().
 constexpr std::pair<const char*, std::uint64_t core::BufferCounters::*> kCounterFields[] = {
     {"total_adds", &core::BufferCounters::total_adds},
@@ -105,10 +132,15 @@ struct Guarded<Method> {
 class NativeBuffer {
  public:
   NativeBuffer(py::ssize_t capacity, const std::string& buffer_type, py::object schema, py::object seed, double alpha, double beta,
-               double eps, const std::string& sampling, const std::string& on_full, bool collect_stats)
+               double eps, const std::string& sampling, const std::string& on_full, bool collect_stats, const std::string& next_state,
+               std::optional<py::ssize_t> frame_stack_axis)
       : type_(parse_buffer_type(buffer_type)), type_name_(buffer_type), alpha_(check_exponent("alpha", alpha)),
         beta_(check_exponent("beta", beta)), eps_(check_exponent("eps", eps)), sampling_(sampling), on_full_(on_full),
-        collect_stats_(collect_stats) {
+        collect_stats_(collect_stats), next_state_(next_state), frame_stack_axis_(frame_stack_axis) {
+    if (next_state != "store" && next_state != "dedup") throw py::value_error("next_state must be 'store' or 'dedup', got '" + next_state + "'");
+    if (frame_stack_axis && next_state != "dedup") {
+      throw py::value_error("frame_stack_axis needs next_state='dedup' (frames are shared between state and next_state)");
+    }
     if (capacity <= 0) throw py::value_error("capacity must be > 0, got " + std::to_string(capacity));
     capacity_ = static_cast<std::size_t>(capacity);
     if (sampling != "stratified" && sampling != "proportional") {
@@ -130,39 +162,41 @@ class NativeBuffer {
 
   // add(*fields, priority=None, **fields): one transition.
   void add(const CallArguments& call) {
-    PyObject* priority_arg = nullptr;
+    OptionKeywords options{{priority_key(), stream_key()}};
     Schema inferred;
-    if (!engine_) inferred = infer_from(call, priority_key(), false, &priority_arg);
+    if (!engine_) inferred = infer_from(call, options, false);
     const Schema& fields = engine_ ? schema_ : inferred;
     Columns columns(fields.size());
     std::array<PyObject*, Columns::kInline> inline_values;
     std::vector<PyObject*> heap_values(fields.size() > Columns::kInline ? fields.size() : 0);
     PyObject** values = fields.size() > Columns::kInline ? heap_values.data() : inline_values.data();
-    match_fields(fields, call, priority_key(), values, &priority_arg);
+    match_fields(fields, call, options, values);
     for (std::size_t i = 0; i < fields.size(); ++i) convert_value(fields[i], values[i], false, columns, i);
     double priority_value = 0.0;
     const double* priority = nullptr;
-    if (priority_arg != nullptr && priority_arg != Py_None) {
+    if (PyObject* priority_arg = options.values[0]; priority_arg != nullptr && priority_arg != Py_None) {
       require_prioritized("priority");
       priority_value = convert_priorities(priority_arg, 1, "priority")[0];
       priority = &priority_value;
     }
+    const std::int64_t stream = options.values[1] != nullptr ? convert_stream(options.values[1], "stream") : 0;
     if (!engine_) create_engine(std::move(inferred));
     // Releasing the GIL costs ~80 ns, several times a single-row copy under the buffer's mutex, so
-    // only the lock-free buffer (built for many threads adding at once) releases it for one row.
-    ReleaseGil release(type_ == BufferType::kLockFree);
-    engine_->add(columns.pointers(), 1, priority);
+    // only the lock-free buffer (built for many threads adding at once) and the dedup buffer (whose
+    // rows are whole observations) release it for one row.
+    ReleaseGil release(type_ == BufferType::kLockFree || dedup_ != nullptr);
+    add_rows(columns.pointers(), 1, priority, &stream);
   }
 
   // add_batch(*columns, priorities=None, **columns): rows along the leading axis, validated whole first.
   void add_batch(const CallArguments& call) {
-    PyObject* priorities_arg = nullptr;
+    OptionKeywords options{{priorities_key(), streams_key()}};
     Schema inferred;
-    if (!engine_) inferred = infer_from(call, priorities_key(), true, &priorities_arg);
+    if (!engine_) inferred = infer_from(call, options, true);
     const Schema& fields = engine_ ? schema_ : inferred;
     Columns columns(fields.size());
     std::vector<PyObject*> values(fields.size());
-    match_fields(fields, call, priorities_key(), values.data(), &priorities_arg);
+    match_fields(fields, call, options, values.data());
     std::size_t rows = 0;
     for (std::size_t i = 0; i < fields.size(); ++i) {
       const std::size_t n = convert_value(fields[i], values[i], true, columns, i);
@@ -174,14 +208,16 @@ class NativeBuffer {
       }
     }
     std::vector<double> priorities;
-    if (priorities_arg != nullptr && priorities_arg != Py_None) {
+    if (PyObject* priorities_arg = options.values[0]; priorities_arg != nullptr && priorities_arg != Py_None) {
       require_prioritized("priorities");
       priorities = convert_priorities(priorities_arg, rows, "priorities");
     }
+    std::vector<std::int64_t> streams;
+    if (options.values[1] != nullptr) streams = convert_streams(options.values[1], rows);
     if (!engine_) create_engine(std::move(inferred));
     if (rows == 0) return;
     ReleaseGil release;
-    engine_->add(columns.pointers(), rows, priorities.empty() ? nullptr : priorities.data());
+    add_rows(columns.pointers(), rows, priorities.empty() ? nullptr : priorities.data(), streams.empty() ? nullptr : streams.data());
   }
 
   py::dict sample(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial) {
@@ -282,6 +318,10 @@ class NativeBuffer {
     d["add_p99_ns"] = s.add_p99_ns;
     d["sample_p50_ns"] = s.sample_p50_ns;
     d["sample_p99_ns"] = s.sample_p99_ns;
+    if (dedup_ != nullptr) {
+      d["frames_held"] = s.frames_held;
+      d["frame_bytes"] = s.frame_bytes;
+    }
     if (type_ == BufferType::kPrioritized) {
       d["priority_updates"] = s.priority_updates;
       d["stale_priority_updates"] = s.stale_priority_updates;
@@ -306,6 +346,8 @@ class NativeBuffer {
     state["sampling"] = sampling_;
     state["on_full"] = on_full_;
     state["collect_stats"] = collect_stats_;
+    state["next_state"] = next_state_;
+    state["frame_stack_axis"] = frame_stack_axis_ ? py::object(py::int_(*frame_stack_axis_)) : py::object(py::none());
     py::list fields;
     for (const Field& field : schema_) fields.append(py::make_tuple(field.name, shape_tuple(field.shape), py::str(field.dtype)));
     state["schema"] = fields;
@@ -330,6 +372,7 @@ class NativeBuffer {
     state["max_priority"] = s.max_priority;
     state["random"] = py::array_t<std::uint64_t>(4, s.random.data());
     state["masses"] = py::array_t<double>(static_cast<py::ssize_t>(s.priorities.size()), s.priorities.data());
+    if (dedup_ != nullptr) state["streams"] = py::array_t<std::int64_t>(static_cast<py::ssize_t>(s.streams.size()), s.streams.data());
     return state;
   }
 
@@ -351,6 +394,11 @@ class NativeBuffer {
     std::copy(random.data(), random.data() + 4, s.random.begin());
     auto masses = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(state["masses"]);
     s.priorities.assign(masses.data(), masses.data() + masses.size());
+    if (dedup_ != nullptr && state.contains("streams")) {
+      auto streams = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(state["streams"]);
+      if (!streams) throw py::value_error("state 'streams' must be an integer array");
+      s.streams.assign(streams.data(), streams.data() + streams.size());
+    }
     ReleaseGil release;
     engine_->import_state(s, converted.pointers(), rows);
   }
@@ -362,11 +410,20 @@ class NativeBuffer {
     }
   }
 
-  static Schema infer_from(const CallArguments& call, py::handle extra_key, bool batched, PyObject** extra) {
+  static Schema infer_from(const CallArguments& call, OptionKeywords& options, bool batched) {
     std::vector<std::string> names;
     std::vector<py::handle> values;
-    names_and_values(call, extra_key, names, values, extra);
+    names_and_values(call, options, names, values);
     return infer_schema(names, values, batched);
+  }
+
+  // streams: null or one per row; only dedup buffers use them (elsewhere they are accepted and moot).
+  void add_rows(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
+    if (dedup_ != nullptr) {
+      dedup_->add(sources, count, priorities, streams);
+    } else {
+      engine_->add(sources, count, priorities);
+    }
   }
 
   static py::handle priority_key() {
@@ -375,6 +432,14 @@ class NativeBuffer {
   }
   static py::handle priorities_key() {
     static const py::handle key = interned("priorities");
+    return key;
+  }
+  static py::handle stream_key() {
+    static const py::handle key = interned("stream");
+    return key;
+  }
+  static py::handle streams_key() {
+    static const py::handle key = interned("streams");
     return key;
   }
 
@@ -399,31 +464,74 @@ class NativeBuffer {
     return array;
   }
 
+  std::unique_ptr<core::ReplayBufferInterface> make_engine(std::vector<std::size_t> row_bytes) const {
+    switch (type_) {
+      case BufferType::kFifo:
+        return std::make_unique<core::FifoBuffer>(capacity_, std::move(row_bytes),
+                                                  on_full_ == "evict" ? core::OverflowPolicy::kEvictOldest : core::OverflowPolicy::kReject);
+      case BufferType::kUniform:
+        return std::make_unique<core::UniformBuffer>(capacity_, std::move(row_bytes), seed_);
+      case BufferType::kPrioritized:
+        return std::make_unique<core::PrioritizedBuffer>(
+            capacity_, std::move(row_bytes), seed_,
+            prioritization::PriorityOptions{alpha_, eps_, sampling_ == "stratified" ? prioritization::SamplingMode::kStratified
+                                                                                       : prioritization::SamplingMode::kProportional});
+      case BufferType::kLockFree:
+        return std::make_unique<concurrency::SeqlockRingBuffer>(capacity_, std::move(row_bytes), seed_);
+    }
+    throw std::logic_error("unknown buffer type");
+  }
+
+  // next_state="dedup": the observation fields, and how frame_stack_axis cuts them into frames.
+  std::pair<dedup::ObservationColumns, dedup::FrameLayout> dedup_layout(const Schema& schema) const {
+    std::optional<std::size_t> state, next;
+    std::string known;
+    for (std::size_t i = 0; i < schema.size(); ++i) {
+      if (schema[i].name == "state") state = i;
+      if (schema[i].name == "next_state") next = i;
+      known += (known.empty() ? "" : ", ") + schema[i].name;
+    }
+    if (!state || !next) throw py::value_error("next_state='dedup' needs fields 'state' and 'next_state' (the buffer's fields are: " + known + ")");
+    const Field& observation = schema[*state];
+    const Field& next_observation = schema[*next];
+    if (observation.shape != next_observation.shape || !observation.dtype.equal(next_observation.dtype)) {
+      throw py::value_error("next_state='dedup' needs 'state' and 'next_state' of one shape and dtype, got " + observation.shape_text() + " " +
+                            std::string(py::str(observation.dtype)) + " and " + next_observation.shape_text() + " " +
+                            std::string(py::str(next_observation.dtype)));
+    }
+    std::size_t outer = 1, frames = 1, inner = observation.row_bytes;
+    if (frame_stack_axis_) {
+      const auto ndim = static_cast<py::ssize_t>(observation.shape.size());
+      const py::ssize_t axis = *frame_stack_axis_ < 0 ? *frame_stack_axis_ + ndim : *frame_stack_axis_;
+      if (axis < 0 || axis >= ndim) {
+        throw py::value_error("frame_stack_axis " + std::to_string(*frame_stack_axis_) + " is out of range for observations of shape " +
+                              observation.shape_text());
+      }
+      frames = static_cast<std::size_t>(observation.shape[axis]);
+      for (py::ssize_t d = 0; d < axis; ++d) outer *= static_cast<std::size_t>(observation.shape[d]);
+      inner = observation.row_bytes / outer / frames;
+    }
+    return {dedup::ObservationColumns{*state, *next}, dedup::FrameLayout(outer, frames, inner)};
+  }
+
   void create_engine(Schema schema) {
     std::vector<std::size_t> row_bytes;
     for (const Field& field : schema) row_bytes.push_back(field.row_bytes);
     std::unique_ptr<core::ReplayBufferInterface> engine;
-    switch (type_) {
-      case BufferType::kFifo:
-        engine = std::make_unique<core::FifoBuffer>(capacity_, row_bytes,
-                                                    on_full_ == "evict" ? core::OverflowPolicy::kEvictOldest : core::OverflowPolicy::kReject);
-        break;
-      case BufferType::kUniform:
-        engine = std::make_unique<core::UniformBuffer>(capacity_, row_bytes, seed_);
-        break;
-      case BufferType::kPrioritized:
-        engine = std::make_unique<core::PrioritizedBuffer>(
-            capacity_, row_bytes, seed_,
-            prioritization::PriorityOptions{alpha_, eps_, sampling_ == "stratified" ? prioritization::SamplingMode::kStratified
-                                                                                       : prioritization::SamplingMode::kProportional});
-        break;
-      case BufferType::kLockFree:
-        engine = std::make_unique<concurrency::SeqlockRingBuffer>(capacity_, row_bytes, seed_);
-        break;
+    dedup::DedupBuffer* dedup = nullptr;
+    if (next_state_ == "dedup") {
+      auto [observations, layout] = dedup_layout(schema);
+      auto buffer = std::make_unique<dedup::DedupBuffer>(capacity_, row_bytes, observations, std::move(layout),
+                                                         [this](std::vector<std::size_t> inner) { return make_engine(std::move(inner)); });
+      dedup = buffer.get();
+      engine = std::move(buffer);
+    } else {
+      engine = make_engine(std::move(row_bytes));
     }
     engine->set_monitoring(collect_stats_);
     schema_ = std::move(schema);
     engine_ = std::move(engine);
+    dedup_ = dedup;
   }
 
   BufferType type_;
@@ -433,8 +541,11 @@ class NativeBuffer {
   double alpha_, beta_, eps_;
   std::string sampling_, on_full_;
   bool collect_stats_;
+  std::string next_state_;
+  std::optional<py::ssize_t> frame_stack_axis_;
   Schema schema_;
   std::unique_ptr<core::ReplayBufferInterface> engine_;  // created with the schema (given, or inferred at the first add)
+  dedup::DedupBuffer* dedup_ = nullptr;                  // engine_ itself, when observations are deduplicated
 };
 
 namespace {
@@ -463,11 +574,11 @@ PyObject* fastcall(PyObject* self, PyObject* const* args, Py_ssize_t nargsf, PyO
 
 PyMethodDef kAddMethod = {
     "add", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastcall<&NativeBuffer::add>)), METH_FASTCALL | METH_KEYWORDS,
-    "add(*fields, priority=None, **fields)\n\nAppends one transition (positional values in schema order, or by name)."};
+    "add(*fields, priority=None, stream=0, **fields)\n\nAppends one transition (positional values in schema order, or by name)."};
 PyMethodDef kAddBatchMethod = {
     "add_batch", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fastcall<&NativeBuffer::add_batch>)),
     METH_FASTCALL | METH_KEYWORDS,
-    "add_batch(*columns, priorities=None, **columns)\n\nAppends rows along the leading axis; validated whole before any is written."};
+    "add_batch(*columns, priorities=None, streams=None, **columns)\n\nAppends rows along the leading axis; validated whole before any is written."};
 
 void add_method(py::handle cls, PyMethodDef* definition) {
   py::object descriptor = py::reinterpret_steal<py::object>(PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), definition));
@@ -479,10 +590,12 @@ void add_method(py::handle cls, PyMethodDef* definition) {
 
 void bind_buffer(py::module_& m) {
   auto cls = py::class_<NativeBuffer>(m, "NativeReplayBuffer")
-      .def(py::init<py::ssize_t, const std::string&, py::object, py::object, double, double, double, const std::string&, const std::string&, bool>(),
+      .def(py::init<py::ssize_t, const std::string&, py::object, py::object, double, double, double, const std::string&, const std::string&, bool,
+                    const std::string&, std::optional<py::ssize_t>>(),
            py::arg("capacity"), py::arg("buffer_type") = "uniform", py::kw_only(), py::arg("schema") = py::none(),
            py::arg("seed") = py::none(), py::arg("alpha") = 0.6, py::arg("beta") = 0.4, py::arg("eps") = 1e-6,
-           py::arg("sampling") = "stratified", py::arg("on_full") = "error", py::arg("collect_stats") = true)
+           py::arg("sampling") = "stratified", py::arg("on_full") = "error", py::arg("collect_stats") = true,
+           py::arg("next_state") = "store", py::arg("frame_stack_axis") = py::none())
       .def("sample", &Guarded<&NativeBuffer::sample>::call, py::arg("batch_size"), py::kw_only(), py::arg("beta") = py::none(),
            py::arg("out") = py::none(), py::arg("partial") = false)
       .def("update_priorities", &Guarded<&NativeBuffer::update_priorities>::call, py::arg("ids"), py::arg("priorities"))

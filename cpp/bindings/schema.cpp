@@ -265,7 +265,17 @@ bool same_name(PyObject* a, PyObject* b) { return a == b || PyUnicode_Compare(a,
 
 }  // namespace
 
-void match_fields(const Schema& schema, const CallArguments& call, py::handle extra_key, PyObject** values, PyObject** extra) {
+bool OptionKeywords::take(PyObject* name, PyObject* value) {
+  for (std::size_t i = 0; i < kCount; ++i) {
+    if (keys[i] && same_name(name, keys[i].ptr())) {
+      values[i] = value;
+      return true;
+    }
+  }
+  return false;
+}
+
+void match_fields(const Schema& schema, const CallArguments& call, OptionKeywords& options, PyObject** values) {
   const auto fields = static_cast<Py_ssize_t>(schema.size());
   if (call.nargs > fields) {
     throw py::value_error("got " + std::to_string(call.nargs) + " positional values but the buffer has " + std::to_string(fields) + " fields");
@@ -273,10 +283,7 @@ void match_fields(const Schema& schema, const CallArguments& call, py::handle ex
   for (Py_ssize_t i = 0; i < fields; ++i) values[i] = i < call.nargs ? call.args[i] : nullptr;
   for (Py_ssize_t k = 0; k < call.num_keywords(); ++k) {
     PyObject* name = call.keyword_name(k);
-    if (same_name(name, extra_key.ptr())) {
-      *extra = call.keyword_value(k);
-      continue;
-    }
+    if (options.take(name, call.keyword_value(k))) continue;
     Py_ssize_t index = 0;
     while (index < fields && !same_name(name, schema[index].key.ptr())) ++index;
     if (index == fields) {
@@ -293,16 +300,13 @@ void match_fields(const Schema& schema, const CallArguments& call, py::handle ex
   }
 }
 
-void names_and_values(const CallArguments& call, py::handle extra_key, std::vector<std::string>& names,
-                      std::vector<py::handle>& values, PyObject** extra) {
+void names_and_values(const CallArguments& call, OptionKeywords& options, std::vector<std::string>& names,
+                      std::vector<py::handle>& values) {
   names = default_names(static_cast<std::size_t>(call.nargs));
   values.assign(call.args, call.args + call.nargs);
   for (Py_ssize_t k = 0; k < call.num_keywords(); ++k) {
     PyObject* name = call.keyword_name(k);
-    if (same_name(name, extra_key.ptr())) {
-      *extra = call.keyword_value(k);
-      continue;
-    }
+    if (options.take(name, call.keyword_value(k))) continue;
     names.push_back(py::reinterpret_borrow<py::str>(name).cast<std::string>());
     for (std::size_t i = 0; i + 1 < names.size(); ++i) {
       if (names[i] == names.back()) throw py::type_error("field '" + names.back() + "' given twice");

@@ -86,6 +86,17 @@ struct CallArguments {
 // An interned string that lives as long as the process (a handle: see numpy() in schema.cpp).
 py::handle interned(const char* text);
 
+// Keywords of a call that are options, not fields (priority=, stream=): the value of each one given
+// lands in its slot of `values` (null when absent).
+struct OptionKeywords {
+  static constexpr std::size_t kCount = 2;
+  std::array<py::handle, kCount> keys;
+  std::array<PyObject*, kCount> values{};
+
+  // Stores `value` if `name` is one of the keys; returns whether it was.
+  bool take(PyObject* name, PyObject* value);
+};
+
 // Infers a schema from the values of a first add (batched: the leading axis is the batch).
 Schema infer_schema(const std::vector<std::string>& names, const std::vector<py::handle>& values, bool batched);
 
@@ -96,13 +107,13 @@ Schema parse_schema(const py::handle& mapping);
 std::size_t convert_value(const Field& field, py::handle value, bool batched, Columns& columns, std::size_t field_index);
 
 // Orders positional and keyword values by schema, rejecting missing, unknown and duplicate fields.
-// The keyword `extra_key` (priority/priorities) is not a field: its value, if any, goes to *extra.
-void match_fields(const Schema& schema, const CallArguments& call, py::handle extra_key, PyObject** values, PyObject** extra);
+// Option keywords are not fields: their values go to `options`.
+void match_fields(const Schema& schema, const CallArguments& call, OptionKeywords& options, PyObject** values);
 
 // Field names and values of a first call, before any schema exists (positional ones take the
 // transition names state, action, reward, next_state, done).
-void names_and_values(const CallArguments& call, py::handle extra_key, std::vector<std::string>& names,
-                      std::vector<py::handle>& values, PyObject** extra);
+void names_and_values(const CallArguments& call, OptionKeywords& options, std::vector<std::string>& names,
+                      std::vector<py::handle>& values);
 
 // Names for positional values when no schema exists yet: the five transition fields.
 std::vector<std::string> default_names(std::size_t count);

@@ -66,6 +66,8 @@ struct BufferStats : BufferCounters {
   double total_priority = 0.0;     // prioritized: sum of p_i^alpha
   double min_priority = 0.0;       // prioritized: smallest positive p_i^alpha (0 when none)
   double max_priority = 0.0;       // prioritized: largest priority seen so far (given to new rows)
+  std::size_t frames_held = 0;     // observation dedup: distinct frames stored
+  std::size_t frame_bytes = 0;     // observation dedup: bytes per frame
 };
 
 // Everything but the rows needed to restore a buffer exactly (pickling, checkpoints).
@@ -74,6 +76,7 @@ struct BufferState {
   double max_priority = 1.0;
   Random::State random{};
   std::vector<double> priorities;  // prioritized: per row, oldest first
+  std::vector<std::int64_t> streams;  // observation dedup: each row's stream, oldest first
 };
 
 class ReplayBufferInterface {

@@ -1,0 +1,334 @@
+// A buffer that stores each observation frame once: a decorator over any ReplayBufferInterface.
+//
+// Transitions arrive in streams (one per writer or environment). Within a stream a transition's state
+// is usually the previous transition's next_state, and with frame stacking a next_state is usually its
+// state moved on by one new frame. The decorator keeps state and next_state as references into a
+// reference-counted FramePool and hands the inner buffer every other column plus the row's sequence
+// number; a ring indexed by sequence number holds each row's frame references. Nothing is assumed of
+// the streams: every reuse is checked byte for byte, so samples are exactly those of a plain buffer fed
+// the same transitions, whatever happens at episode ends, truncations, resets or interleavings (a
+// stack that starts an episode is stored as given, repeated frames once).
+//
+// Rows leave in insertion order in every buffer type (ring overwrite, FIFO read or eviction), so the
+// rows the inner buffer no longer holds are always seq < total adds - size; their references are
+// dropped after each add and FIFO read. The pool is reserved for the worst case (every frame new, one
+// full batch in flight) and touched only as frames live, so resident memory follows the data.
+//
+// Costs per row: add O(observation bytes) of compares plus one new frame copied in the steady state;
+// sample O(observation bytes) of copies. Concurrency: one mutex serializes add, sample, stats and
+// state export/import (rows share frames, so a read must not interleave with the add that frees them);
+// priority updates go straight to the inner buffer, which synchronizes itself.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "replay_buffer/core/buffer_interface.hpp"
+#include "replay_buffer/dedup/frame_layout.hpp"
+#include "replay_buffer/dedup/frame_pool.hpp"
+
+namespace replay_buffer::dedup {
+
+struct ObservationColumns {
+  std::size_t state = 0;
+  std::size_t next_state = 0;
+};
+
+class DedupBuffer final : public core::ReplayBufferInterface {
+ public:
+  using InnerFactory = std::function<std::unique_ptr<core::ReplayBufferInterface>(std::vector<std::size_t> row_bytes)>;
+
+  // row_bytes: the full schema (state and next_state included, both layout.stack_bytes() wide).
+  // make_inner builds the wrapped buffer over the other columns plus one 8-byte sequence column.
+  DedupBuffer(std::size_t capacity, const std::vector<std::size_t>& row_bytes, ObservationColumns observations, FrameLayout layout,
+              const InnerFactory& make_inner)
+      : capacity_(capacity),
+        observations_(observations),
+        layout_(std::move(layout)),
+        k_(layout_.frames()),
+        ring_size_(2 * capacity),  // live rows and one batch of new rows never share a ring entry
+        refs_(ring_size_ * 2 * k_),
+        row_streams_(ring_size_),
+        pool_(layout_.frame_bytes(), 4 * k_ * capacity),
+        scratch_stack_(layout_.stack_bytes()),
+        frame_pointers_(k_) {
+    if (capacity == 0) throw std::invalid_argument("capacity must be > 0");
+    const std::size_t columns = row_bytes.size();
+    if (observations.state >= columns || observations.next_state >= columns || observations.state == observations.next_state) {
+      throw std::invalid_argument("dedup needs two distinct observation columns");
+    }
+    if (row_bytes[observations.state] != layout_.stack_bytes() || row_bytes[observations.next_state] != layout_.stack_bytes()) {
+      throw std::invalid_argument("state and next_state must both be " + std::to_string(layout_.stack_bytes()) + " bytes per row");
+    }
+    std::vector<std::size_t> inner_row_bytes;
+    for (std::size_t c = 0; c < columns; ++c) {
+      if (c == observations.state || c == observations.next_state) continue;
+      inner_columns_.push_back(c);
+      inner_row_bytes.push_back(row_bytes[c]);
+    }
+    inner_row_bytes.push_back(sizeof(std::uint64_t));  // the row's sequence number, last
+    inner_ = make_inner(std::move(inner_row_bytes));
+    inner_->set_monitoring(false);  // latencies are measured here, around the frame work too
+  }
+
+  void add(const std::byte* const* sources, std::size_t count, const double* priorities) override {
+    add(sources, count, priorities, nullptr);
+  }
+
+  // streams: null (every row from stream 0) or `count` stream ids, one per row.
+  void add(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
+    if (count == 0) return;
+    std::lock_guard lock(mutex_);
+    core::ScopedTimer timer(add_latency_, monitoring());
+    // Of a batch longer than the buffer only the newest `capacity_` rows survive; the inner buffer
+    // skips (and counts) the others, and they get no frames.
+    const std::size_t skipped = count > capacity_ ? count - capacity_ : 0;
+    const std::uint64_t first = next_seq_;
+    ++call_;
+    undo_.clear();
+    std::size_t staged = 0;
+    try {
+      for (std::size_t i = skipped; i < count; ++i, ++staged) stage_row(sources, i, streams != nullptr ? streams[i] : 0, first + i);
+      sequence_numbers_.resize(count);
+      for (std::size_t i = 0; i < count; ++i) sequence_numbers_[i] = first + i;
+      inner_->add(inner_sources(sources, sequence_numbers_.data()).data(), count, priorities);
+    } catch (...) {  // e.g. a full FIFO refusing the batch: undo the staging, so nothing changed
+      for (std::size_t i = staged; i-- > 0;) release_row(first + skipped + i);
+      for (auto entry = undo_.rbegin(); entry != undo_.rend(); ++entry) {
+        if (entry->previous) {
+          streams_[entry->stream] = *entry->previous;
+        } else {
+          streams_.erase(entry->stream);
+        }
+      }
+      throw;
+    }
+    next_seq_ = first + count;
+    const std::uint64_t oldest = next_seq_ - inner_->size();
+    release_rows(released_upto_, std::min(oldest, first));
+    release_rows(std::max(released_upto_, first + skipped), oldest);
+    released_upto_ = std::max(released_upto_, oldest);
+  }
+
+  std::size_t sample(const core::SampleRequest& request, std::byte* const* destinations) override {
+    std::lock_guard lock(mutex_);
+    core::ScopedTimer timer(sample_latency_, monitoring());
+    sequence_numbers_.resize(request.batch_size);
+    const std::size_t n = inner_->sample(request, inner_destinations(destinations, sequence_numbers_.data()).data());
+    const std::size_t bytes = layout_.stack_bytes();
+    for (std::size_t i = 0; i < n; ++i) {
+      const FramePool::Slot* refs = row_refs(sequence_numbers_[i]);
+      assemble(refs, destinations[observations_.state] + i * bytes);
+      assemble(refs + k_, destinations[observations_.next_state] + i * bytes);
+    }
+    const std::uint64_t oldest = next_seq_ - inner_->size();  // a FIFO read consumed rows
+    release_rows(released_upto_, oldest);
+    released_upto_ = std::max(released_upto_, oldest);
+    return n;
+  }
+
+  core::PriorityUpdateResult update_priorities(const std::int64_t* ids, const double* priorities, std::size_t count) override {
+    return inner_->update_priorities(ids, priorities, count);
+  }
+  void check_ids_issued(const std::int64_t* ids, std::size_t count) const override { inner_->check_ids_issued(ids, count); }
+  std::size_t size() const override { return inner_->size(); }
+  std::size_t capacity() const override { return capacity_; }
+
+  core::BufferStats stats() const override {
+    std::lock_guard lock(mutex_);
+    core::BufferStats s = inner_->stats();
+    s.frames_held = pool_.live();
+    s.frame_bytes = layout_.frame_bytes();
+    s.bytes_held += pool_.live() * layout_.frame_bytes();
+    s.bytes_reserved += pool_.bytes_touched() + refs_.size() * sizeof(FramePool::Slot) + row_streams_.size() * sizeof(std::int64_t);
+    fill_latencies(s);
+    return s;
+  }
+
+  core::BufferState export_state(std::byte* const* destinations) const override {
+    std::lock_guard lock(mutex_);
+    const std::size_t rows = inner_->size();
+    std::vector<std::uint64_t> sequence_numbers(rows);
+    core::BufferState state = inner_->export_state(inner_destinations(destinations, sequence_numbers.data()).data());
+    state.streams.resize(rows);
+    const std::size_t bytes = layout_.stack_bytes();
+    for (std::size_t i = 0; i < rows; ++i) {
+      const FramePool::Slot* refs = row_refs(sequence_numbers[i]);
+      assemble(refs, destinations[observations_.state] + i * bytes);
+      assemble(refs + k_, destinations[observations_.next_state] + i * bytes);
+      state.streams[i] = row_streams_[sequence_numbers[i] % ring_size_];
+    }
+    return state;
+  }
+
+  // For a fresh buffer. state.streams holds each row's stream (empty: all stream 0).
+  void import_state(const core::BufferState& state, const std::byte* const* sources, std::size_t rows) override {
+    if (rows > capacity_ || rows > state.counters.total_adds) {
+      throw std::invalid_argument("state holds " + std::to_string(rows) + " rows, more than the capacity or the add count allow");
+    }
+    if (!state.streams.empty() && state.streams.size() != rows) throw std::invalid_argument("state must hold one stream per row");
+    std::lock_guard lock(mutex_);
+    pool_.clear();
+    streams_.clear();
+    ++call_;
+    const std::uint64_t first = state.counters.total_adds - rows;
+    for (std::size_t i = 0; i < rows; ++i) stage_row(sources, i, state.streams.empty() ? 0 : state.streams[i], first + i);
+    sequence_numbers_.resize(rows);
+    for (std::size_t i = 0; i < rows; ++i) sequence_numbers_[i] = first + i;
+    try {
+      inner_->import_state(state, inner_sources(sources, sequence_numbers_.data()).data(), rows);
+    } catch (...) {
+      pool_.clear();
+      streams_.clear();
+      throw;
+    }
+    next_seq_ = state.counters.total_adds;
+    released_upto_ = first;
+  }
+
+  std::size_t frames_held() const {
+    std::lock_guard lock(mutex_);
+    return pool_.live();
+  }
+
+ private:
+  struct StreamTail {
+    std::uint64_t last_seq = 0;             // the stream's newest row (always still held)
+    std::uint64_t call = 0;                 // the add call that wrote it
+    const std::byte* next_input = nullptr;  // its next_state in that call's input (valid during that call only)
+    std::uint64_t undo_call = 0;            // the last call that saved this tail for undo
+  };
+  struct UndoEntry {
+    std::int64_t stream;
+    std::optional<StreamTail> previous;  // none: the stream was new
+  };
+
+  FramePool::Slot* row_refs(std::uint64_t seq) noexcept { return refs_.data() + (seq % ring_size_) * 2 * k_; }
+  const FramePool::Slot* row_refs(std::uint64_t seq) const noexcept { return refs_.data() + (seq % ring_size_) * 2 * k_; }
+
+  // Gives row i of the input frame references for its state and next_state, reusing frames it can.
+  void stage_row(const std::byte* const* sources, std::size_t i, std::int64_t stream, std::uint64_t seq) {
+    const std::size_t bytes = layout_.stack_bytes();
+    const std::byte* state = sources[observations_.state] + i * bytes;
+    const std::byte* next = sources[observations_.next_state] + i * bytes;
+    auto [entry, is_new] = streams_.try_emplace(stream);
+    StreamTail& tail = entry->second;
+    if (tail.undo_call != call_) {
+      undo_.push_back({stream, is_new ? std::nullopt : std::optional<StreamTail>(tail)});
+      tail.undo_call = call_;
+    }
+    FramePool::Slot* state_refs = row_refs(seq);
+    FramePool::Slot* next_refs = state_refs + k_;
+    row_streams_[seq % ring_size_] = stream;
+
+    bool linked = false;  // state == the stream's previous next_state
+    if (!is_new) {
+      const FramePool::Slot* previous = row_refs(tail.last_seq) + k_;
+      if (tail.call == call_) {
+        linked = std::memcmp(state, tail.next_input, bytes) == 0;
+      } else {
+        assemble(previous, scratch_stack_.data());
+        linked = std::memcmp(state, scratch_stack_.data(), bytes) == 0;
+      }
+      if (linked) {
+        for (std::size_t j = 0; j < k_; ++j) pool_.retain(state_refs[j] = previous[j]);
+      }
+    }
+    if (!linked) store_stack(state, state_refs);
+
+    if (layout_.shifted_by_one(next, state)) {
+      for (std::size_t j = 0; j + 1 < k_; ++j) pool_.retain(next_refs[j] = state_refs[j + 1]);
+      next_refs[k_ - 1] = store_frame(next, k_ - 1);
+    } else {
+      store_stack(next, next_refs);
+    }
+    tail.last_seq = seq;
+    tail.call = call_;
+    tail.next_input = next;
+  }
+
+  FramePool::Slot store_frame(const std::byte* stack, std::size_t j) {
+    const FramePool::Slot slot = pool_.allocate();
+    layout_.extract(stack, j, pool_.data(slot));
+    return slot;
+  }
+
+  void store_stack(const std::byte* stack, FramePool::Slot* refs) {
+    for (std::size_t j = 0; j < k_; ++j) {
+      if (j > 0 && layout_.frames_equal(stack, j, j - 1)) {
+        pool_.retain(refs[j] = refs[j - 1]);
+      } else {
+        refs[j] = store_frame(stack, j);
+      }
+    }
+  }
+
+  void assemble(const FramePool::Slot* refs, std::byte* stack) const {
+    for (std::size_t j = 0; j < k_; ++j) frame_pointers_[j] = pool_.data(refs[j]);
+    layout_.assemble(frame_pointers_.data(), stack);
+  }
+
+  void release_row(std::uint64_t seq) noexcept {
+    const FramePool::Slot* refs = row_refs(seq);
+    for (std::size_t j = 0; j < 2 * k_; ++j) pool_.release(refs[j]);
+  }
+
+  // Drops the frames of rows [begin, end), which the inner buffer no longer holds, and forgets streams
+  // whose newest row that was.
+  void release_rows(std::uint64_t begin, std::uint64_t end) noexcept {
+    for (std::uint64_t seq = begin; seq < end; ++seq) {
+      release_row(seq);
+      const auto tail = streams_.find(row_streams_[seq % ring_size_]);
+      if (tail != streams_.end() && tail->second.last_seq == seq) streams_.erase(tail);
+    }
+  }
+
+  // Column pointers for the inner buffer: the non-observation columns, then the sequence numbers.
+  std::vector<const std::byte*> inner_sources(const std::byte* const* sources, const std::uint64_t* sequence_numbers) const {
+    std::vector<const std::byte*> result;
+    result.reserve(inner_columns_.size() + 1);
+    for (std::size_t c : inner_columns_) result.push_back(sources[c]);
+    result.push_back(reinterpret_cast<const std::byte*>(sequence_numbers));
+    return result;
+  }
+  std::vector<std::byte*> inner_destinations(std::byte* const* destinations, std::uint64_t* sequence_numbers) const {
+    std::vector<std::byte*> result;
+    result.reserve(inner_columns_.size() + 1);
+    for (std::size_t c : inner_columns_) result.push_back(destinations[c]);
+    result.push_back(reinterpret_cast<std::byte*>(sequence_numbers));
+    return result;
+  }
+
+  const std::size_t capacity_;
+  const ObservationColumns observations_;
+  const FrameLayout layout_;
+  const std::size_t k_;
+  const std::size_t ring_size_;
+  std::vector<std::size_t> inner_columns_;  // outer column index of each inner column but the last
+  std::unique_ptr<core::ReplayBufferInterface> inner_;
+
+  mutable std::mutex mutex_;  // guards everything below
+  std::vector<FramePool::Slot> refs_;      // per ring entry: K state refs, then K next_state refs
+  std::vector<std::int64_t> row_streams_;  // per ring entry: the row's stream
+  FramePool pool_;
+  std::unordered_map<std::int64_t, StreamTail> streams_;  // streams with a row still held
+  std::vector<UndoEntry> undo_;
+  std::uint64_t next_seq_ = 0;       // sequence number of the next row (= total adds)
+  std::uint64_t released_upto_ = 0;  // rows below this have had their frames released
+  std::uint64_t call_ = 0;
+  std::vector<std::uint64_t> sequence_numbers_;
+  std::vector<std::byte> scratch_stack_;
+  mutable std::vector<const std::byte*> frame_pointers_;
+};
+
+}  // namespace replay_buffer::dedup
