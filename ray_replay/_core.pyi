@@ -22,9 +22,17 @@ class NativeReplayBuffer:
         sampling: str = "stratified",
         on_full: str = "error",
         collect_stats: bool = True,
+        next_state: str = "store",
+        frame_stack_axis: int | None = None,
     ) -> None: ...
-    def add(self, *fields: Any, priority: float | None = None, **named_fields: Any) -> None: ...
-    def add_batch(self, *columns: npt.ArrayLike, priorities: npt.ArrayLike | None = None, **named_columns: npt.ArrayLike) -> None: ...
+    def add(self, *fields: Any, priority: float | None = None, stream: int = 0, **named_fields: Any) -> None: ...
+    def add_batch(
+        self,
+        *columns: npt.ArrayLike,
+        priorities: npt.ArrayLike | None = None,
+        streams: int | npt.ArrayLike | None = None,
+        **named_columns: npt.ArrayLike,
+    ) -> None: ...
     def sample(
         self,
         batch_size: int,

@@ -3,13 +3,15 @@
 Layout (all integers little-endian)::
 
     offset 0   8 bytes   magic b"RRBUF\\x00\\r\\n" (the CR/LF catch text-mode mangling)
-    offset 8   uint32    format version (1)
+    offset 8   uint32    format version (2; version 1 files, without dedup, are read too)
     offset 12  uint32    header length H (at most 1 MiB)
     offset 16  uint32    CRC-32 of the header
     offset 20  H bytes   header: UTF-8 JSON (configuration, schema, counters, random state and,
                          per section, its offset, length and CRC-32)
     then       sections  raw C-order rows of each column (oldest row first), then the priority
-                         masses (float64) of a prioritized buffer; each section starts 64-byte aligned
+                         masses (float64) of a prioritized buffer, then (next_state="dedup" only)
+                         each row's stream id (int64); each section starts 64-byte aligned.
+                         Dedup buffers store whole observations here and deduplicate again on load.
 
 No pickle: a file is data only. Every length, offset, dtype and shape is checked against the file
 and the schema before anything is allocated or copied, so a truncated, corrupted or hostile file
@@ -32,7 +34,8 @@ import numpy as np
 __all__ = ["FORMAT_VERSION", "MAGIC", "CorruptFileError", "read_state", "write_state"]
 
 MAGIC = b"RRBUF\x00\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _PREAMBLE = struct.Struct("<8sIII")
 _MAX_HEADER_BYTES = 1 << 20
 _ALIGNMENT = 64
@@ -40,6 +43,7 @@ _MAX_RESERVED_BYTES = 1 << 42
 _ALLOWED_KINDS = {"b", "i", "u", "f"}
 _COUNTERS = ("total_adds", "samples", "sample_calls", "evictions", "rejected", "priority_updates", "stale_priority_updates")
 _CONFIG = ("capacity", "buffer_type", "seed", "alpha", "beta", "eps", "sampling", "on_full", "collect_stats")
+_DEDUP_CONFIG = {"next_state": "store", "frame_stack_axis": None}  # added in version 2, with these defaults
 
 
 class CorruptFileError(ValueError):
@@ -57,7 +61,10 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     if "columns" in state:
         arrays = [(name, np.ascontiguousarray(state["columns"][name])) for name, _, _ in state["schema"]]
         arrays.append(("__masses__", np.ascontiguousarray(state["masses"], dtype="<f8")))
+        if "streams" in state:
+            arrays.append(("__streams__", np.ascontiguousarray(state["streams"], dtype="<i8")))
     header: dict[str, Any] = {key: state[key] for key in _CONFIG}
+    header.update({key: state.get(key, default) for key, default in _DEDUP_CONFIG.items()})
     header["schema"] = [[name, list(shape), np.dtype(dtype).newbyteorder("<").str] for name, shape, dtype in state["schema"]]
     if arrays:
         header.update({key: int(state[key]) for key in _COUNTERS})
@@ -111,7 +118,7 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
     magic, version, header_length, header_crc = _PREAMBLE.unpack_from(view, 0)
     _require(magic == MAGIC, f"{path}: not a ray_replay buffer file (bad magic)")
-    _require(version == FORMAT_VERSION, f"{path}: format version {version} is not supported (this ray_replay reads {FORMAT_VERSION})")
+    _require(version in _READABLE_VERSIONS, f"{path}: format version {version} is not supported (this ray_replay reads {_READABLE_VERSIONS})")
     _require(header_length <= _MAX_HEADER_BYTES, f"{path}: header length {header_length} exceeds {_MAX_HEADER_BYTES}")
     _require(_PREAMBLE.size + header_length <= size, f"{path}: truncated inside the header")
     encoded = view[_PREAMBLE.size : _PREAMBLE.size + header_length]
@@ -131,6 +138,10 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -> dict[str, Any]:
     _require(isinstance(header, dict), f"{path}: header is not an object")
     state: dict[str, Any] = {key: header[key] for key in _CONFIG}
+    state.update({key: header.get(key, default) for key, default in _DEDUP_CONFIG.items()})
+    _require(state["next_state"] in ("store", "dedup"), f"{path}: next_state {state['next_state']!r}")
+    axis = state["frame_stack_axis"]
+    _require(axis is None or (isinstance(axis, int) and not isinstance(axis, bool) and -64 < axis < 64), f"{path}: frame_stack_axis {axis!r}")
     capacity = state["capacity"]
     _require(isinstance(capacity, int) and 0 < capacity < 1 << 48, f"{path}: capacity {capacity!r} is out of range")
     schema = []
@@ -151,11 +162,13 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     rows = header["rows"]
     _require(isinstance(rows, int) and 0 <= rows <= capacity, f"{path}: {rows!r} rows for capacity {capacity}")
     sections = header["sections"]
-    _require(len(sections) == len(schema) + 1, f"{path}: expected {len(schema) + 1} sections, found {len(sections)}")
     expected_names = [name for name, _, _ in schema] + ["__masses__"]
+    if state["next_state"] == "dedup":
+        expected_names.append("__streams__")
+    _require(len(sections) == len(expected_names), f"{path}: expected {len(expected_names)} sections, found {len(sections)}")
     masses_rows = rows if state["buffer_type"] == "prioritized" else 0
     columns = {}
-    for section, name, field_bytes in zip(sections, expected_names, row_bytes + [8]):
+    for section, name, field_bytes in zip(sections, expected_names, row_bytes + [8, 8]):
         _require(section["name"] == name, f"{path}: section {section['name']!r} where {name!r} was expected")
         expected_nbytes = (masses_rows if name == "__masses__" else rows) * field_bytes
         offset, nbytes = section["offset"], section["nbytes"]
@@ -166,6 +179,8 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
         _require(zlib.crc32(data) == section["crc32"], f"{path}: checksum mismatch in section {name!r}")
         if name == "__masses__":
             state["masses"] = np.frombuffer(data, dtype="<f8")
+        elif name == "__streams__":
+            state["streams"] = np.frombuffer(data, dtype="<i8")
         else:
             _, shape, dtype = schema[len(columns)]
             columns[name] = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape((rows, *shape))

@@ -318,7 +318,7 @@ class NativeBuffer {
     d["add_p99_ns"] = s.add_p99_ns;
     d["sample_p50_ns"] = s.sample_p50_ns;
     d["sample_p99_ns"] = s.sample_p99_ns;
-    if (dedup_ != nullptr) {
+    if (next_state_ == "dedup") {
       d["frames_held"] = s.frames_held;
       d["frame_bytes"] = s.frame_bytes;
     }

@@ -4,13 +4,14 @@
 // is usually the previous transition's next_state, and with frame stacking a next_state is usually its
 // state moved on by one new frame. The decorator keeps state and next_state as references into a
 // reference-counted FramePool and hands the inner buffer every other column plus the row's sequence
-// number; a ring indexed by sequence number holds each row's frame references. Nothing is assumed of
+// number (counting the rows it stores); a ring indexed by sequence number holds each row's frame
+// references. Nothing is assumed of
 // the streams: every reuse is checked byte for byte, so samples are exactly those of a plain buffer fed
 // the same transitions, whatever happens at episode ends, truncations, resets or interleavings (a
 // stack that starts an episode is stored as given, repeated frames once).
 //
 // Rows leave in insertion order in every buffer type (ring overwrite, FIFO read or eviction), so the
-// rows the inner buffer no longer holds are always seq < total adds - size; their references are
+// rows the inner buffer no longer holds are always seq < rows stored - size; their references are
 // dropped after each add and FIFO read. The pool is reserved for the worst case (every frame new, one
 // full batch in flight) and touched only as frames live, so resident memory follows the data.
 //
@@ -98,12 +99,14 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     undo_.clear();
     std::size_t staged = 0;
     try {
-      for (std::size_t i = skipped; i < count; ++i, ++staged) stage_row(sources, i, streams != nullptr ? streams[i] : 0, first + i);
-      sequence_numbers_.resize(count);
-      for (std::size_t i = 0; i < count; ++i) sequence_numbers_[i] = first + i;
+      sequence_numbers_.assign(count, 0);  // skipped rows are never stored: their number is moot
+      for (std::size_t i = skipped; i < count; ++i, ++staged) {
+        sequence_numbers_[i] = first + staged;
+        stage_row(sources, i, streams != nullptr ? streams[i] : 0, sequence_numbers_[i]);
+      }
       inner_->add(inner_sources(sources, sequence_numbers_.data()).data(), count, priorities);
     } catch (...) {  // e.g. a full FIFO refusing the batch: undo the staging, so nothing changed
-      for (std::size_t i = staged; i-- > 0;) release_row(first + skipped + i);
+      for (std::size_t i = staged; i-- > 0;) release_row(first + i);
       for (auto entry = undo_.rbegin(); entry != undo_.rend(); ++entry) {
         if (entry->previous) {
           streams_[entry->stream] = *entry->previous;
@@ -113,10 +116,9 @@ class DedupBuffer final : public core::ReplayBufferInterface {
       }
       throw;
     }
-    next_seq_ = first + count;
+    next_seq_ = first + staged;
     const std::uint64_t oldest = next_seq_ - inner_->size();
-    release_rows(released_upto_, std::min(oldest, first));
-    release_rows(std::max(released_upto_, first + skipped), oldest);
+    release_rows(released_upto_, oldest);
     released_upto_ = std::max(released_upto_, oldest);
   }
 
@@ -181,10 +183,9 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     pool_.clear();
     streams_.clear();
     ++call_;
-    const std::uint64_t first = state.counters.total_adds - rows;
-    for (std::size_t i = 0; i < rows; ++i) stage_row(sources, i, state.streams.empty() ? 0 : state.streams[i], first + i);
+    for (std::size_t i = 0; i < rows; ++i) stage_row(sources, i, state.streams.empty() ? 0 : state.streams[i], i);
     sequence_numbers_.resize(rows);
-    for (std::size_t i = 0; i < rows; ++i) sequence_numbers_[i] = first + i;
+    for (std::size_t i = 0; i < rows; ++i) sequence_numbers_[i] = i;
     try {
       inner_->import_state(state, inner_sources(sources, sequence_numbers_.data()).data(), rows);
     } catch (...) {
@@ -192,8 +193,8 @@ class DedupBuffer final : public core::ReplayBufferInterface {
       streams_.clear();
       throw;
     }
-    next_seq_ = state.counters.total_adds;
-    released_upto_ = first;
+    next_seq_ = rows;
+    released_upto_ = 0;
   }
 
   std::size_t frames_held() const {
@@ -323,7 +324,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   FramePool pool_;
   std::unordered_map<std::int64_t, StreamTail> streams_;  // streams with a row still held
   std::vector<UndoEntry> undo_;
-  std::uint64_t next_seq_ = 0;       // sequence number of the next row (= total adds)
+  std::uint64_t next_seq_ = 0;       // sequence number of the next row stored
   std::uint64_t released_upto_ = 0;  // rows below this have had their frames released
   std::uint64_t call_ = 0;
   std::vector<std::uint64_t> sequence_numbers_;
