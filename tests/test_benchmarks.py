@@ -93,3 +93,18 @@ def test_markdown_tables_with_ratio_and_target_columns(smoke_run) -> None:
             assert isinstance(verdict["met"], bool), (workload, name)
             assert isinstance(verdict["met_by_cpu_time"], bool), (workload, name)
             assert verdict["target"]
+
+
+def test_atari_benchmark_smoke_run_measures_every_implementation(tmp_path: Path) -> None:
+    out = tmp_path / "atari.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "atari.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    expected = {"numpy ring", "ray_replay", "ray_replay next_state dedup", "ray_replay frame-stack dedup"}
+    assert expected <= set(data["results"])
+    for name, figures in data["results"].items():
+        assert figures["add_mb_per_s"] > 0 and figures["sample_us"] > 0 and figures["memory_gb_per_100k"] > 0, name
+    # Memory is a count of pages, not a timing: frame-stack dedup holds well under half of the naive ring.
+    assert data["results"]["ray_replay frame-stack dedup"]["memory_gb_per_100k"] < data["results"]["numpy ring"]["memory_gb_per_100k"] / 2
+    assert "| ray_replay frame-stack dedup |" in out.with_suffix(".md").read_text(encoding="utf-8")
