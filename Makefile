@@ -39,7 +39,7 @@ test-cpp: $(VENV)/.build-tools
 # The ASan variant also builds the extension with ASan + UBSan and runs the local-buffer tests on it
 # (ASan's runtime must be loaded first, and libstdc++ before it intercepts a throw, hence LD_PRELOAD;
 # CPython's own allocations are not leaks).
-ASAN_TESTS := tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py
+ASAN_TESTS := tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py
 test-asan: install
 	$(call cpp_tests,-asan,address,-DREPLAY_BUFFER_BUILD_PYTHON_MODULE=ON -DPython_EXECUTABLE=$(VENV_ABS)/bin/python -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir))
 	rm -rf build/asan-package && mkdir -p build/asan-package && cp -r ray_replay build/asan-package/

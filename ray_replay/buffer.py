@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +21,8 @@ __all__ = ["BUFFER_TYPES", "BufferType", "ReplayBuffer"]
 
 BufferType = Literal["fifo", "uniform", "prioritized", "lockfree"]
 BUFFER_TYPES: tuple[str, ...] = ("fifo", "uniform", "prioritized", "lockfree")
+_METADATA = "buffer.meta"  # a storage_dir buffer's state, written by flush()
+_REOPENING: ContextVar[bool] = ContextVar("_REOPENING", default=False)
 
 
 class ReplayBuffer(_core.NativeReplayBuffer):
@@ -52,6 +56,12 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             frames (e.g. ``-1`` for (84, 84, 4)): each frame is then stored once and stacks are rebuilt
             at sample time. A stack that starts an episode is stored as given (repeated reset frames,
             as gymnasium's FrameStackObservation makes them, or zeros), repeated frames once.
+        storage_dir: keep the columns in memory-mapped files in this folder (created if missing)
+            instead of RAM: capacity beyond RAM, same API. ``flush()`` (or leaving a ``with`` block)
+            writes the buffer's state beside them; ``ReplayBuffer.open(storage_dir)`` reopens it, in
+            this process or another, as of the last flush. Not with ``next_state="dedup"``.
+        prefault: map all storage when the schema is known instead of page by page as rows
+            arrive: steady add latency from the start, at the cost of resident memory up front.
     """
 
     def __init__(
@@ -69,11 +79,19 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         collect_stats: bool = True,
         next_state: Literal["store", "dedup"] = "store",
         frame_stack_axis: int | None = None,
+        storage_dir: str | os.PathLike[str] | None = None,
+        prefault: bool = False,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
             raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
         if not isinstance(buffer_type, str):
             raise TypeError(f"buffer_type must be a str, got {type(buffer_type).__name__}")
+        if storage_dir is not None:
+            folder = Path(storage_dir)
+            if (folder / _METADATA).exists() and not _REOPENING.get():
+                raise FileExistsError(f"storage_dir {str(folder)!r} already holds a buffer: reopen it with ReplayBuffer.open()")
+            folder.mkdir(parents=True, exist_ok=True)
+            storage_dir = str(folder.resolve())
         super().__init__(
             int(capacity),
             buffer_type,
@@ -87,6 +105,8 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             collect_stats=collect_stats,
             next_state=next_state,
             frame_stack_axis=frame_stack_axis,
+            storage_dir=storage_dir,
+            prefault=prefault,
         )
 
     def __repr__(self) -> str:
@@ -113,6 +133,36 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         """
         write_state(self._get_state(), path)
 
+    def flush(self) -> None:
+        """storage_dir buffers: waits until every row is in the column files, then writes the buffer's
+        state (counters, priorities, random state) atomically beside them. Adds must not run meanwhile."""
+        if self.storage_dir is None:
+            raise ValueError("flush() is for buffers with storage_dir; save(path) writes any buffer to a file")
+        self._sync_storage()
+        write_state(self._get_state(with_rows=False), Path(self.storage_dir) / _METADATA)
+
+    @classmethod
+    def open(cls, storage_dir: str | os.PathLike[str]) -> ReplayBuffer:
+        """Reopens a storage_dir buffer as of its last :meth:`flush`; its rows are not copied."""
+        path = Path(storage_dir) / _METADATA
+        if not path.exists():
+            raise FileNotFoundError(f"{str(storage_dir)!r} holds no flushed ray_replay buffer ({_METADATA} is missing)")
+        state = read_state(path)
+        token = _REOPENING.set(True)
+        try:
+            return _restore(cls, state, storage_dir=storage_dir)
+        except (ValueError, TypeError) as error:
+            raise CorruptFileError(f"{path}: inconsistent buffer state ({error})") from None
+        finally:
+            _REOPENING.reset(token)
+
+    def __enter__(self) -> ReplayBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.storage_dir is not None:
+            self.flush()
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReplayBuffer:
         """Reads a buffer written by :meth:`save`: contents, priorities, counters and random state.
@@ -126,7 +176,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             raise CorruptFileError(f"{path}: inconsistent buffer file ({error})") from None
 
 
-def _restore(cls: type[ReplayBuffer], state: dict[str, Any]) -> ReplayBuffer:
+def _restore(cls: type[ReplayBuffer], state: dict[str, Any], storage_dir: str | os.PathLike[str] | None = None) -> ReplayBuffer:
     schema = {name: (tuple(shape), dtype) for name, shape, dtype in state["schema"]} or None
     buffer = cls(
         state["capacity"],
@@ -141,6 +191,8 @@ def _restore(cls: type[ReplayBuffer], state: dict[str, Any]) -> ReplayBuffer:
         collect_stats=state["collect_stats"],
         next_state=state.get("next_state", "store"),
         frame_stack_axis=state.get("frame_stack_axis"),
+        storage_dir=storage_dir,
+        prefault=state.get("prefault", False),
     )
     buffer._set_state(state)
     return buffer

@@ -12,6 +12,8 @@ Layout (all integers little-endian)::
                          masses (float64) of a prioritized buffer, then (next_state="dedup" only)
                          each row's stream id (int64); each section starts 64-byte aligned.
                          Dedup buffers store whole observations here and deduplicate again on load.
+                         The metadata file of a storage_dir buffer ("columns_external": true in the
+                         header) has no column sections: its rows stay in the folder's column files.
 
 No pickle: a file is data only. Every length, offset, dtype and shape is checked against the file
 and the schema before anything is allocated or copied, so a truncated, corrupted or hostile file
@@ -43,7 +45,7 @@ _MAX_RESERVED_BYTES = 1 << 42
 _ALLOWED_KINDS = {"b", "i", "u", "f"}
 _COUNTERS = ("total_adds", "samples", "sample_calls", "evictions", "rejected", "priority_updates", "stale_priority_updates")
 _CONFIG = ("capacity", "buffer_type", "seed", "alpha", "beta", "eps", "sampling", "on_full", "collect_stats")
-_DEDUP_CONFIG = {"next_state": "store", "frame_stack_axis": None}  # added in version 2, with these defaults
+_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False}  # added in version 2, with these defaults
 
 
 class CorruptFileError(ValueError):
@@ -58,19 +60,24 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Writes a buffer state (``ReplayBuffer.get_state()``) to ``path`` atomically."""
     path = Path(path)
     arrays: list[tuple[str, np.ndarray]] = []
-    if "columns" in state:
-        arrays = [(name, np.ascontiguousarray(state["columns"][name])) for name, _, _ in state["schema"]]
+    external = "columns" not in state and "rows" in state  # a storage_dir buffer's metadata
+    if "columns" in state or external:
+        if not external:
+            arrays = [(name, np.ascontiguousarray(state["columns"][name])) for name, _, _ in state["schema"]]
         arrays.append(("__masses__", np.ascontiguousarray(state["masses"], dtype="<f8")))
         if "streams" in state:
             arrays.append(("__streams__", np.ascontiguousarray(state["streams"], dtype="<i8")))
     header: dict[str, Any] = {key: state[key] for key in _CONFIG}
-    header.update({key: state.get(key, default) for key, default in _DEDUP_CONFIG.items()})
+    header.update({key: state.get(key, default) for key, default in _OPTIONAL_CONFIG.items()})
     header["schema"] = [[name, list(shape), np.dtype(dtype).newbyteorder("<").str] for name, shape, dtype in state["schema"]]
     if arrays:
         header.update({key: int(state[key]) for key in _COUNTERS})
         header["max_priority"] = float(state["max_priority"])
         header["random"] = [int(word) for word in state["random"]]
-        header["rows"] = int(len(arrays[0][1]))
+        header["rows"] = int(state["rows"]) if external else int(len(arrays[0][1]))
+        if external:
+            header["columns_external"] = True
+            header["first_slot"] = int(state["first_slot"])
     # Section offsets depend on the header's length, which depends on the offsets: two passes.
     sections: list[dict[str, Any]] = []
     header["sections"] = sections
@@ -138,7 +145,8 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -> dict[str, Any]:
     _require(isinstance(header, dict), f"{path}: header is not an object")
     state: dict[str, Any] = {key: header[key] for key in _CONFIG}
-    state.update({key: header.get(key, default) for key, default in _DEDUP_CONFIG.items()})
+    state.update({key: header.get(key, default) for key, default in _OPTIONAL_CONFIG.items()})
+    _require(isinstance(state["prefault"], bool), f"{path}: prefault {state['prefault']!r}")
     _require(state["next_state"] in ("store", "dedup"), f"{path}: next_state {state['next_state']!r}")
     axis = state["frame_stack_axis"]
     _require(axis is None or (isinstance(axis, int) and not isinstance(axis, bool) and -64 < axis < 64), f"{path}: frame_stack_axis {axis!r}")
@@ -162,13 +170,14 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     rows = header["rows"]
     _require(isinstance(rows, int) and 0 <= rows <= capacity, f"{path}: {rows!r} rows for capacity {capacity}")
     sections = header["sections"]
-    expected_names = [name for name, _, _ in schema] + ["__masses__"]
+    external = header.get("columns_external", False) is True
+    expected_names = ([] if external else [name for name, _, _ in schema]) + ["__masses__"]
     if state["next_state"] == "dedup":
         expected_names.append("__streams__")
     _require(len(sections) == len(expected_names), f"{path}: expected {len(expected_names)} sections, found {len(sections)}")
     masses_rows = rows if state["buffer_type"] == "prioritized" else 0
     columns = {}
-    for section, name, field_bytes in zip(sections, expected_names, row_bytes + [8, 8]):
+    for section, name, field_bytes in zip(sections, expected_names, ([] if external else row_bytes) + [8, 8]):
         _require(section["name"] == name, f"{path}: section {section['name']!r} where {name!r} was expected")
         expected_nbytes = (masses_rows if name == "__masses__" else rows) * field_bytes
         offset, nbytes = section["offset"], section["nbytes"]
@@ -184,7 +193,12 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
         else:
             _, shape, dtype = schema[len(columns)]
             columns[name] = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape((rows, *shape))
-    state["columns"] = columns
+    if external:
+        first_slot = header["first_slot"]
+        _require(isinstance(first_slot, int) and 0 <= first_slot < capacity, f"{path}: first_slot {first_slot!r}")
+        state["rows"], state["first_slot"] = rows, first_slot
+    else:
+        state["columns"] = columns
     for key in _COUNTERS:
         value = header[key]
         _require(isinstance(value, int) and 0 <= value < 1 << 64, f"{path}: counter {key} = {value!r}")

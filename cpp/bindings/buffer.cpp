@@ -21,6 +21,7 @@
 #include "replay_buffer/core/fifo_buffer.hpp"
 #include "replay_buffer/core/ring_buffer.hpp"
 #include "replay_buffer/dedup/dedup_buffer.hpp"
+#include "array_pool.hpp"
 #include "gil.hpp"
 #include "schema.hpp"
 
@@ -133,10 +134,12 @@ class NativeBuffer {
  public:
   NativeBuffer(py::ssize_t capacity, const std::string& buffer_type, py::object schema, py::object seed, double alpha, double beta,
                double eps, const std::string& sampling, const std::string& on_full, bool collect_stats, const std::string& next_state,
-               std::optional<py::ssize_t> frame_stack_axis)
+               std::optional<py::ssize_t> frame_stack_axis, std::optional<std::string> storage_dir, bool prefault)
       : type_(parse_buffer_type(buffer_type)), type_name_(buffer_type), alpha_(check_exponent("alpha", alpha)),
         beta_(check_exponent("beta", beta)), eps_(check_exponent("eps", eps)), sampling_(sampling), on_full_(on_full),
-        collect_stats_(collect_stats), next_state_(next_state), frame_stack_axis_(frame_stack_axis) {
+        collect_stats_(collect_stats), next_state_(next_state), frame_stack_axis_(frame_stack_axis), storage_dir_(storage_dir),
+        prefault_(prefault) {
+    if (storage_dir && next_state == "dedup") throw py::value_error("storage_dir does not combine with next_state='dedup' (frames live in memory)");
     if (next_state != "store" && next_state != "dedup") throw py::value_error("next_state must be 'store' or 'dedup', got '" + next_state + "'");
     if (frame_stack_axis && next_state != "dedup") {
       throw py::value_error("frame_stack_axis needs next_state='dedup' (frames are shared between state and next_state)");
@@ -334,7 +337,7 @@ class NativeBuffer {
 
   // Everything needed to rebuild this buffer exactly: configuration, rows (oldest first), counters,
   // random state. Used by pickling; arrays are fresh copies the caller owns.
-  py::dict get_state() const {
+  py::dict get_state(bool with_rows) const {
     py::dict state;
     state["format"] = 1;
     state["capacity"] = capacity_;
@@ -348,6 +351,7 @@ class NativeBuffer {
     state["collect_stats"] = collect_stats_;
     state["next_state"] = next_state_;
     state["frame_stack_axis"] = frame_stack_axis_ ? py::object(py::int_(*frame_stack_axis_)) : py::object(py::none());
+    state["prefault"] = prefault_;
     py::list fields;
     for (const Field& field : schema_) fields.append(py::make_tuple(field.name, shape_tuple(field.shape), py::str(field.dtype)));
     state["schema"] = fields;
@@ -356,6 +360,7 @@ class NativeBuffer {
     py::dict columns;
     std::vector<std::byte*> destinations;
     for (const Field& field : schema_) {
+      if (!with_rows) break;  // file-backed rows stay where they are
       std::vector<py::ssize_t> shape = field.shape;
       shape.insert(shape.begin(), static_cast<py::ssize_t>(rows));
       py::array array(field.dtype, shape);
@@ -365,9 +370,14 @@ class NativeBuffer {
     core::BufferState s;
     {
       ReleaseGil release;
-      s = engine_->export_state(destinations.data());
+      s = engine_->export_state(with_rows ? destinations.data() : nullptr);
     }
-    state["columns"] = columns;
+    if (with_rows) {
+      state["columns"] = columns;
+    } else {
+      state["rows"] = rows;
+      state["first_slot"] = s.first_slot;
+    }
     for (const auto& [name, member] : kCounterFields) state[name] = s.counters.*member;
     state["max_priority"] = s.max_priority;
     state["random"] = py::array_t<std::uint64_t>(4, s.random.data());
@@ -377,16 +387,24 @@ class NativeBuffer {
   }
 
   // Restores rows and counters from get_state() into this buffer, built with the same configuration.
+  // A state without columns but with "rows" adopts the rows already in this buffer's files.
   void set_state(const py::dict& state) {
-    if (!state.contains("columns")) return;  // the buffer was saved before its first add
-    const py::dict columns = state["columns"];
+    const bool in_place = !state.contains("columns") && state.contains("rows");
+    if (!state.contains("columns") && !in_place) return;  // the buffer was saved before its first add
+    if (in_place && !storage_dir_) throw py::value_error("a state without columns needs a buffer with storage_dir");
     Columns converted(schema_.size());
     std::size_t rows = 0;
-    for (std::size_t i = 0; i < schema_.size(); ++i) {
-      if (!columns.contains(schema_[i].name.c_str())) throw py::value_error("state has no column '" + schema_[i].name + "'");
-      rows = convert_value(schema_[i], columns[schema_[i].name.c_str()], true, converted, i);
+    if (in_place) {
+      rows = state["rows"].cast<std::size_t>();
+    } else {
+      const py::dict columns = state["columns"];
+      for (std::size_t i = 0; i < schema_.size(); ++i) {
+        if (!columns.contains(schema_[i].name.c_str())) throw py::value_error("state has no column '" + schema_[i].name + "'");
+        rows = convert_value(schema_[i], columns[schema_[i].name.c_str()], true, converted, i);
+      }
     }
     core::BufferState s;
+    if (in_place) s.first_slot = state["first_slot"].cast<std::size_t>();
     for (const auto& [name, member] : kCounterFields) s.counters.*member = state[name].cast<std::uint64_t>();
     s.max_priority = state["max_priority"].cast<double>();
     auto random = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(state["random"]);
@@ -400,8 +418,17 @@ class NativeBuffer {
       s.streams.assign(streams.data(), streams.data() + streams.size());
     }
     ReleaseGil release;
-    engine_->import_state(s, converted.pointers(), rows);
+    engine_->import_state(s, in_place ? nullptr : converted.pointers(), rows);
   }
+
+  // File-backed buffers: returns once every row added so far is in the files.
+  void sync_storage() const {
+    if (!engine_) return;
+    ReleaseGil release;
+    engine_->sync_storage();
+  }
+
+  std::optional<std::string> storage_dir() const { return storage_dir_; }
 
  private:
   void require_prioritized(const char* what) const {
@@ -444,13 +471,13 @@ class NativeBuffer {
   }
 
   // A fresh array, or the caller's out= array (a dict) after checking that it fits exactly.
-  static py::array out_array(const py::object& out, py::handle key, const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
-    if (out.is_none()) return py::array(dtype, shape);
+  py::array out_array(const py::object& out, py::handle key, const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
+    if (out.is_none()) return outputs_->make(dtype, shape);
     if (!PyDict_Check(out.ptr())) throw py::type_error("out must be a dict of numpy arrays");
     PyObject* given = PyDict_GetItemWithError(out.ptr(), key.ptr());  // borrowed
     if (given == nullptr) {
       if (PyErr_Occurred()) throw py::error_already_set();
-      return py::array(dtype, shape);
+      return outputs_->make(dtype, shape);
     }
     const std::string name = py::reinterpret_borrow<py::str>(key);
     if (!py::isinstance<py::array>(given)) throw py::type_error("out['" + name + "'] must be a numpy array");
@@ -528,6 +555,14 @@ class NativeBuffer {
     } else {
       engine = make_engine(std::move(row_bytes));
     }
+    if (storage_dir_ || prefault_) {
+      memory::StorageOptions storage{storage_dir_.value_or(""), {}, prefault_};
+      if (storage_dir_) {
+        for (std::size_t i = 0; i < schema.size(); ++i) storage.column_files.push_back("column-" + std::to_string(i) + ".bin");
+      }
+      ReleaseGil release;  // prefaulting touches the whole reservation
+      engine->configure_storage(storage);
+    }
     engine->set_monitoring(collect_stats_);
     schema_ = std::move(schema);
     engine_ = std::move(engine);
@@ -543,9 +578,12 @@ class NativeBuffer {
   bool collect_stats_;
   std::string next_state_;
   std::optional<py::ssize_t> frame_stack_axis_;
+  std::optional<std::string> storage_dir_;
+  bool prefault_;
   Schema schema_;
   std::unique_ptr<core::ReplayBufferInterface> engine_;  // created with the schema (given, or inferred at the first add)
   dedup::DedupBuffer* dedup_ = nullptr;                  // engine_ itself, when observations are deduplicated
+  std::shared_ptr<ArrayPool> outputs_ = std::make_shared<ArrayPool>();  // memory of large sample() arrays
 };
 
 namespace {
@@ -591,11 +629,12 @@ void add_method(py::handle cls, PyMethodDef* definition) {
 void bind_buffer(py::module_& m) {
   auto cls = py::class_<NativeBuffer>(m, "NativeReplayBuffer")
       .def(py::init<py::ssize_t, const std::string&, py::object, py::object, double, double, double, const std::string&, const std::string&, bool,
-                    const std::string&, std::optional<py::ssize_t>>(),
+                    const std::string&, std::optional<py::ssize_t>, std::optional<std::string>, bool>(),
            py::arg("capacity"), py::arg("buffer_type") = "uniform", py::kw_only(), py::arg("schema") = py::none(),
            py::arg("seed") = py::none(), py::arg("alpha") = 0.6, py::arg("beta") = 0.4, py::arg("eps") = 1e-6,
            py::arg("sampling") = "stratified", py::arg("on_full") = "error", py::arg("collect_stats") = true,
-           py::arg("next_state") = "store", py::arg("frame_stack_axis") = py::none())
+           py::arg("next_state") = "store", py::arg("frame_stack_axis") = py::none(), py::arg("storage_dir") = py::none(),
+           py::arg("prefault") = false)
       .def("sample", &Guarded<&NativeBuffer::sample>::call, py::arg("batch_size"), py::kw_only(), py::arg("beta") = py::none(),
            py::arg("out") = py::none(), py::arg("partial") = false)
       .def("update_priorities", &Guarded<&NativeBuffer::update_priorities>::call, py::arg("ids"), py::arg("priorities"))
@@ -605,7 +644,9 @@ void bind_buffer(py::module_& m) {
       .def_property_readonly("schema", &Guarded<&NativeBuffer::schema>::call)
       .def_property("collect_stats", &Guarded<&NativeBuffer::collect_stats>::call, &Guarded<&NativeBuffer::set_collect_stats>::call)
       .def("stats", &Guarded<&NativeBuffer::stats>::call)
-      .def("_get_state", &Guarded<&NativeBuffer::get_state>::call)
+      .def("_get_state", &Guarded<&NativeBuffer::get_state>::call, py::arg("with_rows") = true)
+      .def("_sync_storage", &Guarded<&NativeBuffer::sync_storage>::call)
+      .def_property_readonly("storage_dir", &Guarded<&NativeBuffer::storage_dir>::call)
       .def("_set_state", &Guarded<&NativeBuffer::set_state>::call);
   add_method(cls, &kAddMethod);
   add_method(cls, &kAddBatchMethod);

@@ -185,7 +185,7 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     const std::size_t cap = store_.capacity();
     const std::size_t rows = static_cast<std::size_t>(std::min<std::uint64_t>(total, cap));
     const std::uint64_t oldest = total - rows;
-    for (std::size_t i = 0; i < rows; ++i) {
+    for (std::size_t i = 0; destinations != nullptr && i < rows; ++i) {
       const std::size_t slot = static_cast<std::size_t>((oldest + i) % cap);
       for (std::size_t c = 0; c < store_.num_columns(); ++c) {
         memory::copy_row(destinations[c] + i * store_.row_bytes(c), store_.row(c, slot), store_.row_bytes(c));
@@ -193,6 +193,7 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     }
     core::BufferState state;
     state.counters = counters();
+    state.first_slot = static_cast<std::size_t>(oldest % cap);
     return state;
   }
 
@@ -203,7 +204,10 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
                                   std::to_string(std::min<std::uint64_t>(state.counters.total_adds, cap)));
     }
     const std::uint64_t oldest = state.counters.total_adds - rows;
-    store_.write_ring(static_cast<std::size_t>(oldest % cap), rows, sources);
+    if (sources == nullptr && state.first_slot != oldest % cap) {
+      throw std::invalid_argument("stored rows start at slot " + std::to_string(state.first_slot) + ", expected " + std::to_string(oldest % cap));
+    }
+    if (sources != nullptr) store_.write_ring(static_cast<std::size_t>(oldest % cap), rows, sources);
     for (std::size_t slot = 0; slot < cap; ++slot) guards_[slot].version.store(0, std::memory_order_relaxed);
     for (std::uint64_t seq = oldest; seq < state.counters.total_adds; ++seq) {
       guards_[seq % cap].version.store(2 * (seq + 1), std::memory_order_relaxed);
@@ -214,6 +218,14 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     claimed_.value.store(state.counters.total_adds, std::memory_order_relaxed);
     committed_.value.store(state.counters.total_adds, std::memory_order_release);  // publishes everything above
   }
+
+  // Like import_state, for a fresh buffer only (no concurrent use).
+  void configure_storage(const memory::StorageOptions& storage) override {
+    if (claimed_.value.load(std::memory_order_relaxed) != 0) throw std::logic_error("storage can only be configured before the first add");
+    store_ = memory::ColumnStore(store_.capacity(), store_.all_row_bytes(), storage);
+  }
+
+  void sync_storage() const override { store_.sync(); }
 
  private:
   core::BufferCounters counters() const noexcept {

@@ -77,6 +77,7 @@ struct BufferState {
   Random::State random{};
   std::vector<double> priorities;  // prioritized: per row, oldest first
   std::vector<std::int64_t> streams;  // observation dedup: each row's stream, oldest first
+  std::size_t first_slot = 0;         // storage slot of the oldest row (for rows adopted in place)
 };
 
 class ReplayBufferInterface {
@@ -103,10 +104,17 @@ class ReplayBufferInterface {
   virtual std::size_t capacity() const = 0;
   virtual BufferStats stats() const = 0;
 
-  // Rows held, oldest first, into destinations[c]; the caller sizes them with size().
+  // Rows held, oldest first, into destinations[c]; the caller sizes them with size(). With
+  // destinations null, only the state (counters, priorities, first_slot) of file-backed rows.
   virtual BufferState export_state(std::byte* const* destinations) const = 0;
-  // Replaces the contents with `rows` rows (oldest first) and the given state.
+  // Replaces the contents with `rows` rows (oldest first) and the given state. With sources null, the
+  // rows are already in storage (reopened file-backed columns), the oldest at state.first_slot.
   virtual void import_state(const BufferState& state, const std::byte* const* sources, std::size_t rows) = 0;
+
+  // Before the first add: moves storage to `storage` (files, prefaulting). O(reservation) when prefaulting.
+  virtual void configure_storage(const memory::StorageOptions& storage) = 0;
+  // File-backed storage: waits until every row written so far is in the files.
+  virtual void sync_storage() const = 0;
 
   void set_monitoring(bool enabled) noexcept { monitoring_.store(enabled, std::memory_order_relaxed); }
   bool monitoring() const noexcept { return monitoring_.load(std::memory_order_relaxed); }

@@ -90,19 +90,32 @@ class FifoBuffer final : public ReplayBufferInterface {
 
   BufferState export_state(std::byte* const* destinations) const override {
     std::lock_guard lock(mutex_);
-    store_.read_ring(head_, size_, destinations);
+    if (destinations != nullptr) store_.read_ring(head_, size_, destinations);
     BufferState state;
     state.counters = counters_;
+    state.first_slot = head_;
     return state;
   }
 
   void import_state(const BufferState& state, const std::byte* const* sources, std::size_t rows) override {
     if (rows > store_.capacity()) throw std::invalid_argument("state holds more rows than the capacity");
+    if (sources == nullptr && state.first_slot >= store_.capacity()) throw std::invalid_argument("stored rows start beyond the capacity");
     std::lock_guard lock(mutex_);
-    store_.write_ring(0, rows, sources);
-    head_ = 0;
+    if (sources != nullptr) store_.write_ring(0, rows, sources);
+    head_ = sources != nullptr ? 0 : state.first_slot;
     size_ = rows;
     counters_ = state.counters;
+  }
+
+  void configure_storage(const memory::StorageOptions& storage) override {
+    std::lock_guard lock(mutex_);
+    if (counters_.total_adds != 0) throw std::logic_error("storage can only be configured before the first add");
+    store_ = memory::ColumnStore(store_.capacity(), store_.all_row_bytes(), storage);
+  }
+
+  void sync_storage() const override {
+    std::lock_guard lock(mutex_);
+    store_.sync();
   }
 
  private:

@@ -157,8 +157,8 @@ class RingBuffer final : public ReplayBufferInterface {
     std::lock_guard lock(mutex_);
     const std::size_t cap = store_.capacity();
     const std::uint64_t oldest = counters_.total_adds - size_;
-    store_.read_ring(static_cast<std::size_t>(oldest % cap), size_, destinations);
-    BufferState state{counters_, max_priority_, rng_.state(), {}};
+    if (destinations != nullptr) store_.read_ring(static_cast<std::size_t>(oldest % cap), size_, destinations);
+    BufferState state{counters_, max_priority_, rng_.state(), {}, {}, static_cast<std::size_t>(oldest % cap)};
     if constexpr (Selector::kPrioritized) {
       state.priorities.resize(size_);
       for (std::size_t i = 0; i < size_; ++i) state.priorities[i] = selector_.mass((oldest + i) % cap);
@@ -176,9 +176,12 @@ class RingBuffer final : public ReplayBufferInterface {
     if (Selector::kPrioritized && state.priorities.size() != rows) {
       throw std::invalid_argument("state must hold one priority per row");
     }
-    std::lock_guard lock(mutex_);
     const std::uint64_t oldest = state.counters.total_adds - rows;
-    store_.write_ring(static_cast<std::size_t>(oldest % cap), rows, sources);
+    if (sources == nullptr && state.first_slot != oldest % cap) {
+      throw std::invalid_argument("stored rows start at slot " + std::to_string(state.first_slot) + ", expected " + std::to_string(oldest % cap));
+    }
+    std::lock_guard lock(mutex_);
+    if (sources != nullptr) store_.write_ring(static_cast<std::size_t>(oldest % cap), rows, sources);
     if constexpr (Selector::kPrioritized) {
       selector_.clear();
       slots_.resize(rows);
@@ -189,6 +192,17 @@ class RingBuffer final : public ReplayBufferInterface {
     counters_ = state.counters;
     max_priority_ = state.max_priority;
     rng_.set_state(state.random);
+  }
+
+  void configure_storage(const memory::StorageOptions& storage) override {
+    std::lock_guard lock(mutex_);
+    if (counters_.total_adds != 0) throw std::logic_error("storage can only be configured before the first add");
+    store_ = memory::ColumnStore(store_.capacity(), store_.all_row_bytes(), storage);
+  }
+
+  void sync_storage() const override {
+    std::lock_guard lock(mutex_);
+    store_.sync();
   }
 
   const Selector& selector() const noexcept { return selector_; }

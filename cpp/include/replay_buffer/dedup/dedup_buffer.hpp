@@ -158,6 +158,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   }
 
   core::BufferState export_state(std::byte* const* destinations) const override {
+    if (destinations == nullptr) throw std::invalid_argument("a dedup buffer's rows are not file-backed");
     std::lock_guard lock(mutex_);
     const std::size_t rows = inner_->size();
     std::vector<std::uint64_t> sequence_numbers(rows);
@@ -179,6 +180,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
       throw std::invalid_argument("state holds " + std::to_string(rows) + " rows, more than the capacity or the add count allow");
     }
     if (!state.streams.empty() && state.streams.size() != rows) throw std::invalid_argument("state must hold one stream per row");
+    if (sources == nullptr) throw std::invalid_argument("a dedup buffer's rows cannot be adopted in place");
     std::lock_guard lock(mutex_);
     pool_.clear();
     streams_.clear();
@@ -197,10 +199,12 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     released_upto_ = 0;
   }
 
-  std::size_t frames_held() const {
-    std::lock_guard lock(mutex_);
-    return pool_.live();
+  // Prefaulting applies to the inner buffer's columns; frames are not file-backed (yet).
+  void configure_storage(const memory::StorageOptions& storage) override {
+    if (!storage.directory.empty()) throw std::invalid_argument("file-backed storage does not combine with observation dedup");
+    inner_->configure_storage(storage);
   }
+  void sync_storage() const override { inner_->sync_storage(); }
 
  private:
   struct StreamTail {

@@ -14,6 +14,7 @@
 #include <emmintrin.h>
 #endif
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "replay_buffer/memory/aligned_array.hpp"
@@ -67,17 +68,39 @@ inline void stream_copy(std::byte* destination, const std::byte* source, std::si
 #endif
 }
 
+// Where a store keeps its columns.
+struct StorageOptions {
+  // Empty: anonymous memory. Otherwise one file per column, memory-mapped (MAP_SHARED): capacity
+  // beyond RAM, and contents that outlive the process (files named by column_files, in this folder).
+  std::string directory;
+  std::vector<std::string> column_files;
+  bool prefault = false;  // map every page at construction instead of on first write
+};
+
 class ColumnStore {
  public:
-  ColumnStore(std::size_t capacity, std::vector<std::size_t> row_bytes)
+  ColumnStore(std::size_t capacity, std::vector<std::size_t> row_bytes, const StorageOptions& storage = {})
       : capacity_(capacity), row_bytes_(std::move(row_bytes)) {
     if (capacity == 0) throw std::invalid_argument("capacity must be > 0");
     if (row_bytes_.empty()) throw std::invalid_argument("a buffer needs at least one field");
-    columns_.reserve(row_bytes_.size());
-    for (std::size_t bytes : row_bytes_) {
-      if (bytes == 0) throw std::invalid_argument("a field must have at least one byte per row");
-      columns_.emplace_back(capacity_ * bytes);
+    if (!storage.directory.empty() && storage.column_files.size() != row_bytes_.size()) {
+      throw std::invalid_argument("file-backed storage needs one file name per column");
     }
+    columns_.reserve(row_bytes_.size());
+    for (std::size_t c = 0; c < row_bytes_.size(); ++c) {
+      if (row_bytes_[c] == 0) throw std::invalid_argument("a field must have at least one byte per row");
+      if (storage.directory.empty()) {
+        columns_.emplace_back(capacity_ * row_bytes_[c]);
+      } else {
+        columns_.push_back(AlignedArray::map_file(storage.directory + "/" + storage.column_files[c], capacity_ * row_bytes_[c]));
+      }
+      if (storage.prefault) columns_.back().prefault();
+    }
+  }
+
+  // Waits until file-backed columns are on disk (no-op for memory).
+  void sync() const {
+    for (const auto& column : columns_) column.sync();
   }
 
   std::size_t capacity() const noexcept { return capacity_; }
