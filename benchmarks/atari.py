@@ -14,12 +14,14 @@ next_state="dedup" and with frame_stack_axis=-1 (both dedups).
 Each implementation runs in a process of its own, so its resident memory can be read alone: it
 builds its input (the same frames for every implementation), fills the buffer once (resident memory
 is read after this fill), then adds one more full pass of batches while timing each call (the steady
-state of a full ring), then times sample(32). Processes run one after the other, in --rounds rounds
+state of a full ring), then times sample(32) returning fresh arrays and, where the implementation
+offers it, into preallocated arrays (out=). Processes run one after the other, in --rounds rounds
 with the order rotated, and the figures are medians over all calls of all rounds.
 
 Figures:
   add      MB/s of observation data handed in (state + next_state: 56,448 bytes per transition);
-  sample   us per sample(32) call;
+  sample   us per sample(32) call (fresh arrays: what allocating 1.8 MB per call costs depends on
+           the allocator's state; ray_replay recycles the memory of freed results), and into out=;
   memory   resident memory of the filled buffer (RSS after the fill minus RSS before creating it),
            scaled to 100,000 transitions in --quick mode.
 Targets: add >= 9,000 MB/s, sample 32 <= 120 us, memory <= 1.0 GB with frame-stack dedup.
@@ -92,13 +94,14 @@ def make_input(batches: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     ]
 
 
-def build(case: str, capacity: int) -> tuple[Any, Any, Any]:
-    """(buffer, add_batch(batch), sample(n)) for one implementation."""
+def build(case: str, capacity: int) -> tuple[Any, Any, Any, Any]:
+    """(buffer, add_batch(batch), sample(n), sample_into(n, out) or None) for one implementation."""
     if case == "numpy ring":
         from baselines.numpy_ring import NumpyRing
 
         ring = NumpyRing(capacity, SCHEMA)
-        return ring, lambda b: ring.add_batch(b["state"], b["action"], b["reward"], b["next_state"], b["done"]), ring.sample
+        add = lambda b: ring.add_batch(b["state"], b["action"], b["reward"], b["next_state"], b["done"])  # noqa: E731
+        return ring, add, ring.sample, ring.sample_into
     if case.startswith("cpprb"):
         from cpprb import ReplayBuffer as CpprbReplayBuffer
 
@@ -112,14 +115,14 @@ def build(case: str, capacity: int) -> tuple[Any, Any, Any]:
         def add(b: dict[str, np.ndarray]) -> None:
             rb.add(obs=b["state"], act=b["action"], rew=b["reward"], next_obs=b["next_state"], done=b["done"])
 
-        return rb, add, rb.sample
+        return rb, add, rb.sample, None
     from ray_replay import ReplayBuffer
 
     options = {"next_state": "dedup"} if "dedup" in case else {}
     if case == "ray_replay frame-stack dedup":
         options["frame_stack_axis"] = -1
     buffer = ReplayBuffer(capacity, "uniform", schema=SCHEMA, seed=0, collect_stats=False, **options)
-    return buffer, lambda b: buffer.add_batch(**b), buffer.sample
+    return buffer, lambda b: buffer.add_batch(**b), buffer.sample, lambda n, out: buffer.sample(n, out=out)
 
 
 def resident_bytes() -> int:
@@ -131,7 +134,7 @@ def run_case(case: str, profile: dict[str, Any]) -> dict[str, Any]:
     capacity = profile["capacity"]
     batches = make_input(profile["input_batches"])
     before = resident_bytes()
-    buffer, add, sample = build(case, capacity)
+    buffer, add, sample, sample_into = build(case, capacity)
     calls = capacity // ADD_BATCH
     for i in range(calls):  # fill: first touch of every page
         add(batches[i % len(batches)])
@@ -146,8 +149,15 @@ def run_case(case: str, profile: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter_ns()
         sample(SAMPLE_BATCH)
         sample_ns.append(time.perf_counter_ns() - started)
+    sample_into_ns = []
+    if sample_into is not None:
+        out = sample(SAMPLE_BATCH)
+        for _ in range(profile["samples"]):
+            started = time.perf_counter_ns()
+            sample_into(SAMPLE_BATCH, out)
+            sample_into_ns.append(time.perf_counter_ns() - started)
     del buffer
-    return {"add_ns": add_ns, "sample_ns": sample_ns, "memory_bytes": memory, "capacity": capacity}
+    return {"add_ns": add_ns, "sample_ns": sample_ns, "sample_into_ns": sample_into_ns, "memory_bytes": memory, "capacity": capacity}
 
 
 def available(case: str) -> bool:
@@ -190,6 +200,7 @@ def main() -> int:
             "add_mb_per_s": ADD_BATCH * 2 * OBSERVATION_BYTES / add_ns * 1e3,
             "add_ms_per_batch": add_ns / 1e6,
             "sample_us": statistics.median(ns for run in case_runs for ns in run["sample_ns"]) / 1e3,
+            "sample_into_us": statistics.median(into) / 1e3 if (into := [ns for run in case_runs for ns in run["sample_into_ns"]]) else None,
             "memory_gb_per_100k": statistics.median(run["memory_bytes"] for run in case_runs) * scale / 1e9,
         }
     markdown = table(results, profile, rounds)
@@ -207,12 +218,15 @@ def table(results: dict[str, dict[str, float]], profile: dict[str, Any], rounds:
         f"### Atari-sized workload (uint8[84, 84, 4] observations, capacity {profile['capacity']:,}, add_batch {ADD_BATCH:,}, "
         f"sample {SAMPLE_BATCH}; medians over {rounds} round(s))",
         "",
-        "| implementation | add (MB/s of observations) | vs numpy ring | sample 32 (us) | vs numpy ring | memory per 100k transitions (GB) |",
-        "|---|---|---|---|---|---|",
+        "| implementation | add (MB/s of observations) | vs numpy ring | sample 32 (us) | vs numpy ring | sample 32 into out= (us) "
+        "| vs numpy ring | memory per 100k transitions (GB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for case, r in results.items():
+        into = r["sample_into_us"]
+        into_cells = f"{into:,.1f} | {baseline['sample_into_us'] / into:.2f}x" if into else "- | -"
         lines.append(f"| {case} | {r['add_mb_per_s']:,.0f} | {r['add_mb_per_s'] / baseline['add_mb_per_s']:.2f}x | "
-                     f"{r['sample_us']:,.1f} | {baseline['sample_us'] / r['sample_us']:.2f}x | {r['memory_gb_per_100k']:.2f} |")
+                     f"{r['sample_us']:,.1f} | {baseline['sample_us'] / r['sample_us']:.2f}x | {into_cells} | {r['memory_gb_per_100k']:.2f} |")
     best = results["ray_replay frame-stack dedup"]
     lines += ["", f"Targets (ray_replay frame-stack dedup): add >= {TARGETS['add_mb_per_s']:,.0f} MB/s: "
               f"{'met' if best['add_mb_per_s'] >= TARGETS['add_mb_per_s'] else 'not met'} ({best['add_mb_per_s']:,.0f}); "

@@ -64,5 +64,5 @@ class NumpyRing:
         """Fills preallocated arrays (the numpy analogue of ray_replay's ``sample(n, out=...)``)."""
         idx = self._rng.integers(0, self._size, n)
         for name, col in self._cols.items():
-            col.take(idx, axis=0, out=out[name])
+            col.take(idx, axis=0, out=out[name], mode="clip")  # mode="raise" would buffer the output
         return out

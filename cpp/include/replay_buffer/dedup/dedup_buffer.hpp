@@ -129,6 +129,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     const std::size_t n = inner_->sample(request, inner_destinations(destinations, sequence_numbers_.data()).data());
     const std::size_t bytes = layout_.stack_bytes();
     for (std::size_t i = 0; i < n; ++i) {
+      if (i + 1 < n) prefetch_frames(row_refs(sequence_numbers_[i + 1]));
       const FramePool::Slot* refs = row_refs(sequence_numbers_[i]);
       assemble(refs, destinations[observations_.state] + i * bytes);
       assemble(refs + k_, destinations[observations_.next_state] + i * bytes);
@@ -281,6 +282,18 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   void assemble(const FramePool::Slot* refs, std::byte* stack) const {
     for (std::size_t j = 0; j < k_; ++j) frame_pointers_[j] = pool_.data(refs[j]);
     layout_.assemble(frame_pointers_.data(), stack);
+  }
+
+  // Frames sit at random slots: start the next row's first cache lines of each frame early, so their
+  // misses overlap the copy of this row (the hardware prefetcher takes over within a frame).
+  void prefetch_frames(const FramePool::Slot* refs) const noexcept {
+    constexpr std::size_t kLines = 4;
+    for (std::size_t j = 0; j < 2 * k_; ++j) {
+      const std::byte* frame = pool_.data(refs[j]);
+      for (std::size_t line = 0; line < kLines && line * memory::kCacheLineBytes < layout_.frame_bytes(); ++line) {
+        __builtin_prefetch(frame + line * memory::kCacheLineBytes);
+      }
+    }
   }
 
   void release_row(std::uint64_t seq) noexcept {
