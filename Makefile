@@ -66,7 +66,7 @@ demo: install
 
 bench: install
 	$(PIP) install --quiet "cpprb>=10" "matplotlib>=3.7" || echo "optional baselines unavailable; benchmarking without them"
-	$(PY) benchmarks/run.py $(ARGS)
+	$(VENV)/bin/ray-replay bench $(ARGS)
 
 clean:
 	rm -rf build $(VENV)

@@ -3,12 +3,14 @@
     ray-replay demo [--address ADDR] [--seconds S] [--local]   the demo (a local Ray by default)
     ray-replay stats --address ADDR --name NAME [--namespace NS] [--interval S] [--once]
                                                              live stats of a running ReplayCoordinator
+    ray-replay bench [--quick] [--skip STEP ...]             every benchmark (from a source checkout; = make bench)
     ray-replay --cmake-dir | --include-dir                   where the C++ package is, for CMake users
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +22,15 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 def cmake_dir() -> Path:
     """Folder holding ReplayBufferConfig.cmake, for ``-DReplayBuffer_DIR=...``."""
     return _PACKAGE_DIR / "share" / "cmake" / "ReplayBuffer"
+
+
+def benchmark_runner(start: Path) -> Path | None:
+    """benchmarks/run.py of the source checkout holding ``start`` (the benchmarks are not installed)."""
+    for folder in (start, *start.parents):
+        runner = folder / "benchmarks" / "run.py"
+        if runner.is_file():
+            return runner
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("--namespace", default=None, help="the coordinator's Ray namespace")
     stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     stats.add_argument("--once", action="store_true", help="print once and exit")
+    sub.add_parser("bench", help="run benchmarks/run.py of the source checkout around the current folder", add_help=False)
     args, rest = parser.parse_known_args(argv)
 
     if args.cmake_dir:
@@ -53,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         from ray_replay.distributed.live_stats import watch
 
         return watch(args.address, args.name, args.namespace, args.interval, args.once)
+    if args.command == "bench":
+        runner = benchmark_runner(Path.cwd())
+        if runner is None:
+            print("ray-replay bench: no benchmarks/run.py here or above: run it from a ray_replay source checkout", file=sys.stderr)
+            return 2
+        return subprocess.call([sys.executable, str(runner), *rest])
     parser.print_help()
     return 0 if not rest else 2
 

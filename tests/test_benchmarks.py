@@ -108,3 +108,12 @@ def test_atari_benchmark_smoke_run_measures_every_implementation(tmp_path: Path)
     # Memory is a count of pages, not a timing: frame-stack dedup holds well under half of the naive ring.
     assert data["results"]["ray_replay frame-stack dedup"]["memory_gb_per_100k"] < data["results"]["numpy ring"]["memory_gb_per_100k"] / 2
     assert "| ray_replay frame-stack dedup |" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_ray_replay_bench_finds_the_checkouts_runner_or_says_why_not(tmp_path: Path) -> None:
+    from ray_replay.__main__ import benchmark_runner
+
+    assert benchmark_runner(ROOT / "tests") == ROOT / "benchmarks" / "run.py"
+    done = subprocess.run([sys.executable, "-m", "ray_replay", "bench", "--quick"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert "run it from a ray_replay source checkout" in done.stderr
