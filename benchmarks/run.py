@@ -6,6 +6,7 @@ Steps (each writes JSON and Markdown under benchmarks/results/):
   local        ray_replay beside numpy ring, deque, cpprb and a numpy sum tree; includes the C++ benchmark
   batch_sizes  sample latency per call vs batch size (ray_replay uniform and prioritized, numpy ring)
   atari        Atari-sized observations with and without dedup, beside a numpy ring and cpprb
+  persistence  save / load throughput beside np.save / np.load
   distributed  DIST-1 on Ray: ReplayCoordinator/ReplayClient vs a naive numpy actor
   scaling      DIST-1 with 1, 2 and 4 shards on a simulated 4-node cluster (full mode only)
   rllib        DQN on CartPole with RLlib's buffer vs ray_replay (full mode only: ~1 hour)
@@ -150,7 +151,7 @@ def plots() -> list[str]:
 
 def summary(made: list[str]) -> None:
     parts = ["# Benchmark results", ""]
-    for name in ("local.md", "atari.md", "distributed.json", "rllib_dqn.md"):
+    for name in ("local.md", "atari.md", "persistence.md", "distributed.json", "rllib_dqn.md"):
         path = RESULTS / name
         if path.exists():
             parts.append(json.loads(path.read_text())["markdown"] if name.endswith(".json") else path.read_text())
@@ -170,7 +171,7 @@ def summary(made: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs: under 2 minutes in all")
-    parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out (local, batch_sizes, atari, distributed, scaling, rllib)")
+    parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out (local, batch_sizes, atari, persistence, distributed, scaling, rllib)")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     quick = ["--quick"] if args.quick else []
@@ -178,6 +179,7 @@ def main() -> int:
         ("local", 12 if args.quick else 60, lambda: run_script("local.py", *quick)),
         ("batch_sizes", 10 if args.quick else 40, lambda: batch_size_sweep(args.quick)),
         ("atari", 10 if args.quick else 60, lambda: run_script("atari.py", *quick)),
+        ("persistence", 5 if args.quick else 20, lambda: run_script("persistence.py", *quick)),
         ("distributed", 60 if args.quick else 180, lambda: run_script("distributed.py", *quick)),
     ]
     if not args.quick:

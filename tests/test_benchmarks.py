@@ -117,3 +117,14 @@ def test_ray_replay_bench_finds_the_checkouts_runner_or_says_why_not(tmp_path: P
     done = subprocess.run([sys.executable, "-m", "ray_replay", "bench", "--quick"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.returncode == 2
     assert "run it from a ray_replay source checkout" in done.stderr
+
+
+def test_persistence_benchmark_smoke_run(tmp_path: Path) -> None:
+    out = tmp_path / "persistence.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "persistence.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert set(data["results"]) == {"ray_replay save", "ray_replay load", "np.save", "np.load"}
+    assert all(r["gb_per_s"] > 0 for r in data["results"].values())
+    assert "| load |" in out.with_suffix(".md").read_text(encoding="utf-8")
