@@ -73,9 +73,11 @@ def batch_size_sweep(quick: bool) -> dict[str, Any]:
         "numpy ring": lambda n: ring.sample(n),
     }
     repetitions = 30 if quick else 200
-    result: dict[str, Any] = {"capacity": capacity, "repetitions": repetitions, "batch_sizes": list(BATCH_SIZES), "us": {}}
+    result: dict[str, Any] = {"capacity": capacity, "repetitions": repetitions, "batch_sizes": list(BATCH_SIZES), "us": {},
+                              "percentiles_us": {}}
     for name, sample in cases.items():
         medians = []
+        percentiles: dict[str, list[float]] = {"p50": [], "p90": [], "p99": []}
         for n in BATCH_SIZES:
             times = []
             for _ in range(repetitions):
@@ -83,7 +85,10 @@ def batch_size_sweep(quick: bool) -> dict[str, Any]:
                 sample(n)
                 times.append((time.perf_counter_ns() - start) / 1e3)
             medians.append(float(np.median(times)))
+            for key in percentiles:
+                percentiles[key].append(float(np.percentile(times, int(key[1:]))))
         result["us"][name] = medians
+        result["percentiles_us"][name] = percentiles
     (RESULTS / "batch_sizes.json").write_text(json.dumps({"machine": machine_info(), **result}, indent=2))
     return result
 
@@ -108,6 +113,19 @@ def plots() -> list[str]:
         fig.tight_layout()
         fig.savefig(RESULTS / "batch_sizes.png", dpi=110)
         made.append("batch_sizes.png")
+        if "percentiles_us" in data:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for (name, values), color in zip(data["percentiles_us"].items(), ("tab:blue", "tab:orange", "tab:green")):
+                ax.plot(data["batch_sizes"], values["p50"], marker="o", color=color, label=f"{name} p50")
+                ax.plot(data["batch_sizes"], values["p99"], marker="^", linestyle="--", color=color, label=f"{name} p99")
+                ax.fill_between(data["batch_sizes"], values["p50"], values["p90"], color=color, alpha=0.15)
+            ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="sample() latency (us)",
+                   title=f"sample latency percentiles (p50, p50-p90 band, p99; {data['capacity']:,} rows)")
+            ax.legend(fontsize=7)
+            ax.grid(True, which="both", alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(RESULTS / "sample_percentiles.png", dpi=110)
+            made.append("sample_percentiles.png")
     distributed = RESULTS / "distributed.json"
     if distributed.exists():
         data = json.loads(distributed.read_text())
