@@ -27,7 +27,7 @@ class FramePool {
         stride_(memory::round_up(frame_bytes, memory::kCacheLineBytes)),
         max_frames_(max_frames),
         storage_(stride_ * max_frames),
-        references_(max_frames, 0) {
+        references_(max_frames * sizeof(std::uint32_t)) {
     if (max_frames > UINT32_MAX) throw std::invalid_argument("a frame pool holds at most 2^32 - 1 frames");
     free_.reserve(max_frames);
   }
@@ -42,16 +42,16 @@ class FramePool {
       if (touched_ == max_frames_) throw std::length_error("frame pool exhausted");  // sized so this cannot happen
       slot = static_cast<Slot>(touched_++);
     }
-    references_[slot] = 1;
+    references()[slot] = 1;
     ++live_;
     return slot;
   }
 
-  void retain(Slot slot) noexcept { ++references_[slot]; }  // O(1)
+  void retain(Slot slot) noexcept { ++references()[slot]; }  // O(1)
 
   // Drops one reference; the last one frees the slot. O(1).
   void release(Slot slot) noexcept {
-    if (--references_[slot] == 0) {
+    if (--references()[slot] == 0) {
       free_.push_back(slot);
       --live_;
     }
@@ -60,7 +60,7 @@ class FramePool {
   // Forgets every frame (for import_state).
   void clear() noexcept {
     free_.clear();
-    std::fill(references_.begin(), references_.end(), 0);
+    std::fill(references(), references() + touched_, 0u);
     for (std::size_t slot = touched_; slot-- > 0;) free_.push_back(static_cast<Slot>(slot));  // lowest slot on top
     live_ = 0;
   }
@@ -73,9 +73,11 @@ class FramePool {
   std::size_t bytes_touched() const noexcept { return touched_ * stride_; }
 
  private:
+  std::uint32_t* references() noexcept { return reinterpret_cast<std::uint32_t*>(references_.data()); }
+
   std::size_t frame_bytes_, stride_, max_frames_;
   memory::ReservedArray storage_;
-  std::vector<std::uint32_t> references_;
+  memory::ReservedArray references_;  // per slot; zero pages until touched, like the frames
   std::vector<Slot> free_;   // freed slots; reused before untouched ones
   std::size_t touched_ = 0;  // slots [0, touched_) have been handed out at least once
   std::size_t live_ = 0;
