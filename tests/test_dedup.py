@@ -215,6 +215,8 @@ def test_bad_streams_are_refused_before_anything_is_written():
         buffer.add_batch(**episode, streams=np.zeros(4))
     with pytest.raises(TypeError, match="stream must be an int"):
         buffer.add(**{name: values[0] for name, values in episode.items()}, stream="left")
+    with pytest.raises(TypeError, match="stream must be an int"):  # found by the fuzzer: once a SystemError
+        buffer.add(**{name: values[0] for name, values in episode.items()}, stream=np.zeros(2))
     assert len(buffer) == 0 and buffer.stats()["frames_held"] == 0
 
 

@@ -68,11 +68,15 @@ std::vector<double> convert_priorities(py::handle value, std::size_t count, cons
 py::tuple shape_tuple(const std::vector<py::ssize_t>& shape) { return py::tuple(py::cast(shape)); }
 
 std::int64_t convert_stream(PyObject* value, const char* name) {
-  if (PyBool_Check(value) || !PyIndex_Check(value)) {
+  // An ndarray passes PyIndex_Check whatever its dtype and size; its __index__ may still refuse.
+  py::object index;
+  if (!PyBool_Check(value) && PyIndex_Check(value)) index = py::reinterpret_steal<py::object>(PyNumber_Index(value));
+  if (!index) {
+    PyErr_Clear();
     throw py::type_error(std::string(name) + " must be an int (a stream id), got " + std::string(py::str(py::type::of(py::handle(value)))));
   }
   int overflow = 0;
-  const long long stream = PyLong_AsLongLongAndOverflow(py::reinterpret_steal<py::object>(PyNumber_Index(value)).ptr(), &overflow);
+  const long long stream = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
   if (overflow != 0) throw py::value_error(std::string(name) + " must fit in int64");
   return stream;
 }

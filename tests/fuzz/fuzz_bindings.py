@@ -45,6 +45,8 @@ def test_one_input(data: bytes) -> None:
             schema=None if fdp.ConsumeBool() else {"s": ((2,), np.float32), "a": ((), np.int64)},
             seed=fdp.ConsumeIntInRange(0, 10),
             alpha=fdp.ConsumeFloat(),
+            next_state="dedup" if fdp.ConsumeBool() else "store",
+            frame_stack_axis=fdp.ConsumeIntInRange(-3, 3) if fdp.ConsumeBool() else None,
         )
     except EXPECTED:
         return
@@ -52,10 +54,10 @@ def test_one_input(data: bytes) -> None:
         operation = fdp.ConsumeIntInRange(0, 4)
         try:
             if operation == 0:
-                buffer.add(*[value(fdp, False) for _ in range(fdp.ConsumeIntInRange(0, 3))])
+                buffer.add(*[value(fdp, False) for _ in range(fdp.ConsumeIntInRange(0, 5))], stream=value(fdp, False))
             elif operation == 1:
-                buffer.add_batch(*[value(fdp, True) for _ in range(fdp.ConsumeIntInRange(0, 3))],
-                                 priorities=None if fdp.ConsumeBool() else value(fdp, True))
+                buffer.add_batch(*[value(fdp, True) for _ in range(fdp.ConsumeIntInRange(0, 5))],
+                                 priorities=None if fdp.ConsumeBool() else value(fdp, True), streams=value(fdp, True))
             elif operation == 2:
                 batch = buffer.sample(fdp.ConsumeIntInRange(-1, 70), beta=fdp.ConsumeFloat() if fdp.ConsumeBool() else None)
                 if "ids" in batch and fdp.ConsumeBool():
