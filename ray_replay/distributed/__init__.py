@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from ray_replay.distributed.client import ReplayClient
 from ray_replay.distributed.coordinator import ReplayCoordinator
+from ray_replay.distributed.health import ShardUnavailableError
 from ray_replay.distributed.sampling import RateLimiter, ShardTable, Snapshot
-from ray_replay.distributed.shard import ReplayShard, ReplayShardImpl
+from ray_replay.distributed.shard import ReplayShard, ReplayShardImpl, ShardFencedError
 
-__all__ = ["RateLimiter", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ReplayShardImpl", "ShardTable", "Snapshot"]
+__all__ = ["RateLimiter", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ReplayShardImpl", "ShardFencedError", "ShardTable",
+           "ShardUnavailableError", "Snapshot"]

@@ -12,12 +12,21 @@ The coordinator is asked once, for the shard map; after that no payload passes t
 
 At most ``max_in_flight`` writes and updates are outstanding; errors of any of them are raised by the
 client's next call (as the shard's ValueError/TypeError), never dropped.
+
+Failures (see health.py and the coordinator's doc): a write whose shard is gone is sent again, to the
+same shard when it may have landed there (its batch id keeps it from applying twice) or else to the
+next live shard, for at most the coordinator's ``shard_timeout_s``; then ShardUnavailableError. With
+replication every write goes to the shard and its backup. A sample round that loses a shard is planned
+again over the live ones; a down shard is probed again after a second and rejoins when it answers.
+Priority updates for a shard that is down are dropped and counted in ``dropped_priority_updates``.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,9 +34,23 @@ import ray
 
 from ray_replay.buffer import ReplayBuffer
 from ray_replay.distributed.coordinator import _check_priority, check_batch_size, check_beta
-from ray_replay.distributed.sampling import ShardTable, Snapshot, split_ids
+from ray_replay.distributed.health import (ACKED, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError,
+                                           write_outcome)
+from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, split_ids
 
 __all__ = ["ReplayClient"]
+
+
+@dataclass
+class _Pending:
+    """A write (with its payload, for a retry) or a priority update in flight to shard k's replicas."""
+
+    shard: int
+    refs: list[Any]
+    columns: tuple[Any, ...] = ()
+    named: dict[str, Any] | None = None  # None: a priority update
+    deadline: float = 0.0
+    tried: set[int] = field(default_factory=set)
 
 
 class ReplayClient:
@@ -65,6 +88,10 @@ class ReplayClient:
         config = ray.get(coordinator.client_config.remote())
         self._coordinator = coordinator
         self._shards: list[Any] = config["shards"]
+        self._backups: list[Any] = config["backups"]
+        self._timeout_s: float = config["timeout_s"]
+        self._health = ShardHealth(len(self._shards), restartable=True)
+        self.dropped_priority_updates = 0
         self._buffer_type: str = config["buffer_type"]
         self._capacity: int = config["capacity"]
         self._beta: float = config["beta"]
@@ -81,8 +108,8 @@ class ReplayClient:
         self._has_priorities = False
         self._staged_since = 0.0
         self._next_shard = int(self._rng.integers(len(self._shards)))
-        self._pending: list[tuple[int, Any]] = []  # (shard, ref of a Snapshot reply)
-        self._rounds: deque[tuple[int, float, list[Any]]] = deque()  # (batch_size, beta, refs)
+        self._pending: list[_Pending] = []
+        self._rounds: deque[tuple[int, float, dict[int, Any]]] = deque()  # (batch_size, beta, {shard: ref})
         self._rows_in_flight = 0
         self._closed = False
 
@@ -162,39 +189,90 @@ class ReplayClient:
             columns["priorities"] = self._priorities[:rows].copy()
         self._send((), columns)
 
-    def _send(self, columns: tuple[Any, ...], named: dict[str, Any]) -> None:
-        k = self._next_shard
-        self._next_shard = (k + 1) % len(self._shards)
-        self._track(k, self._shards[k].add_batch.remote(*columns, **named))
+    def _replicas(self, k: int) -> list[Any]:
+        return [self._shards[k], self._backups[k]] if self._backups else [self._shards[k]]
 
-    def _track(self, shard: int, ref: Any) -> None:
-        self._pending.append((shard, ref))
+    def _route(self, exclude: set[int]) -> int | None:
+        candidates = [k for k in range(len(self._shards)) if self._health.worth_trying(k) and k not in exclude]
+        if not candidates:
+            return None
+        k = min(candidates, key=lambda c: (c - self._next_shard) % len(self._shards))
+        self._next_shard = (k + 1) % len(self._shards)
+        return k
+
+    def _send(self, columns: tuple[Any, ...], named: dict[str, Any]) -> None:
+        write = _Pending(-1, [], columns, {**named, "batch_id": uuid.uuid4().hex}, time.monotonic() + self._timeout_s)
+        self._submit(write, self._route(set()))
         self._reap()
 
-    def _reap(self, wait_all: bool = False) -> None:
-        """Collects finished writes/updates (their snapshots refresh the plan); raises the first error.
+    def _submit(self, write: _Pending, k: int | None) -> None:
+        """Sends a write to shard k's replicas; with no shard to send to, waits for one within its deadline."""
+        while k is None:
+            if time.monotonic() >= write.deadline:
+                raise ShardUnavailableError(f"no shard accepted the write within {self._timeout_s} s")
+            time.sleep(0.05)
+            write.tried.clear()
+            k = self._route(write.tried)
+        write.shard = k
+        write.refs = [replica.add_batch.remote(*write.columns, **write.named) for replica in self._replicas(k)]
+        self._pending.append(write)
 
-        Blocks while more than max_in_flight are outstanding, or until all are done with wait_all.
-        """
-        if not self._pending:
-            return
-        refs = [ref for _, ref in self._pending]
-        keep = 0 if wait_all else self._max_in_flight
-        must = max(len(refs) - keep, 0)
-        ready, _ = ray.wait(refs, num_returns=must or len(refs), timeout=None if must else 0)
-        if not ready:
-            return
-        done = set(ready)
-        finished = [(k, ref) for k, ref in self._pending if ref in done]
-        self._pending = [(k, ref) for k, ref in self._pending if ref not in done]
+    def _reap(self, wait_all: bool = False) -> None:
+        """Collects finished writes/updates (their snapshots refresh the plan), retries writes whose shard
+        failed, and raises the first error. Blocks while more than max_in_flight are outstanding (the
+        oldest are waited for), or until all are done with wait_all."""
         error: BaseException | None = None
-        for k, ref in finished:
-            try:
-                self._table.update(k, ray.get(ref))
-            except Exception as e:  # keep collecting, then raise the first
-                error = error or e
+        while self._pending:
+            keep = 0 if wait_all else self._max_in_flight
+            must = max(len(self._pending) - keep, 0)
+            waited = [ref for entry in self._pending[:must] for ref in entry.refs]
+            if waited:
+                ray.wait(waited, num_returns=len(waited))
+            everything = [ref for entry in self._pending for ref in entry.refs]
+            ready = set(ray.wait(everything, num_returns=len(everything), timeout=0)[0])
+            finished = [entry for entry in self._pending if all(ref in ready for ref in entry.refs)]
+            if not finished:
+                break
+            self._pending = [entry for entry in self._pending if entry not in finished]
+            for entry in finished:
+                try:
+                    self._settle(entry)
+                except Exception as e:  # keep collecting, then raise the first
+                    error = error or e
+            if not wait_all and len(self._pending) <= self._max_in_flight:
+                break
         if error is not None:
             raise error
+
+    def _settle(self, entry: _Pending) -> None:
+        results: list[Any] = []
+        for ref in entry.refs:
+            try:
+                results.append(ray.get(ref))
+            except Exception as e:  # noqa: BLE001 - classified below
+                results.append(e)
+        k = entry.shard
+        if isinstance(results[0], PROCESS_FAILURES):
+            self._health.mark_down(k)
+            self._table.update(k, EMPTY_SNAPSHOT)
+        elif not isinstance(results[0], BaseException):
+            self._health.mark_alive(k)
+            self._table.update(k, results[0])
+        if entry.named is None:  # a priority update: the primary's verdict counts; the backup's is best effort
+            if isinstance(results[0], SHARD_FAILURES):
+                self.dropped_priority_updates += len(entry.columns[0])
+            elif isinstance(results[0], BaseException):
+                raise results[0]
+            return
+        outcome = write_outcome(results)
+        if outcome == ACKED:
+            return
+        if outcome == RETRY_SAME and time.monotonic() < entry.deadline:
+            time.sleep(0.05)
+            self._submit(entry, k)
+            return
+        entry.tried.add(k)
+        self._submit(entry, self._route(entry.tried))
 
     # -- sampling ----------------------------------------------------------------------------------
 
@@ -221,24 +299,57 @@ class ReplayClient:
         self._rows_in_flight -= n
         while len(self._rounds) < self._prefetch and self._limiter.blocked(self._table, batch_size + self._rows_in_flight) is None:
             self._issue(batch_size, beta)
-        replies = ray.get(refs)
-        for k, (_, snapshot) in enumerate(replies):
-            self._table.update(k, snapshot)
-        return self._table.merge([part for part, _ in replies], beta)
+        for _ in range(len(self._shards)):
+            parts = self._collect(refs)
+            if parts is not None:
+                return self._table.merge(parts, beta)
+            # a shard was lost: this round is short of its rows; plan it again over the live shards
+            self._rows_in_flight -= sum(n for n, _, _ in self._rounds)
+            self._rounds.clear()
+            self._admit(batch_size)
+            refs = self._issue(batch_size, beta, queue=False)
+        raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._shards)} rounds")
 
-    def _issue(self, batch_size: int, beta: float) -> None:
+    def _collect(self, refs: dict[int, Any]) -> list[dict[str, np.ndarray] | None] | None:
+        """The parts of one round in shard order, or None when a shard failed (it is marked down)."""
+        parts: list[dict[str, np.ndarray] | None] = [None] * len(self._shards)
+        complete = True
+        for k, ref in refs.items():
+            try:
+                part, snapshot = ray.get(ref, timeout=self._timeout_s)
+            except SHARD_FAILURES as error:
+                if isinstance(error, PROCESS_FAILURES):
+                    self._health.mark_down(k)
+                self._table.update(k, EMPTY_SNAPSHOT)  # planned again without its rows until it reports some
+                complete = False
+                continue
+            self._health.mark_alive(k)
+            self._table.update(k, snapshot)
+            parts[k] = part
+        return parts if complete else None
+
+    def _issue(self, batch_size: int, beta: float, queue: bool = True) -> dict[int, Any]:
+        """Asks every shard worth asking for its planned rows (a down one, after a while, for 0: a probe)."""
         counts = self._table.plan(self._rng, batch_size)
-        refs = [shard.sample.remote(int(c)) for shard, c in zip(self._shards, counts)]
-        self._rounds.append((batch_size, beta, refs))
-        self._rows_in_flight += batch_size
+        refs = {k: self._shards[k].sample.remote(int(counts[k])) for k in range(len(self._shards)) if self._health.worth_trying(k)}
+        if queue:
+            self._rounds.append((batch_size, beta, refs))
+            self._rows_in_flight += batch_size
+        return refs
 
     def _refresh(self) -> None:
-        for k, (_, snapshot) in enumerate(ray.get([shard.sample.remote(0) for shard in self._shards])):
-            self._table.update(k, snapshot)
+        self._collect({k: self._shards[k].sample.remote(0) for k in range(len(self._shards)) if self._health.worth_trying(k)})
 
     def _admit(self, batch_size: int) -> None:
-        """Waits (refreshing the snapshots) until the rate limiter allows the sample, or TimeoutError."""
+        """Waits (refreshing the snapshots) until the rate limiter allows the sample, or TimeoutError;
+        while no shard answers, up to shard_timeout_s, then ShardUnavailableError."""
         if self._table.total_mass == 0:
+            self._refresh()
+        deadline = time.monotonic() + self._timeout_s
+        while not self._health.live():
+            if time.monotonic() >= deadline:
+                raise ShardUnavailableError(f"no shard has answered for {self._timeout_s} s (all restarting or dead)")
+            time.sleep(0.05)
             self._refresh()
         deadline = time.monotonic() + self._limiter.timeout_s
         delay = 0.001
@@ -254,7 +365,12 @@ class ReplayClient:
         self._check_open()
         self._require_prioritized("update_priorities")
         for k, shard_ids, values in split_ids(ids, priorities, len(self._shards)):
-            self._track(k, self._shards[k].update_priorities.remote(shard_ids, values))
+            if not self._health.worth_trying(k):
+                self.dropped_priority_updates += len(shard_ids)
+                continue
+            refs = [replica.update_priorities.remote(shard_ids, values) for replica in self._replicas(k)]
+            self._pending.append(_Pending(k, refs, (shard_ids,)))
+        self._reap()
 
     # -- state and lifetime ------------------------------------------------------------------------
 

@@ -9,6 +9,21 @@ Single-row ``add`` calls are validated at once by a small local staging buffer o
 (the very code the shards run, so the caller gets the same ValueError/TypeError) and then sent to the
 shards in batches: a Ray call per row to a shard would double the per-row cost. Staged rows reach the
 shards within ``flush_interval_s``, and before any sample, size or stats call of this coordinator.
+
+Failures: a shard call that fails because the shard is gone marks it down (see health.py). Writes go
+to the next live shard (each write tries every shard at most once, waiting up to ``shard_timeout_s``
+for one to come back before ShardUnavailableError); samples come from the live shards only (a sample
+then represents the live shards' rows, and weights are normalized over them); priority updates for a
+down shard are dropped and counted. A monitor probes every shard each ``health_check_interval_s``:
+a shard that answers again rejoins, after being copied from its replica when it restarted.
+
+Replication (``replication_factor=2``): every shard has a backup actor on another node (a
+STRICT_SPREAD placement group per pair, when the cluster has two nodes or more). Writes go to both and
+are acknowledged once one of them holds the rows; priority updates go to both; samples come from the
+primary only, so the sampling distribution is that of one copy. A restarted replica is refilled from
+the other one (both fenced while the state is copied), so no acknowledged row is lost when one node
+dies. A named coordinator's shards are named, detached actors: a coordinator started again under the
+same name (after it died, or restarted by Ray) finds and keeps them.
 """
 
 from __future__ import annotations
@@ -16,23 +31,29 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
-from ray_replay.distributed.sampling import RateLimiter, ShardTable, split_capacity, split_ids
+from ray_replay.distributed.health import (ACKED, ALIVE, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError,
+                                           write_outcome)
+from ray_replay.distributed.shard import StalePlanError
+from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, split_capacity, split_ids
 from ray_replay.distributed.shard import ReplayShard
 from ray_replay.monitoring import SampleLatencyHistogram
 
 __all__ = ["ReplayCoordinator", "check_batch_size", "check_beta"]
 
 PLACEMENTS = ("spread", "pack")
+ROLES = ("shard", "backup")  # primary, then replica
 
 
 def check_batch_size(batch_size: Any, capacity: int) -> int:
@@ -75,6 +96,15 @@ class ReplayCoordinator:
             default scheduling). A scheduling_strategy in shard_options overrides either.
         metrics: export live metrics through Ray's metrics system (Prometheus, dashboard), tagged
             with this coordinator's actor name (or "replay" when it has none); see ray_replay.monitoring.
+        replication_factor: 1, or 2 for a backup of every shard on another node (see the module doc).
+        checkpoint_dir: every shard (and backup) checkpoints to ``<dir>/<name>-<role>-<k>.rrb`` (name:
+            the coordinator's actor name, or "replay"), every ``checkpoint_every_s`` seconds or
+            ``checkpoint_every_adds`` rows, and starts from that file when Ray restarts it. A shared
+            file system path lets a shard restart on another node.
+        shard_timeout_s: a shard call unanswered this long counts as a failure; also how long a write
+            waits for some shard to come back when none is live.
+        health_check_interval_s: how often the monitor probes the shards.
+        Shards restart when their process dies (``max_restarts=-1`` unless shard_options says otherwise).
     """
 
     def __init__(
@@ -95,6 +125,12 @@ class ReplayCoordinator:
         shard_options: Mapping[str, Any] | None = None,
         placement: str = "spread",
         metrics: bool = True,
+        replication_factor: int = 1,
+        checkpoint_dir: str | None = None,
+        checkpoint_every_s: float | None = None,
+        checkpoint_every_adds: int | None = None,
+        shard_timeout_s: float = 5.0,
+        health_check_interval_s: float = 0.5,
         **buffer_kwargs: Any,
     ) -> None:
         capacities = split_capacity(capacity, num_shards)
@@ -106,6 +142,13 @@ class ReplayCoordinator:
             raise ValueError(f"staging_rows must be an int > 0, got {staging_rows!r}")
         if not flush_interval_s > 0:
             raise ValueError(f"flush_interval_s must be > 0, got {flush_interval_s!r}")
+        if replication_factor not in (1, 2) or isinstance(replication_factor, bool):
+            raise ValueError(f"replication_factor must be 1 or 2, got {replication_factor!r}")
+        for label, value in (("shard_timeout_s", shard_timeout_s), ("health_check_interval_s", health_check_interval_s)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{label} must be a number > 0, got {value!r}")
+        if checkpoint_dir is not None and checkpoint_every_s is None and checkpoint_every_adds is None:
+            raise ValueError("checkpoint_dir needs checkpoint_every_s or checkpoint_every_adds")
         self._limiter = RateLimiter(min_size_to_sample, samples_per_insert, error_buffer, sample_timeout_s)
         # Fails here, with the local buffer's message, for any bad buffer argument.
         ReplayBuffer(1, buffer_type, alpha=alpha, beta=beta, seed=seed, **buffer_kwargs)
@@ -116,25 +159,43 @@ class ReplayCoordinator:
         seeds = np.random.SeedSequence(seed)
         shard_seeds = [int(s.generate_state(1, np.uint64)[0]) for s in seeds.spawn(num_shards)]
         self._rng = np.random.default_rng(seeds.spawn(1)[0])
-        self._placement_group = None
+        context = ray.get_runtime_context()
+        self._name = context.get_actor_name()
+        self._namespace = context.namespace
+        self._roles = ROLES[:replication_factor]
+        self._timeout_s = float(shard_timeout_s)
+        self._health_interval_s = float(health_check_interval_s)
         options = dict(shard_options or {})
-        if placement == "spread" and "scheduling_strategy" not in options:
-            # A SPREAD placement group: the GCS places all bundles with a whole-cluster view, which
-            # spreads shards over nodes reliably (SPREAD scheduling of single actors does not).
-            options.setdefault("num_cpus", 0.01)  # a bundle must hold something; shards mostly wait on I/O
-            bundle = {"CPU": options["num_cpus"], **options.get("resources", {})}
-            self._placement_group = placement_group([bundle] * num_shards, strategy="SPREAD")
-        metrics_name = (ray.get_runtime_context().get_actor_name() or "replay") if metrics else None
+        options.setdefault("max_restarts", -1)
+        restartable = options["max_restarts"] != 0
+        self._health = {role: ShardHealth(num_shards, restartable, retry_after_s=health_check_interval_s) for role in self._roles}
+        self._placement_groups = self._make_placement(placement, options, num_shards, replication_factor)
+        metrics_name = (self._name or "replay") if metrics else None
         self._sample_latency = SampleLatencyHistogram(metrics_name) if metrics_name else None
         self._recent_sample_s: deque[float] = deque(maxlen=1000)  # for the p50/p99 of stats()
         self._previous_totals: tuple[float, int, int] | None = None  # (time, adds, samples) at the last stats()
-        self._shards = [
-            ReplayShard.options(**options, **self._bundle(k)).remote(
-                k, cap, buffer_type, alpha=alpha, beta=beta, seed=s, metrics_name=metrics_name, **buffer_kwargs
-            )
-            for k, (cap, s) in enumerate(zip(capacities, shard_seeds))
-        ]
+        durability = {}
+        if checkpoint_dir is not None:
+            durability = {"checkpoint_every_s": checkpoint_every_s, "checkpoint_every_adds": checkpoint_every_adds}
+        self._replicas: dict[str, list[Any]] = {}
+        for role in self._roles:
+            self._replicas[role] = []
+            for k, (cap, s) in enumerate(zip(capacities, shard_seeds)):
+                actor_options = {**options, **self._bundle(k, role)}
+                if self._name:  # outlives this coordinator; a successor with this name finds it
+                    actor_options.update(name=self._shard_name(role, k), namespace=self._namespace, lifetime="detached", get_if_exists=True)
+                if checkpoint_dir is not None:
+                    durability["checkpoint_path"] = str(Path(checkpoint_dir) / f"{self._name or 'replay'}-{role}-{k}.rrb")
+                self._replicas[role].append(ReplayShard.options(**actor_options).remote(
+                    k, cap, buffer_type, alpha=alpha, beta=beta, seed=s, metrics_name=metrics_name if role == "shard" else None,
+                    **durability, **buffer_kwargs))
+        self._shards = self._replicas["shard"]
         self._table = ShardTable(num_shards, buffer_type)
+        self._dropped_updates = 0
+        self._last_nodes: dict[tuple[str, int], str | None] = {}  # where each replica last answered from
+        self._monitor: asyncio.Task[None] | None = None
+        self._started: asyncio.Task[None] | None = None
+        self._resyncing: set[int] = set()
         self._next_shard = 0
         self._staging: ReplayBuffer | None = None
         self._staged_priorities: list[float] = []
@@ -143,23 +204,201 @@ class ReplayCoordinator:
         self._flusher: asyncio.Task[None] | None = None
         self._flush_error: BaseException | None = None
 
-    def _bundle(self, k: int) -> dict[str, Any]:
-        if self._placement_group is None:
+    def _shard_name(self, role: str, k: int) -> str:
+        return f"{self._name}/{role}-{k}"
+
+    def _make_placement(self, placement: str, options: dict[str, Any], num_shards: int, replication: int) -> list[Any]:
+        """Placement groups: one SPREAD group over the shards, or with replication one pair per shard
+        (STRICT_SPREAD: primary and backup on two nodes, when the cluster has two)."""
+        if (placement != "spread" and replication == 1) or "scheduling_strategy" in options:
+            return []
+        # The GCS places all bundles of a group with a whole-cluster view, which spreads shards over
+        # nodes reliably (SPREAD scheduling of single actors does not).
+        options.setdefault("num_cpus", 0.01)  # a bundle must hold something; shards mostly wait on I/O
+        bundle = {"CPU": options["num_cpus"], **options.get("resources", {})}
+        lifetime = {"lifetime": "detached"} if self._name else {}
+        if replication == 1:
+            groups = [([bundle] * num_shards, "SPREAD", "placement")]
+        else:
+            nodes = sum(1 for node in ray.nodes() if node["Alive"])
+            groups = [([bundle, bundle], "STRICT_SPREAD" if nodes >= 2 else "PACK", f"placement-{k}") for k in range(num_shards)]
+        made = []
+        for bundles, strategy, label in groups:
+            name = f"{self._name}/{label}" if self._name else ""
+            try:
+                made.append(get_placement_group(name) if name else None)
+            except ValueError:  # no group of that name yet
+                made.append(None)
+            if made[-1] is None:
+                made[-1] = placement_group(bundles, strategy=strategy, name=name, **lifetime)
+        return made
+
+    def _bundle(self, k: int, role: str) -> dict[str, Any]:
+        if not self._placement_groups:
             return {}
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self._placement_group, placement_group_bundle_index=k)}
+        if len(self._placement_groups) == 1:
+            group, index = self._placement_groups[0], k
+        else:
+            group, index = self._placement_groups[k], ROLES.index(role)
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)}
+
+    # -- shard calls, failures and the monitor --------------------------------------------------------
+
+    async def _call(self, role: str, k: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A shard method's result. A failure of the shard's process marks it down; a sample planned from a
+        stale snapshot clears the snapshot; both are re-raised."""
+        try:
+            return await asyncio.wait_for(getattr(self._replicas[role][k], method).remote(*args, **kwargs), self._timeout_s)
+        except PROCESS_FAILURES:
+            self._mark_down(role, k)
+            raise
+        except StalePlanError:
+            self._table.update(k, EMPTY_SNAPSHOT)
+            raise
+
+    def _mark_down(self, role: str, k: int) -> None:
+        self._health[role].mark_down(k)
+        if role == "shard":
+            self._table.update(k, EMPTY_SNAPSHOT)  # plans give it no rows until it is back
+
+    def _writable(self, k: int) -> bool:
+        """Shard k takes writes: its primary answers and no replica copy is under way."""
+        return self._health["shard"].alive(k) and k not in self._resyncing
+
+    async def _ensure_started(self) -> None:
+        """Once: waits for every replica's first answer (a new worker process can take seconds, which
+        must not count as a failure), then starts the monitor."""
+        if self._monitor is not None and not self._monitor.done():
+            return
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._first_contact())
+        await asyncio.shield(self._started)
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _first_contact(self) -> None:
+        for role in self._roles:
+            replies = await asyncio.gather(*[shard.health.remote() for shard in self._replicas[role]], return_exceptions=True)
+            for k, info in enumerate(replies):
+                if isinstance(info, BaseException):
+                    self._mark_down(role, k)
+                else:
+                    self._health[role].observe(k, info["incarnation"], info["pid"])
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._health_interval_s)
+            try:
+                await self._check_shards()
+            except Exception:  # noqa: BLE001 - a monitor round must never end the monitor
+                pass
+
+    async def _check_shards(self) -> None:
+        """Probes every replica. One that answers again rejoins; with replication, one that restarted or
+        missed writes while it was down is first refilled from its peer."""
+        replicated = len(self._roles) > 1
+        for k in range(len(self._shards)):
+            restarted, missed = [], []  # replicas that lost their rows / may have missed writes
+            for role in self._roles:
+                try:
+                    info = await self._call(role, k, "health")
+                except SHARD_FAILURES:
+                    continue
+                if self._health[role].observe(k, info["incarnation"], info["pid"]):
+                    restarted.append(role)
+                elif not self._health[role].alive(k):
+                    missed.append(role)
+                if not replicated or role not in restarted + missed:
+                    self._health[role].mark_alive(k)
+            stale = restarted + missed
+            if replicated and stale:
+                for role in stale:
+                    self._mark_down(role, k)  # no writes or samples until it is refilled
+                if await self._resync(k, restarted, missed):
+                    for role in stale:
+                        self._health[role].mark_alive(k)
+            if self._health["shard"].alive(k) and k not in self._resyncing:
+                try:
+                    self._table.update(k, (await self._call("shard", k, "sample", 0))[1])
+                except SHARD_FAILURES:
+                    pass
+
+    async def _resync(self, k: int, restarted: list[str], missed: list[str]) -> bool:
+        """Copies shard k to its stale replica from the best other one (running all along, else one that
+        kept its process but was unreachable for a while), both fenced meanwhile. True when the stale
+        replicas may rejoin (copied, or nothing better to copy from)."""
+        healthy = [role for role in self._roles if role not in restarted + missed and self._health[role].alive(k)]
+        sources = healthy + [role for role in missed if role not in healthy]
+        if not sources or (not restarted and not healthy):  # all restarted, or all merely unreachable
+            return True
+        source = sources[0]
+        target = next(role for role in self._roles if role != source)
+        self._resyncing.add(k)
+        try:
+            await asyncio.gather(*[self._call(role, k, "fence", True) for role in (source, target)])
+            state = await self._call(source, k, "replica_state")
+            await self._call(target, k, "set_replica_state", state)
+            return True
+        except SHARD_FAILURES:
+            return False  # the next monitor round tries again
+        finally:
+            for role in self._roles:
+                try:
+                    await self._call(role, k, "fence", False)
+                except SHARD_FAILURES:
+                    pass
+            self._resyncing.discard(k)
 
     # -- routing -----------------------------------------------------------------------------------
 
-    def _route(self) -> int:
-        """Round robin, skipping to the emptiest shard when one is far behind (e.g. after a restart)."""
-        k = self._next_shard
+    def _route(self, exclude: set[int]) -> int | None:
+        """Round robin over writable shards, skipping to the emptiest when one is far behind (e.g. after a
+        restart without a checkpoint); None when no shard outside ``exclude`` is writable."""
+        candidates = [k for k in range(len(self._shards)) if self._writable(k) and k not in exclude]
+        if not candidates:
+            return None
+        k = min(candidates, key=lambda c: (c - self._next_shard) % len(self._shards))
         self._next_shard = (k + 1) % len(self._shards)
-        sizes = [s.size for s in self._table.snapshots]
-        emptiest = int(np.argmin(sizes))
-        return emptiest if sizes[k] - sizes[emptiest] > self._staging_rows * 16 else k
+        emptiest = min(candidates, key=lambda c: self._table.snapshots[c].size)
+        sizes = self._table.snapshots
+        return emptiest if sizes[k].size - sizes[emptiest].size > self._staging_rows * 16 else k
+
+    async def _write(self, columns: tuple[Any, ...], named: dict[str, Any]) -> int:
+        """Writes one batch to one shard (and its backup); returns the shard. Bounded retry (see
+        health.write_outcome): within shard_timeout_s a batch that may have landed goes to the same
+        shard again, one that did not goes to the next writable shard; then ShardUnavailableError."""
+        named = {**named, "batch_id": uuid.uuid4().hex}  # a retry on the same shard applies once
+        tried: set[int] = set()
+        deadline = time.monotonic() + self._timeout_s
+        k: int | None = None
+        while True:
+            k = self._route(tried) if k is None else k
+            if k is None:
+                if time.monotonic() >= deadline:
+                    raise ShardUnavailableError(f"no shard accepted the write within {self._timeout_s} s")
+                await asyncio.sleep(0.05)
+                tried.clear()
+                continue
+            outcome = await self._write_to(k, columns, named)
+            if outcome == ACKED:
+                return k
+            if outcome == RETRY_SAME and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                continue
+            tried.add(k)
+            k = None
+
+    async def _write_to(self, k: int, columns: tuple[Any, ...], named: dict[str, Any]) -> str:
+        roles = [role for role in self._roles if self._health[role].alive(k)]
+        results = await asyncio.gather(*[self._call(role, k, "add_batch", *columns, **named) for role in roles], return_exceptions=True)
+        outcome = write_outcome(results)  # raises the shard's ValueError/TypeError for a bad batch
+        if roles and roles[0] == "shard" and not isinstance(results[0], BaseException):
+            self._table.update(k, results[0])
+        return outcome
 
     async def add(self, *fields: Any, priority: Any = None, **named: Any) -> None:
         """One transition: validated now (same errors as a local buffer), written within flush_interval_s."""
+        await self._ensure_started()
         if priority is not None and self._buffer_type != "prioritized":
             raise ValueError(f"priority is only supported by buffer_type='prioritized' (this buffer is '{self._buffer_type}')")
         if priority is not None:
@@ -183,15 +422,17 @@ class ReplayCoordinator:
 
     async def add_batch(self, *columns: Any, priorities: Any = None, **named: Any) -> int:
         """Rows along the leading axis, all to one shard (which validates them whole); returns the shard."""
-        k = self._route()
+        await self._ensure_started()
         kwargs = named if priorities is None else {**named, "priorities": priorities}
-        snapshot = await self._shards[k].add_batch.remote(*columns, **kwargs)
-        self._table.update(k, snapshot)
-        return k
+        return await self._write(columns, kwargs)
 
     async def _create_staging(self) -> None:
         if self._schema is None:
-            for schema in await asyncio.gather(*[shard.schema.remote() for shard in self._shards]):
+            for k in self._health["shard"].live():
+                try:
+                    schema = await self._call("shard", k, "schema")
+                except SHARD_FAILURES:
+                    continue
                 if schema:
                     self._schema = schema
                     break
@@ -207,8 +448,7 @@ class ReplayCoordinator:
         if self._staged_priorities:
             columns["priorities"] = np.asarray(self._staged_priorities)
             self._staged_priorities = []
-        k = self._route()
-        self._table.update(k, await self._shards[k].add_batch.remote(**columns))
+        await self._write((), columns)
 
     async def _flush_periodically(self) -> None:
         while True:
@@ -221,9 +461,11 @@ class ReplayCoordinator:
     # -- sampling ----------------------------------------------------------------------------------
 
     async def _refresh(self) -> None:
-        replies = await asyncio.gather(*[shard.sample.remote(0) for shard in self._shards])
-        for k, (_, snapshot) in enumerate(replies):
-            self._table.update(k, snapshot)
+        live = self._health["shard"].live()
+        replies = await asyncio.gather(*[self._call("shard", k, "sample", 0) for k in live], return_exceptions=True)
+        for k, reply in zip(live, replies):
+            if not isinstance(reply, BaseException):
+                self._table.update(k, reply[1])
 
     async def _admit(self, batch_size: int) -> None:
         loop = asyncio.get_running_loop()
@@ -244,6 +486,7 @@ class ReplayCoordinator:
         fifo: pops the oldest rows of each shard, in proportion to the shard sizes (see fifo_counts);
         ``partial`` as for the local fifo buffer.
         """
+        await self._ensure_started()
         start = time.perf_counter()
         batch = await self._sample(batch_size, beta, partial)
         elapsed = time.perf_counter() - start
@@ -256,6 +499,7 @@ class ReplayCoordinator:
         batch_size = check_batch_size(batch_size, self._capacity)
         beta = check_beta(beta, self._beta)
         await self._flush()
+        await self._await_live()
         # One round trip per sample: every shard answers each round (rows or just its snapshot), so
         # the cached masses plan the next round. Only fifo (exact sizes matter) or a cache that says
         # "empty" (rows may have come straight from clients) costs a refresh first.
@@ -264,11 +508,32 @@ class ReplayCoordinator:
         await self._admit(batch_size)
         if self._buffer_type == "fifo":
             return await self._pop(batch_size, partial)
-        counts = self._table.plan(self._rng, batch_size)
-        replies = await asyncio.gather(*[shard.sample.remote(int(c)) for shard, c in zip(self._shards, counts)])
-        for k, (_, snapshot) in enumerate(replies):
-            self._table.update(k, snapshot)
-        return self._table.merge([part for part, _ in replies], beta)
+        for _ in range(len(self._shards)):  # a round that loses a shard is planned again without it
+            counts = self._table.plan(self._rng, batch_size)
+            live = self._health["shard"].live()
+            replies = await asyncio.gather(*[self._call("shard", k, "sample", int(counts[k])) for k in live], return_exceptions=True)
+            failed = [r for r in replies if isinstance(r, BaseException)]
+            for r in failed:
+                if not isinstance(r, SHARD_FAILURES):
+                    raise r
+            if not failed:
+                break
+        else:
+            raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._shards)} rounds")
+        parts: list[dict[str, np.ndarray] | None] = [None] * len(self._shards)
+        for k, reply in zip(live, replies):
+            if not isinstance(reply, BaseException):
+                parts[k] = reply[0]
+                self._table.update(k, reply[1])
+        return self._table.merge(parts, beta)
+
+    async def _await_live(self) -> None:
+        """Waits up to shard_timeout_s for a live shard (the monitor brings restarted ones back)."""
+        deadline = time.monotonic() + self._timeout_s
+        while not self._health["shard"].live():
+            if time.monotonic() >= deadline:
+                raise ShardUnavailableError(f"no shard has been alive for {self._timeout_s} s (all restarting or dead)")
+            await asyncio.sleep(0.05)
 
     async def _pop(self, batch_size: int, partial: bool) -> dict[str, np.ndarray]:
         held = self._table.size
@@ -280,52 +545,99 @@ class ReplayCoordinator:
         wanted = batch_size
         for _ in range(2):  # a second round only when other consumers popped rows meanwhile
             counts = self._table.plan(self._rng, wanted)
-            replies = await asyncio.gather(*[shard.sample.remote(int(c), None, True) for shard, c in zip(self._shards, counts)])
-            for k, (part, snapshot) in enumerate(replies):
+            live = [k for k in self._health["shard"].live() if k not in self._resyncing]
+            replies = await asyncio.gather(*[self._call("shard", k, "sample", int(counts[k]), None, True) for k in live],
+                                           return_exceptions=True)
+            mirrors = []
+            for k, reply in zip(live, replies):
+                if isinstance(reply, BaseException):
+                    if not isinstance(reply, SHARD_FAILURES):
+                        raise reply
+                    continue
+                part, snapshot = reply
                 self._table.update(k, snapshot)
                 if part is not None:
                     parts.append(part)
-                    wanted -= len(next(iter(part.values())))
+                    taken = len(next(iter(part.values())))
+                    wanted -= taken
+                    if "backup" in self._roles and self._health["backup"].alive(k):  # the backup pops the same rows
+                        mirrors.append(self._call("backup", k, "sample", taken, None, True))
+            await asyncio.gather(*mirrors, return_exceptions=True)
             if wanted == 0 or self._table.size == 0:
                 break
         return self._table.merge(parts, 0.0)
 
     async def update_priorities(self, ids: Any, priorities: Any) -> None:
         """Sends each id to the shard it came from; stale ids are ignored and counted there."""
+        await self._ensure_started()
         groups = split_ids(ids, priorities, len(self._shards))
-        snapshots = await asyncio.gather(*[self._shards[k].update_priorities.remote(i, p) for k, i, p in groups])
-        for (k, _, _), snapshot in zip(groups, snapshots):
-            self._table.update(k, snapshot)
+        calls, targets = [], []
+        for k, shard_ids, values in groups:
+            for role in self._roles:
+                if self._health[role].alive(k):
+                    calls.append(self._call(role, k, "update_priorities", shard_ids, values))
+                    targets.append((role, k))
+                elif role == "shard":
+                    self._dropped_updates += len(shard_ids)  # its shard is down: counted in stats()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for (role, k), result in zip(targets, results):
+            if role != "shard":
+                continue  # the backup's priorities are best effort (it may lag while it is being refilled)
+            if not isinstance(result, BaseException):
+                self._table.update(k, result)
+            elif isinstance(result, SHARD_FAILURES):
+                self._dropped_updates += len(groups[[g[0] for g in groups].index(k)][1])
+            else:
+                raise result
 
     # -- inspection and lifetime -------------------------------------------------------------------
 
     async def size(self) -> int:
+        await self._ensure_started()
         await self._flush()
         await self._refresh()
         return self._table.size
 
+    async def _replica_stats(self, role: str, k: int) -> dict[str, Any]:
+        """A replica's stats with its "state"; for one that does not answer, what is known of it."""
+        health = self._health[role]
+        try:
+            s = await self._call(role, k, "stats")
+        except SHARD_FAILURES:
+            s = {"shard": k, "pid": health.pids[k], "node_id": self._last_nodes.get((role, k)), "size": 0}
+        else:  # (restarts are the monitor's to see: it refills a restarted replica before it rejoins)
+            self._last_nodes[(role, k)] = s["node_id"]
+        s["state"] = health.states[k]
+        s["restarts"] = health.restarts[k]
+        s["failures"] = health.failures[k]
+        return s
+
     async def stats(self) -> dict[str, Any]:
-        """{"shards": [per-shard stats with "node_id", "pid", "restarts"], "total": summed counters,
-        global masses, inserts/s and samples/s since the previous stats() call, and the p50/p99 of
-        the latest 1,000 sample() calls as callers saw them (``sample_latency_p50_ms``, ``_p99_ms``)}."""
+        """{"shards": [per-shard stats with "state" ("alive", "restarting", "dead"), "node_id", "pid",
+        "size", "restarts" and, replicated, "backup": the backup's], "total": summed counters of the
+        shards that answered, global masses, inserts/s and samples/s since the previous stats() call,
+        the p50/p99 of the latest 1,000 sample() calls as callers saw them (``sample_latency_p50_ms``,
+        ``_p99_ms``), "live_shards", "dropped_priority_updates"}."""
+        await self._ensure_started()
         await self._flush()
-        shard_stats, nodes = await asyncio.gather(
-            asyncio.gather(*[shard.stats.remote() for shard in self._shards]),
-            asyncio.gather(*[shard.node_id.remote() for shard in self._shards]),
-        )
-        for s, node in zip(shard_stats, nodes):
-            s["node_id"] = node
-        total: dict[str, Any] = {"buffer_type": self._buffer_type, "num_shards": len(self._shards)}
+        everything = await asyncio.gather(*[self._replica_stats(role, k) for role in self._roles for k in range(len(self._shards))])
+        shard_stats = everything[: len(self._shards)]
+        for k, backup in enumerate(everything[len(self._shards):]):
+            shard_stats[k]["backup"] = backup
+        answered = [s for s in shard_stats if "adds" in s]
+        total: dict[str, Any] = {"buffer_type": self._buffer_type, "num_shards": len(self._shards),
+                                 "live_shards": sum(s["state"] == ALIVE for s in shard_stats),
+                                 "replication_factor": len(self._roles), "dropped_priority_updates": self._dropped_updates}
         for key in ("size", "capacity", "adds", "samples", "sample_calls", "evictions", "rejected", "bytes_held", "bytes_reserved"):
-            total[key] = sum(s[key] for s in shard_stats)
+            total[key] = sum(s[key] for s in answered)
         if self._buffer_type == "prioritized":
             for key in ("priority_updates", "stale_priority_updates"):
-                total[key] = sum(s[key] for s in shard_stats)
-            total["total_priority"] = math.fsum(s["total_priority"] for s in shard_stats)
-            positive = [s["min_priority"] for s in shard_stats if s["min_priority"] > 0]
+                total[key] = sum(s[key] for s in answered)
+            total["total_priority"] = math.fsum(s["total_priority"] for s in answered)
+            positive = [s["min_priority"] for s in answered if s["min_priority"] > 0]
             total["min_priority"] = min(positive) if positive else 0.0
-            total["max_priority"] = max(s["max_priority"] for s in shard_stats)
-        total["restarts"] = sum(s["restarts"] for s in shard_stats)
+            total["max_priority"] = max((s["max_priority"] for s in answered), default=0.0)
+        total["restarts"] = sum(s["restarts"] for s in everything)
         now = time.monotonic()
         if self._previous_totals is not None and now > self._previous_totals[0]:
             then, adds, samples = self._previous_totals
@@ -340,12 +652,19 @@ class ReplayCoordinator:
     def shard_handles(self) -> list[Any]:
         return list(self._shards)
 
+    def backup_handles(self) -> list[Any]:
+        """The backups (replication_factor=2), shard k's at index k; empty otherwise."""
+        return list(self._replicas.get("backup", []))
+
     async def client_config(self) -> dict[str, Any]:
         """What a ReplayClient needs to work without this coordinator: shard map, type, limits, schema."""
+        await self._ensure_started()
         await self._flush()
         await self._refresh()
         return {
             "shards": list(self._shards),
+            "backups": list(self._replicas.get("backup", [])),
+            "timeout_s": self._timeout_s,
             "buffer_type": self._buffer_type,
             "capacity": self._capacity,
             "beta": self._beta,
@@ -355,16 +674,23 @@ class ReplayCoordinator:
         }
 
     async def shutdown(self) -> None:
-        """Flushes staged rows, then kills the shards (their rows are gone); the coordinator stays up."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-        await self._flush()
-        for shard in self._shards:
-            ray.kill(shard)
+        """Flushes staged rows, then kills the shards and backups (their rows are gone; checkpoint files
+        stay) and removes their placement groups; the coordinator stays up."""
+        for task in (self._flusher, self._monitor):
+            if task is not None:
+                task.cancel()
+        try:
+            await self._flush()
+        except ShardUnavailableError:
+            pass  # nothing left to flush to
+        for replicas in self._replicas.values():
+            for shard in replicas:
+                ray.kill(shard)
+        self._replicas = {role: [] for role in self._roles}
         self._shards = []
-        if self._placement_group is not None:
-            remove_placement_group(self._placement_group)
-            self._placement_group = None
+        for group in self._placement_groups:
+            remove_placement_group(group)
+        self._placement_groups = []
 
 
 def _check_priority(priority: Any) -> float:

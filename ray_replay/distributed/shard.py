@@ -3,12 +3,20 @@
 ``ReplayShardImpl`` is the plain class (testable without Ray); ``ReplayShard`` is the Ray actor over it.
 The actor runs one call at a time (Ray's default), so the Snapshot sent back is consistent with the
 rows of the same reply: the masses of a sample and the shard's total mass S_k come from one state.
+
+Durability: with ``checkpoint_path`` the shard checkpoints itself (see checkpoint.Checkpointer) and,
+when Ray restarts it (``max_restarts``), starts from its latest checkpoint. Each process running the
+shard has a fresh ``incarnation`` id, so a coordinator sees a restart even between its own calls. While
+a replica is being copied to or from, the shard is *fenced*: writes raise ShardFencedError, which
+callers treat like an unavailable shard (they write elsewhere).
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,10 +24,21 @@ import numpy as np
 import ray
 
 from ray_replay.buffer import ReplayBuffer
+from ray_replay.distributed.checkpoint import Checkpointer
 from ray_replay.monitoring import ShardMetrics
 from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, encode_ids, local_ids
 
-__all__ = ["ReplayShard", "ReplayShardImpl"]
+__all__ = ["ReplayShard", "ReplayShardImpl", "ShardFencedError", "StalePlanError"]
+
+APPLIED_BATCHES_KEPT = 65_536  # ids of recent batches, so a batch retried on the same shard applies once
+
+
+class ShardFencedError(RuntimeError):
+    """The shard refuses writes for a moment (a replica is being copied); write to another shard."""
+
+
+class StalePlanError(RuntimeError):
+    """Rows were asked of an empty shard (it restarted since the caller's snapshot); plan again."""
 
 
 class ReplayShardImpl:
@@ -28,12 +47,23 @@ class ReplayShardImpl:
     Args:
         shard_index: position of this shard in the coordinator's shard list (0-based).
         capacity, buffer_type, buffer_kwargs: as for ReplayBuffer (schema, seed, alpha, beta, eps,
-            sampling, on_full, collect_stats).
+            sampling, on_full, collect_stats, next_state, frame_stack_axis).
+        checkpoint_path, checkpoint_every_s, checkpoint_every_adds: see checkpoint.Checkpointer; the
+            shard starts from the file at checkpoint_path when there is one.
     """
 
-    def __init__(self, shard_index: int, capacity: int, buffer_type: str = "uniform", **buffer_kwargs: Any) -> None:
+    def __init__(self, shard_index: int, capacity: int, buffer_type: str = "uniform", *, checkpoint_path: str | None = None,
+                 checkpoint_every_s: float | None = None, checkpoint_every_adds: int | None = None, **buffer_kwargs: Any) -> None:
         self.shard_index = int(shard_index)
-        self.buffer = ReplayBuffer(capacity, buffer_type, **buffer_kwargs)
+        self._checkpoints = Checkpointer(checkpoint_path, checkpoint_every_s, checkpoint_every_adds) if checkpoint_path else None
+        restored = self._checkpoints.restore() if self._checkpoints is not None else None
+        self.buffer = restored if restored is not None else ReplayBuffer(capacity, buffer_type, **buffer_kwargs)
+        self.restored_rows = len(restored) if restored is not None else 0
+        self.incarnation = uuid.uuid4().hex
+        self._replaced = restored is not None  # contents not all from adds to this process
+        self.updates_for_lost_rows = 0
+        self._fenced = False
+        self._applied: OrderedDict[str, None] = OrderedDict()
         self._prioritized = buffer_type == "prioritized"
 
     def snapshot(self) -> Snapshot:
@@ -45,12 +75,33 @@ class ReplayShardImpl:
         return Snapshot(s["size"], float(s["size"]), 0.0, s["adds"], s["samples"])
 
     def add(self, *fields: Any, **named: Any) -> Snapshot:
+        self._check_not_fenced()
         self.buffer.add(*fields, **named)
+        self._changed(1)
         return self.snapshot()
 
-    def add_batch(self, *columns: Any, **named: Any) -> Snapshot:
+    def add_batch(self, *columns: Any, batch_id: str | None = None, **named: Any) -> Snapshot:
+        """``batch_id``: a writer's id for this batch; a batch this shard already applied is not applied
+        again (a writer that could not tell whether its write landed retries it here)."""
+        self._check_not_fenced()
+        if batch_id is not None and batch_id in self._applied:
+            return self.snapshot()
         self.buffer.add_batch(*columns, **named)
+        if batch_id is not None:
+            self._applied[batch_id] = None
+            if len(self._applied) > APPLIED_BATCHES_KEPT:
+                self._applied.popitem(last=False)
+        first = columns[0] if columns else next(v for k, v in named.items() if k not in ("priorities", "streams"))
+        self._changed(len(first))  # validated by add_batch: every column has this many rows
         return self.snapshot()
+
+    def _check_not_fenced(self) -> None:
+        if self._fenced:
+            raise ShardFencedError(f"shard {self.shard_index} is being synchronized with its replica; write to another shard")
+
+    def _changed(self, rows_added: int) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.changed(self.buffer, rows_added)
 
     def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
         """(rows or None, snapshot); batch_size 0 only reports the snapshot.
@@ -62,12 +113,15 @@ class ReplayShardImpl:
             return None, self.snapshot()
         if self.buffer.buffer_type == "fifo" and partial and len(self.buffer) == 0:
             return None, self.snapshot()
+        if len(self.buffer) == 0:
+            raise StalePlanError(f"shard {self.shard_index} holds no rows (it restarted); plan the sample again")
         capacity = self.buffer.capacity
         if batch_size <= capacity:
             batch = self.buffer.sample(batch_size, beta=beta, partial=partial)
         else:  # a shard holding most of the mass may be asked for more rows than it can hold at once
             chunks = [self.buffer.sample(min(capacity, batch_size - start), beta=beta) for start in range(0, batch_size, capacity)]
             batch = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        self._changed(0)
         snapshot = self.snapshot()
         if self._prioritized:
             batch.pop("weights")
@@ -85,7 +139,16 @@ class ReplayShardImpl:
                 j = int(np.argmax(wrong))
                 raise ValueError(f"ids[{j}] = {int(ids[j])} belongs to shard {int(shards[j])}, not to shard {self.shard_index}")
             ids = local_ids(ids.astype(np.int64, copy=False))
+            # After a restart or a copy from a replica, ids sampled from the previous contents may lie
+            # beyond what this buffer issued (rows lost, or not yet copied back): stale, not invalid.
+            issued = ids < self.buffer.stats()["adds"]
+            if self._replaced and not issued.all():
+                priorities = np.asarray(priorities)
+                if priorities.shape == ids.shape:
+                    self.updates_for_lost_rows += int((~issued).sum())
+                    ids, priorities = ids[issued], priorities[issued]
         self.buffer.update_priorities(ids, priorities)
+        self._changed(0)
         return self.snapshot()
 
     def schema(self) -> dict[str, tuple[tuple[int, ...], Any]] | None:
@@ -96,10 +159,41 @@ class ReplayShardImpl:
         """Called with the buffer's stats on every reply; the actor exports them as metrics."""
 
     def stats(self) -> dict[str, Any]:
-        return {"shard": self.shard_index, **self.buffer.stats()}
+        checkpoints = self._checkpoints.stats() if self._checkpoints is not None else {}
+        return {"shard": self.shard_index, **self.buffer.stats(), **checkpoints, "restored_rows": self.restored_rows,
+                "updates_for_lost_rows": self.updates_for_lost_rows}
 
     def get_state(self) -> Mapping[str, Any]:
         return self.buffer.get_state()
+
+    # -- replicas and restarts -----------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Who is answering: this process's incarnation id and pid, and the shard's size."""
+        return {"incarnation": self.incarnation, "pid": os.getpid(), "size": len(self.buffer)}
+
+    def fence(self, fenced: bool = True) -> None:
+        """Refuses (or again accepts) writes; a caller copying replicas fences both ends first."""
+        self._fenced = bool(fenced)
+
+    def replica_state(self) -> dict[str, Any]:
+        """What a replica needs to become this one: the buffer's state and the ids of recent batches."""
+        return {"buffer": self.buffer.get_state(), "applied": list(self._applied)}
+
+    def set_replica_state(self, state: Mapping[str, Any]) -> Snapshot:
+        """Becomes a copy of the replica whose ``replica_state()`` this is (and checkpoints, when enabled)."""
+        self.buffer = type(self.buffer).from_state(state["buffer"])
+        self._applied = OrderedDict.fromkeys(state["applied"])
+        self._replaced = True
+        if self._checkpoints is not None:
+            self._checkpoints.checkpoint_now(self.buffer)
+        return self.snapshot()
+
+    def checkpoint(self) -> None:
+        """Writes a checkpoint now and waits for it (needs checkpoint_path)."""
+        if self._checkpoints is None:
+            raise ValueError("this shard has no checkpoint_path")
+        self._checkpoints.checkpoint_now(self.buffer)
 
 
 @ray.remote
@@ -116,6 +210,7 @@ class ReplayShard(ReplayShardImpl):
         with warnings.catch_warnings():  # Ray 2.60's property calls one of its own deprecated APIs
             warnings.simplefilter("ignore", DeprecationWarning)
             self._restarts = int(ray.get_runtime_context().was_current_actor_reconstructed)
+        self._replaced = self._replaced or self._restarts > 0
         self._metrics = ShardMetrics(metrics_name, shard_index) if metrics_name else None
 
     def _observe(self, stats: Mapping[str, Any]) -> None:
@@ -123,7 +218,8 @@ class ReplayShard(ReplayShardImpl):
             self._metrics.publish(stats, self._restarts)
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "restarts": self._restarts, "pid": os.getpid()}
+        return {**super().stats(), "restarts": self._restarts, "pid": os.getpid(), "incarnation": self.incarnation,
+                "node_id": self.node_id()}
 
     def node_id(self) -> str:
         """The Ray node this shard lives on (to check placement)."""

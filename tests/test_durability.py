@@ -1,0 +1,227 @@
+"""Durability of distributed replay: shard checkpoints and restarts, failover, replication, coordinator takeover."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+from helpers import SCHEMA, transitions
+
+from ray_replay import ReplayBuffer
+from ray_replay.distributed import ReplayClient, ReplayCoordinator, ShardFencedError, ShardUnavailableError
+from ray_replay.distributed.checkpoint import Checkpointer
+from ray_replay.distributed.health import ACKED, REROUTE, RETRY_SAME, write_outcome
+
+
+# -- pure pieces ----------------------------------------------------------------------------------
+
+
+def test_write_outcomes():
+    died = ray.exceptions.ActorDiedError()
+    assert write_outcome([object(), object()]) == ACKED
+    assert write_outcome([died, object()]) == ACKED  # the backup holds it; the primary is refilled from it
+    assert write_outcome([object(), ShardFencedError()]) == RETRY_SAME  # may be on one replica only
+    assert write_outcome([TimeoutError()]) == RETRY_SAME  # may have landed
+    assert write_outcome([died, died]) == REROUTE
+    assert write_outcome([ShardFencedError(), ShardFencedError()]) == REROUTE
+    with pytest.raises(ValueError, match="bad"):
+        write_outcome([ValueError("bad"), ValueError("bad")])
+
+
+def test_checkpointer_writes_every_n_adds_and_restores(tmp_path):
+    path = tmp_path / "shard.rrb"
+    checkpoints = Checkpointer(path, every_adds=100)
+    assert checkpoints.restore() is None
+    buffer = ReplayBuffer(1000, schema=SCHEMA, seed=0)
+    for start in range(0, 250, 50):
+        buffer.add_batch(**transitions(50, start))
+        checkpoints.changed(buffer, 50)
+        checkpoints.wait()
+    checkpoints.close()
+    assert checkpoints.stats()["checkpoints_written"] == 2  # at 100 and 200 rows
+    assert len(checkpoints.restore()) == 200
+    with pytest.raises(ValueError, match="checkpoint_every_s or checkpoint_every_adds"):
+        Checkpointer(path)
+
+
+def test_a_failed_checkpoint_write_is_reported_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    from ray_replay.distributed import checkpoint as checkpoint_module
+
+    checkpoints = Checkpointer(tmp_path / "shard.rrb", every_adds=1)
+    buffer = ReplayBuffer(10, schema=SCHEMA)
+    buffer.add_batch(**transitions(3))
+    checkpoints.checkpoint_now(buffer)
+
+    def disk_full(state, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "write_state", disk_full)
+    buffer.add_batch(**transitions(2, 3))
+    checkpoints.checkpoint_now(buffer)
+    stats = checkpoints.stats()
+    assert stats["checkpoints_written"] == 1 and stats["checkpoint_failures"] == 1
+    assert "No space left" in stats["last_checkpoint_error"]
+    assert len(checkpoints.restore()) == 3
+
+
+# -- on Ray ---------------------------------------------------------------------------------------
+
+
+def stored_actions(replay) -> np.ndarray:
+    """Every action held by the primaries, from their full state (duplicates would show twice)."""
+    states = ray.get([shard.get_state.remote() for shard in ray.get(replay.shard_handles.remote())])
+    return np.sort(np.concatenate([s["columns"]["action"] for s in states if "columns" in s]))
+
+
+def wait_until(condition, timeout_s: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def all_alive(replay) -> bool:
+    stats = ray.get(replay.stats.remote())
+    replicas = stats["shards"] + [s["backup"] for s in stats["shards"] if "backup" in s]
+    return all(s["state"] == "alive" for s in replicas)
+
+
+def test_a_killed_shard_restarts_from_its_checkpoint(ray_local, tmp_path):
+    replay = ReplayCoordinator.remote(capacity=2000, num_shards=2, schema=SCHEMA, seed=0, checkpoint_dir=str(tmp_path),
+                                      checkpoint_every_adds=1)
+    for start in range(0, 400, 100):
+        ray.get(replay.add_batch.remote(**transitions(100, start)))
+    shards = ray.get(replay.shard_handles.remote())
+    ray.get([shard.checkpoint.remote() for shard in shards])  # the last background write, made sure of
+    before = stored_actions(replay)
+    victim = ray.get(replay.stats.remote())["shards"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replay-shard-0.rrb", "replay-shard-1.rrb"]
+
+    os.kill(victim["pid"], signal.SIGKILL)
+    stats = wait_until(lambda: (s := ray.get(replay.stats.remote()))["shards"][0]["restarts"] >= 1 and all_alive(replay) and s,
+                       what="the shard's restart")
+    assert stats["shards"][0]["pid"] != victim["pid"]
+    assert stats["shards"][0]["restored_rows"] == victim["size"]
+    np.testing.assert_array_equal(stored_actions(replay), before)
+    ray.get(replay.shutdown.remote())
+
+
+def test_a_dead_shard_is_routed_around_and_shown_in_stats(ray_local):
+    replay = ReplayCoordinator.remote(capacity=2000, num_shards=2, schema=SCHEMA, seed=0, shard_options={"max_restarts": 0},
+                                      shard_timeout_s=2.0)
+    ray.get(replay.add_batch.remote(**transitions(100)))
+    ray.get(replay.add_batch.remote(**transitions(100, 100)))
+    ray.kill(ray.get(replay.shard_handles.remote())[0])
+    for start in range(200, 600, 100):  # every write lands on the live shard
+        ray.get(replay.add_batch.remote(**transitions(100, start)))
+    batch = ray.get(replay.sample.remote(64))
+    assert len(batch["action"]) == 64
+    stats = ray.get(replay.stats.remote())
+    assert [s["state"] for s in stats["shards"]] == ["dead", "alive"]
+    assert stats["total"]["live_shards"] == 1
+    assert stats["shards"][1]["size"] == 500 and stats["total"]["size"] == 500
+    ray.get(replay.shutdown.remote())
+
+
+def test_with_every_shard_dead_writes_fail_after_the_bounded_retry(ray_local):
+    replay = ReplayCoordinator.remote(capacity=100, num_shards=1, schema=SCHEMA, shard_options={"max_restarts": 0}, shard_timeout_s=0.5)
+    ray.get(replay.add_batch.remote(**transitions(10)))
+    ray.kill(ray.get(replay.shard_handles.remote())[0])
+    started = time.monotonic()
+    with pytest.raises(ShardUnavailableError):
+        ray.get(replay.add_batch.remote(**transitions(10, 10)))
+    assert time.monotonic() - started < 5.0
+    ray.get(replay.shutdown.remote())
+
+
+@pytest.mark.parametrize("through", ["client", "coordinator"])
+def test_with_replication_a_killed_shard_loses_no_acknowledged_row_and_sampling_resumes(ray_local, through):
+    replay = ReplayCoordinator.remote(capacity=40_000, num_shards=2, buffer_type="prioritized", schema=SCHEMA, seed=0,
+                                      replication_factor=2, shard_timeout_s=5.0, health_check_interval_s=0.2)
+    acknowledged: list[int] = []
+    sampled_at: list[float] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        client = ReplayClient(replay, batch_rows=50, seed=1) if through == "client" else None
+        try:
+            for start in range(0, 6000, 50):
+                rows = transitions(50, start)
+                if client is not None:
+                    client.add_batch(**rows)
+                    client.flush()  # returns once the rows are in a shard (and its backup, or the backup alone)
+                else:
+                    ray.get(replay.add_batch.remote(**rows))
+                acknowledged.extend(range(start, start + 50))
+                time.sleep(0.005)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            stop.set()
+
+    def learn() -> None:
+        client = ReplayClient(replay, prefetch=0, seed=2)
+        try:
+            while not stop.is_set():
+                if acknowledged:
+                    batch = client.sample(32)
+                    client.update_priorities(batch["ids"], np.full(32, 2.0))
+                    sampled_at.append(time.monotonic())
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=learn)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(acknowledged) >= 1500, what="rows before the kill")
+    victim = ray.get(replay.stats.remote())["shards"][0]
+    killed_at = time.monotonic()
+    os.kill(victim["pid"], signal.SIGKILL)
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    resumed = [t for t in sampled_at if t > killed_at]
+    assert resumed and resumed[0] - killed_at < 2.0, "sampling did not resume within 2 s"
+    wait_until(lambda: all_alive(replay), what="the restarted shard to rejoin")
+    stats = ray.get(replay.stats.remote())
+    assert stats["shards"][0]["restarts"] >= 1
+    np.testing.assert_array_equal(stored_actions(replay), np.arange(6000))  # exactly the acknowledged rows
+    assert sorted(acknowledged) == list(range(6000))
+    backups = ray.get([b.get_state.remote() for b in ray.get(replay.backup_handles.remote())])
+    np.testing.assert_array_equal(np.sort(np.concatenate([b["columns"]["action"] for b in backups])), np.arange(6000))
+    ray.get(replay.shutdown.remote())
+
+
+def test_a_new_coordinator_with_the_same_name_takes_over_the_shards(ray_local):
+    options = {"capacity": 1000, "num_shards": 2, "buffer_type": "prioritized", "schema": SCHEMA, "seed": 0}
+    first = ReplayCoordinator.options(name="takeover").remote(**options)
+    for start in range(0, 300, 100):
+        ray.get(first.add_batch.remote(**transitions(100, start)))
+    pids = [s["pid"] for s in ray.get(first.stats.remote())["shards"]]
+    ray.kill(first)  # the coordinator dies; its named, detached shards do not
+    wait_until(lambda: _gone("takeover"), what="the old coordinator's name to be free")
+    second = ReplayCoordinator.options(name="takeover").remote(**options)
+    stats = ray.get(second.stats.remote())
+    assert [s["pid"] for s in stats["shards"]] == pids
+    assert stats["total"]["size"] == 300
+    np.testing.assert_array_equal(stored_actions(second), np.arange(300))
+    assert len(ray.get(second.sample.remote(64))["ids"]) == 64
+    ray.get(second.shutdown.remote())
+    ray.kill(second)
+
+
+def _gone(name: str) -> bool:
+    try:
+        ray.get_actor(name)
+    except ValueError:
+        return True
+    return False
