@@ -3,7 +3,7 @@
     python benchmarks/run.py [--quick] [--skip NAME ...]
 
 Steps (each writes JSON and Markdown under benchmarks/results/):
-  local        ray_replay beside numpy ring, deque, cpprb and a numpy sum tree; includes the C++ benchmark
+  local        ray_replay beside numpy ring, deque, cpprb, TorchRL and a numpy sum tree; includes the C++ benchmark
   batch_sizes  sample latency per call vs batch size (ray_replay uniform and prioritized, numpy ring)
   distributed  DIST-1 on Ray: ReplayCoordinator/ReplayClient vs a naive numpy actor
   scaling      DIST-1 with 1, 2 and 4 shards on a simulated 4-node cluster (full mode only)

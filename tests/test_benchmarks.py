@@ -93,3 +93,18 @@ def test_markdown_tables_with_ratio_and_target_columns(smoke_run) -> None:
             assert isinstance(verdict["met"], bool), (workload, name)
             assert isinstance(verdict["met_by_cpu_time"], bool), (workload, name)
             assert verdict["target"]
+
+
+def test_torchrl_measured_or_skipped_with_a_note(smoke_run) -> None:
+    data, markdown, stdout = smoke_run
+    if "torchrl" in data["skipped"]:
+        assert "torchrl skipped" in stdout
+        return
+    assert {"torchrl", "torchrl (tuple pytree)"} <= set(data["results"]["add_batch"]["implementations"])
+    assert "torchrl" in data["results"]["sample"]["implementations"]
+    assert "| vs torchrl |" in markdown
+    if "torchrl PER" in data["skipped"]:
+        assert "torchrl PER skipped" in stdout
+    else:
+        assert "torchrl PER" in data["results"]["per_sample_update"]["implementations"]
+        assert "| vs torchrl PER |" in markdown
