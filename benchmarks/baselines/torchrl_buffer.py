@@ -18,9 +18,9 @@ single-threaded, the harness's CPU-time column counts the calling thread only, a
 The prioritized sampler's sum and min trees live in TorchRL's compiled extension ``torchrl._torchrl``,
 built against one torch release. The cp311 wheels checked (0.11.1, 0.12.0, 0.13.3, 0.14.0, 0.14.1)
 reference autograd symbols that torch 2.13 no longer exports, so a plain import fails with "undefined
-symbol" and TorchRL turns prioritized replay off. The segment trees never call those symbols, so :func:`available` loads the
-extension with lazy symbol binding (``RTLD_LAZY``, for that one library only) before TorchRL is
-imported, and says so in its detail string.
+symbol" and TorchRL turns prioritized replay off. The segment trees never call those symbols, so
+:func:`available` loads the extension with lazy symbol binding (``RTLD_LAZY``, for that one library
+only) before TorchRL is imported, and says so in its detail string.
 
 Import lazily: :func:`available` says whether torchrl is installed and importable."""
 
