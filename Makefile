@@ -66,6 +66,7 @@ demo: install
 
 bench: install
 	$(PIP) install --quiet "cpprb>=10" "matplotlib>=3.7" || echo "optional baselines unavailable; benchmarking without them"
+	$(PIP) install --quiet "torchrl==0.14.1" "tensordict==0.14.3" "torch==2.13.0" || echo "torchrl unavailable; benchmarking without it"
 	$(VENV)/bin/ray-replay bench $(ARGS)
 
 clean:

@@ -100,7 +100,11 @@ def _timed(case: Case, count: int) -> tuple[int, int]:
 
 
 def calibrate(case: Case, rep_seconds: float, max_count: int, min_count: int = 1) -> int:
-    """Number of operations for one repetition of about ``rep_seconds`` (at most ``max_count``)."""
+    """Number of operations for one repetition of about ``rep_seconds`` (at most ``max_count``).
+
+    One untimed call first: a first call's one-off costs (lazy initialization, cold caches) would
+    otherwise shrink the count of a slow case to one call per repetition."""
+    _timed(case, min_count)
     count = min_count
     while True:
         elapsed = max(_timed(case, count)[0], 1)
@@ -170,6 +174,9 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "ray_replay": _version("ray_replay"),
         "cpprb": _version("cpprb"),
+        "torchrl": _version("torchrl"),
+        "tensordict": _version("tensordict"),
+        "torch": _version("torch"),
         "pybind11": _version("pybind11"),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),

@@ -13,7 +13,9 @@ Transition: state float32[8], action int64, reward float32, next_state float32[8
   (C++) bench_add, the C++ add/sample benchmark (cpp/benchmarks), when it builds
 
 Peers: a numpy ring buffer, collections.deque (the "Python standard"), cpprb's ReplayBuffer and
-PrioritizedReplayBuffer (when installed), a numpy sum-tree PER. Every implementation runs the same
+PrioritizedReplayBuffer (when installed), TorchRL's ReplayBuffer and PrioritizedReplayBuffer over a
+LazyTensorStorage (when installed; TensorDict rows, and tuple-of-tensors rows as a variant), a numpy
+sum-tree PER. Every implementation runs the same
 loop (inputs generated beforehand, then a timed loop of calls); each repetition of each case is
 calibrated to about the same wall time, and the repetitions run round-robin over the cases in a
 shuffled order, so noise falls on all of them alike. Figures are wall-clock medians over repetitions
@@ -40,7 +42,7 @@ if str(HERE) not in sys.path:
 
 import common  # noqa: E402
 from common import SCHEMA  # noqa: E402
-from baselines import cpprb_buffer, deque_buffer, numpy_ring, numpy_sum_tree  # noqa: E402
+from baselines import cpprb_buffer, deque_buffer, numpy_ring, numpy_sum_tree, torchrl_buffer  # noqa: E402
 
 ALPHA, BETA, EPS = 0.6, 0.4, 1e-6
 ADD_BATCH = 1000
@@ -267,6 +269,32 @@ def build_implementations(capacity: int, inputs: Inputs, seed: int, log) -> tupl
         skipped["cpprb"] = detail
     if "cpprb" in skipped:
         log(f"  note: cpprb skipped ({skipped['cpprb']}); install it with `pip install cpprb`")
+
+    ok, detail = torchrl_buffer.available()
+    if ok:
+        try:
+            for suffix, layout in (("", "tensordict"), (torchrl_buffer.TUPLE, "tuple")):
+                tb = torchrl_buffer.TorchRLBuffer(capacity, SCHEMA, seed, layout)
+                prefill_columns(tb, inputs, capacity)
+                impls[torchrl_buffer.NAME + suffix] = tb
+            if torchrl_buffer.per_available():
+                for suffix, layout in (("", "tensordict"), (torchrl_buffer.TUPLE, "tuple")):
+                    tp = torchrl_buffer.TorchRLPER(capacity, SCHEMA, ALPHA, BETA, EPS, seed, layout)
+                    prefill_columns(tp, inputs, capacity, prioritized=True)
+                    impls[torchrl_buffer.PER_NAME + suffix] = tp
+            else:
+                skipped["torchrl PER"] = "torchrl's compiled segment trees (torchrl._torchrl) did not load"
+            log(f"  torchrl {detail}: filled")
+        except Exception as error:  # a broken build: skip, say so
+            skipped["torchrl"] = f"{type(error).__name__}: {error}"
+            for name in [n for n in impls if n.startswith(torchrl_buffer.NAME)]:
+                impls.pop(name)
+    else:
+        skipped["torchrl"] = detail
+    if "torchrl" in skipped:
+        log(f"  note: torchrl skipped ({skipped['torchrl']}); `make bench` installs it (pinned torchrl and tensordict)")
+    elif "torchrl PER" in skipped:
+        log(f"  note: torchrl PER skipped ({skipped['torchrl PER']})")
     return impls, skipped
 
 
@@ -292,7 +320,8 @@ def run_benchmarks(profile: dict[str, Any], seed: int, log) -> dict[str, Any]:
         buf = impls[f"{RR} {kind}"]
         simple[f"{RR} {kind}"] = (buf, stats_switch(buf, True))
         simple[f"{RR} {kind}, stats off"] = (buf, stats_switch(buf, False))
-    for name in (numpy_ring.NAME, deque_buffer.NAME, cpprb_buffer.NAME):
+    for name in (numpy_ring.NAME, deque_buffer.NAME, cpprb_buffer.NAME, torchrl_buffer.NAME,
+                 torchrl_buffer.NAME + torchrl_buffer.TUPLE):
         if name in impls:
             simple[name] = (impls[name], None)
 
@@ -325,6 +354,9 @@ def run_benchmarks(profile: dict[str, Any], seed: int, log) -> dict[str, Any]:
     per_impls[numpy_sum_tree.NAME] = (impls[numpy_sum_tree.NAME], None, "indexes")
     if cpprb_buffer.PER_NAME in impls:
         per_impls[cpprb_buffer.PER_NAME] = (impls[cpprb_buffer.PER_NAME], None, "indexes")
+    for name in (torchrl_buffer.PER_NAME, torchrl_buffer.PER_NAME + torchrl_buffer.TUPLE):
+        if name in impls:
+            per_impls[name] = (impls[name], None, "index")
     for mode in ("per_sample_update", "per_sample", "per_update"):
         cases = {}
         for n, (o, sw, key) in per_impls.items():
@@ -342,7 +374,9 @@ def run_benchmarks(profile: dict[str, Any], seed: int, log) -> dict[str, Any]:
         measure(mode, cases)
     for kind in ("uniform", "lockfree", "prioritized"):
         impls[f"{RR} {kind}"].collect_stats = True
+    ok, detail = torchrl_buffer.available()
     return {"results": results, "skipped": skipped, "has_cpprb": has_cpprb, "batch_size": inputs.batch_size,
+            "torchrl": detail if ok else None,
             "stats_sanity": {k: impls[f"{RR} {k}"].stats() for k in ("uniform", "lockfree", "prioritized")}}
 
 
@@ -363,7 +397,7 @@ def make_tables(results: dict[str, dict[str, common.Measurement]], batch_size: i
         m = results.get(group, {}).get(name)
         return m.cpu_median_ns if m else None
 
-    simple_baselines = [numpy_ring.NAME, deque_buffer.NAME, cpprb_buffer.NAME]
+    simple_baselines = [numpy_ring.NAME, deque_buffer.NAME, cpprb_buffer.NAME, torchrl_buffer.NAME]
 
     def simple_table(label: str, key: str, group: str, kind: str, unit: str, items: int,
                      target_text: str, check) -> None:
@@ -374,6 +408,8 @@ def make_tables(results: dict[str, dict[str, common.Measurement]], batch_size: i
             names.append(f"{numpy_ring.NAME}{NUMPY_SCALARS}")
         if group == "sample" and f"{numpy_ring.NAME} out=" in results[group]:
             names.insert(len(names) - len(base) + 1, f"{numpy_ring.NAME} out=")
+        if torchrl_buffer.NAME + torchrl_buffer.TUPLE in results[group]:
+            names.append(torchrl_buffer.NAME + torchrl_buffer.TUPLE)
         for n in names:
             value = med(group, n)
             is_rr = n.startswith(RR)
@@ -396,7 +432,7 @@ def make_tables(results: dict[str, dict[str, common.Measurement]], batch_size: i
                      f"{'e_' if prefix else ''}c_sample", "sample", kind, "us", 1,
                      f"<= {TARGETS['sample_us']:.0f} us", lambda v: v <= TARGETS["sample_us"] * 1e3)
 
-    per_baselines = [numpy_sum_tree.NAME, cpprb_buffer.PER_NAME]
+    per_baselines = [numpy_sum_tree.NAME, cpprb_buffer.PER_NAME, torchrl_buffer.PER_NAME]
     titles = {
         "per_sample_update": f"(d) prioritized: sample {SAMPLE_BATCH} + update_priorities {SAMPLE_BATCH}: us per step",
         "per_sample": f"(d) prioritized: sample {SAMPLE_BATCH} only: us per call",
@@ -464,6 +500,10 @@ def workload_definitions(profile: dict[str, Any], batch_size: int, results) -> d
                           "priorities": "uniform(0.01, 2.0)", "unit": "us per call",
                           "update_only_distinct_id_sets": profile["update_id_sets"]},
         "e_lockfree": "workloads a, b, c with buffer_type='lockfree'",
+        "torchrl": "ReplayBuffer(LazyTensorStorage, RandomSampler) and PrioritizedReplayBuffer(LazyTensorStorage): "
+                   "extend(TensorDict of torch.from_numpy columns), add(TensorDict of one row), sample(n) "
+                   "(return_info=True for PER; samples stay torch TensorDicts), update_priority(info['index'], "
+                   "float32 priorities); '(tuple pytree)' rows store a tuple of tensors; torch.set_num_threads(1)",
         "timing": {"repetitions": profile["repetitions"], "seconds_per_repetition": profile["rep_seconds"],
                    "warmup_repetitions": 1, "interleaved_round_robin": True, "statistic": "median",
                    "gc_disabled_while_timed": True,
@@ -521,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     markdown = (
         f"Machine: {machine['cpu_model']}, {machine['usable_cpus']} CPUs, Python {machine['python']}, "
-        f"numpy {machine['numpy']}, ray_replay {machine['ray_replay']}, cpprb {machine['cpprb'] or 'not installed'}; "
+        f"numpy {machine['numpy']}, ray_replay {machine['ray_replay']}, cpprb {machine['cpprb'] or 'not installed'}, "
+        f"torchrl {out['torchrl'] or 'not installed'}; "
         f"{profile_name} run, medians of {profile['repetitions']} repetitions; load average "
         f"{machine['load_average_at_start'][0]:.1f} at start, {machine['load_average_at_end'][0]:.1f} at end.\n\n"
         + "\n".join(tables)

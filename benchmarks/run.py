@@ -3,7 +3,7 @@
     python benchmarks/run.py [--quick] [--skip NAME ...]
 
 Steps (each writes JSON and Markdown under benchmarks/results/):
-  local        ray_replay beside numpy ring, deque, cpprb and a numpy sum tree; includes the C++ benchmark
+  local        ray_replay beside numpy ring, deque, cpprb, TorchRL and a numpy sum tree; includes the C++ benchmark
   batch_sizes  sample latency per call vs batch size (ray_replay uniform and prioritized, numpy ring)
   atari        Atari-sized observations with and without dedup, beside a numpy ring and cpprb
   persistence  save / load throughput beside np.save / np.load

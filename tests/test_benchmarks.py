@@ -128,3 +128,18 @@ def test_persistence_benchmark_smoke_run(tmp_path: Path) -> None:
     assert set(data["results"]) == {"ray_replay save", "ray_replay load", "np.save", "np.load"}
     assert all(r["gb_per_s"] > 0 for r in data["results"].values())
     assert "| load |" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_torchrl_measured_or_skipped_with_a_note(smoke_run) -> None:
+    data, markdown, stdout = smoke_run
+    if "torchrl" in data["skipped"]:
+        assert "torchrl skipped" in stdout
+        return
+    assert {"torchrl", "torchrl (tuple pytree)"} <= set(data["results"]["add_batch"]["implementations"])
+    assert "torchrl" in data["results"]["sample"]["implementations"]
+    assert "| vs torchrl |" in markdown
+    if "torchrl PER" in data["skipped"]:
+        assert "torchrl PER skipped" in stdout
+    else:
+        assert "torchrl PER" in data["results"]["per_sample_update"]["implementations"]
+        assert "| vs torchrl PER |" in markdown
