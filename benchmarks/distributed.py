@@ -15,9 +15,12 @@ transition = CPU time (user+sys, from /proc) of every process of the workload (w
 shards, coordinator or naive actor) during the window / (rows inserted + rows sampled). Also
 single-transition ``add.remote(...)`` calls/s from the driver (window of 1000 calls in flight).
 ``--cluster`` instead runs DIST-1 with 1, 2 and 4 shards on a simulated 4-node Ray Cluster and
-reports CPU-us per transition. Medians over ``--repeats`` runs. Everything runs on loopback.
+reports CPU-us per transition. ``--durability`` runs ray_replay's DIST-1 plain, with shard checkpoints
+every second (to a temporary folder on the local disk), with replication_factor=2, and with both,
+interleaved, and reports each beside the plain run (backups' CPU time counted too). Medians over
+``--repeats`` runs. Everything runs on loopback.
 
-    python benchmarks/distributed.py [--seconds 20] [--repeats 2] [--quick] [--cluster]
+    python benchmarks/distributed.py [--seconds 20] [--repeats 2] [--quick] [--cluster | --durability]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -164,19 +168,22 @@ def prefill(replay: Any, naive: bool, rows: int) -> None:
     ray.get(refs)
 
 
-def run_dist1(naive: bool, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = 8192, prefetch: int = 2) -> dict[str, Any]:
+def run_dist1(naive: bool, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = 8192, prefetch: int = 2,
+              **coordinator_options: Any) -> dict[str, Any]:
     """One DIST-1 run; every actor it creates is killed at the end."""
     if naive:
         replay = NaiveReplay.remote(CAPACITY)
         pids = [ray.get(replay.pid.remote())]
     else:
         replay = ReplayCoordinator.remote(
-            capacity=CAPACITY, num_shards=num_shards, buffer_type="prioritized", alpha=0.6, beta=0.4, schema=SCHEMA, seed=0, collect_stats=False
+            capacity=CAPACITY, num_shards=num_shards, buffer_type="prioritized", alpha=0.6, beta=0.4, schema=SCHEMA, seed=0, collect_stats=False,
+            **coordinator_options,
         )
         pids = []
     prefill(replay, naive, prefill_rows)
     if not naive:
-        shard_pids = ray.get([s.__ray_call__.remote(lambda self: os.getpid()) for s in ray.get(replay.shard_handles.remote())])
+        replicas = ray.get(replay.shard_handles.remote()) + ray.get(replay.backup_handles.remote())
+        shard_pids = ray.get([s.__ray_call__.remote(lambda self: os.getpid()) for s in replicas])
         pids += shard_pids + [ray.get(replay.__ray_call__.remote(lambda self: os.getpid()))]
     writers = [Writer.remote(replay, naive, i, batch_rows) for i in range(2)]
     learner = Learner.remote(replay, naive, prefetch)
@@ -287,6 +294,38 @@ def cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+DURABILITY = {
+    "plain": {},
+    "checkpoints every 1 s": {"checkpoint_every_s": 1.0},
+    "replication_factor=2": {"replication_factor": 2},
+    "both": {"checkpoint_every_s": 1.0, "replication_factor": 2},
+}
+
+
+def durability_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """ray_replay's DIST-1 with checkpoints and/or replication, interleaved with the plain run."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in DURABILITY}
+    with tempfile.TemporaryDirectory(prefix="ray_replay-bench-") as folder:
+        for rep in range(args.repeats):
+            for name, options in DURABILITY.items():
+                options = dict(options)
+                if "checkpoint_every_s" in options:
+                    options["checkpoint_dir"] = os.path.join(folder, f"{rep}-{len(runs[name])}-{name.split()[0]}")
+                r = run_dist1(False, args.seconds, args.prefill, batch_rows=args.batch_rows, **options)
+                runs[name].append(r)
+                print(f"[{rep + 1}/{args.repeats}] {name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items() if isinstance(v, float)), flush=True)
+    results = {name: median_of(rs) for name, rs in runs.items()}
+    plain = results["plain"]
+    lines = ["### DIST-1 with durability (medians of %d runs, %.0f s each after a %s-row prefill)" % (args.repeats, args.seconds, f"{args.prefill:,}"),
+             "", "| configuration | inserted/s | vs plain | sampled/s | vs plain | sample p50 (ms) | CPU-us per transition |", "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['inserted_per_s']:,.0f} | {r['inserted_per_s'] / plain['inserted_per_s']:.2f}x | {r['sampled_per_s']:,.0f} | "
+                     f"{r['sampled_per_s'] / plain['sampled_per_s']:.2f}x | {r['sample_p50_ms']:.2f} | {r['cpu_us_per_transition']:.2f} |")
+    results["markdown"] = "\n".join(lines) + "\n"
+    print(results["markdown"])
+    return results
+
+
 def _pythonpath() -> str:
     return os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
 
@@ -298,6 +337,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (medians reported)")
     parser.add_argument("--quick", action="store_true", help="4 s windows, 200K prefill, 1 repeat")
     parser.add_argument("--cluster", action="store_true", help="1, 2, 4 shards on a simulated multi-node cluster")
+    parser.add_argument("--durability", action="store_true", help="plain vs checkpoints vs replication_factor=2")
     parser.add_argument("--batch-rows", type=int, default=8192, help="ReplayClient batch_rows of the writers")
     parser.add_argument("--out", default=str(HERE / "results" / "distributed.json"))
     args = parser.parse_args()
@@ -309,6 +349,14 @@ def main() -> int:
         write_json(results, Path(args.out).with_name("distributed_cluster.json"))
         return 0
     init_ray(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
+    if args.durability:
+        try:
+            results["durability"] = durability_mode(args)
+        finally:
+            ray.shutdown()
+        write_json(results, Path(args.out).with_name("distributed_durability.json"))
+        Path(args.out).with_name("distributed_durability.md").write_text(results["durability"]["markdown"], encoding="utf-8")
+        return 0
     try:
         runs: dict[str, list[dict[str, Any]]] = {"ray_replay": [], "naive": []}
         for rep in range(args.repeats):  # interleaved, so load spikes fall on both alike

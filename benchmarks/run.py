@@ -9,6 +9,7 @@ Steps (each writes JSON and Markdown under benchmarks/results/):
   persistence  save / load throughput beside np.save / np.load
   distributed  DIST-1 on Ray: ReplayCoordinator/ReplayClient vs a naive numpy actor
   scaling      DIST-1 with 1, 2 and 4 shards on a simulated 4-node cluster (full mode only)
+  durability   DIST-1 plain, with shard checkpoints, with replication_factor=2 (full mode only)
   rllib        DQN on CartPole with RLlib's buffer vs ray_replay (full mode only: ~1 hour)
 Then it draws the plots (PNG, matplotlib) and writes benchmarks/results/summary.md.
 --quick takes under 2 minutes on a 2-core machine; the full run about 15 minutes plus RLlib.
@@ -169,7 +170,7 @@ def plots() -> list[str]:
 
 def summary(made: list[str]) -> None:
     parts = ["# Benchmark results", ""]
-    for name in ("local.md", "atari.md", "persistence.md", "distributed.json", "rllib_dqn.md"):
+    for name in ("local.md", "atari.md", "persistence.md", "distributed.json", "distributed_durability.md", "rllib_dqn.md"):
         path = RESULTS / name
         if path.exists():
             parts.append(json.loads(path.read_text())["markdown"] if name.endswith(".json") else path.read_text())
@@ -189,7 +190,7 @@ def summary(made: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs: under 2 minutes in all")
-    parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out (local, batch_sizes, atari, persistence, distributed, scaling, rllib)")
+    parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out (local, batch_sizes, atari, persistence, distributed, scaling, durability, rllib)")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     quick = ["--quick"] if args.quick else []
@@ -203,6 +204,7 @@ def main() -> int:
     if not args.quick:
         plan += [
             ("scaling", 300, lambda: run_script("distributed.py", "--cluster", "--seconds", "10", "--prefill", "200000", "--repeats", "1")),
+            ("durability", 240, lambda: run_script("distributed.py", "--durability", "--seconds", "10", "--prefill", "200000", "--repeats", "2")),
             ("rllib", 3600, lambda: run_script("rllib_dqn.py")),
         ]
     plan = [step for step in plan if step[0] not in args.skip]
