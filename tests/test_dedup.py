@@ -266,3 +266,33 @@ def test_a_shard_hosts_a_dedup_buffer():
     np.testing.assert_array_equal(rows["state"], episode["state"][rows["action"]])
     np.testing.assert_array_equal(rows["next_state"], episode["next_state"][rows["action"]])
     assert shard.stats()["frames_held"] == 4 + 50
+
+
+@pytest.mark.parametrize("through", ["client", "coordinator"])
+def test_streams_travel_through_the_ray_layer_to_dedup_shards(ray_local, through):
+    import ray
+
+    from ray_replay.distributed import ReplayClient, ReplayCoordinator
+
+    rng = np.random.default_rng(8)
+    episodes = [atari_like_episode(rng, 60) for _ in range(2)]
+    replay = ReplayCoordinator.remote(capacity=1000, num_shards=1, next_state="dedup", frame_stack_axis=-1, seed=0)
+    client = ReplayClient(replay, batch_rows=32) if through == "client" else None
+    for t in range(60):  # two environments stepping in turn: their rows interleave
+        for env in (0, 1):
+            row = {name: values[t] for name, values in episodes[env].items()}
+            if client is not None:
+                client.add(**row, stream=env)
+            else:
+                ray.get(replay.add.remote(**row, stream=env))
+    if client is not None:
+        client.close()
+    assert ray.get(replay.size.remote()) == 120  # (also sends the coordinator's staged rows)
+    shard = ray.get(replay.shard_handles.remote())[0]
+    assert ray.get(shard.stats.remote())["frames_held"] == 2 * (4 + 60)  # each stream one chain
+    stored = ray.get(shard.get_state.remote())["columns"]
+    order = np.argsort(stored["action"] * 2 + np.tile([0, 1], 60), kind="stable")
+    for env in (0, 1):
+        np.testing.assert_array_equal(stored["state"][order][env::2], episodes[env]["state"])
+        np.testing.assert_array_equal(stored["next_state"][order][env::2], episodes[env]["next_state"])
+    ray.get(replay.shutdown.remote())

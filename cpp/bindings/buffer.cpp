@@ -186,7 +186,8 @@ class NativeBuffer {
       priority_value = convert_priorities(priority_arg, 1, "priority")[0];
       priority = &priority_value;
     }
-    const std::int64_t stream = options.values[1] != nullptr ? convert_stream(options.values[1], "stream") : 0;
+    PyObject* stream_arg = options.values[1];
+    const std::int64_t stream = stream_arg != nullptr && stream_arg != Py_None ? convert_stream(stream_arg, "stream") : 0;
     if (!engine_) create_engine(std::move(inferred));
     // Releasing the GIL costs ~80 ns, several times a single-row copy under the buffer's mutex, so
     // only the lock-free buffer (built for many threads adding at once) and the dedup buffer (whose
@@ -220,7 +221,7 @@ class NativeBuffer {
       priorities = convert_priorities(priorities_arg, rows, "priorities");
     }
     std::vector<std::int64_t> streams;
-    if (options.values[1] != nullptr) streams = convert_streams(options.values[1], rows);
+    if (options.values[1] != nullptr && options.values[1] != Py_None) streams = convert_streams(options.values[1], rows);
     if (!engine_) create_engine(std::move(inferred));
     if (rows == 0) return;
     ReleaseGil release;

@@ -105,6 +105,7 @@ class ReplayClient:
         self._rng = np.random.default_rng(seed)
         self._staging: ReplayBuffer | None = None
         self._priorities = np.empty(batch_rows, dtype=np.float64)
+        self._streams = np.zeros(batch_rows, dtype=np.int64)  # each staged row's stream (observation dedup)
         self._has_priorities = False
         self._staged_since = 0.0
         self._next_shard = int(self._rng.integers(len(self._shards)))
@@ -115,19 +116,20 @@ class ReplayClient:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def add(self, *fields: Any, priority: Any = None, **named: Any) -> None:
-        """One transition, as ReplayBuffer.add; sent with the next batch."""
+    def add(self, *fields: Any, priority: Any = None, stream: Any = 0, **named: Any) -> None:
+        """One transition, as ReplayBuffer.add (``stream`` for observation dedup); sent with the next batch."""
         self._check_open()
         if priority is not None:
             self._require_prioritized("priority")
             value = _check_priority(priority)
         staging = self._staging_for(priority is not None, 1)
-        staging.add(*fields, **named)
+        staging.add(*fields, stream=stream, **named)  # validates stream too
         if priority is not None:
             self._priorities[len(staging) - 1] = value
+        self._streams[len(staging) - 1] = 0 if stream is None else int(stream)
         self._after_stage()
 
-    def add_batch(self, *columns: Any, priorities: Any = None, **named: Any) -> None:
+    def add_batch(self, *columns: Any, priorities: Any = None, streams: Any = None, **named: Any) -> None:
         """Rows along the leading axis, as ReplayBuffer.add_batch. A batch of batch_rows rows or more goes
         to a shard as it is (no copy; its errors surface at the next call), smaller ones are staged."""
         self._check_open()
@@ -138,7 +140,7 @@ class ReplayClient:
         if rows >= self._batch_rows:
             self._send_staged()
             kwargs = named if priorities is None else {**named, "priorities": priorities}
-            self._send(columns, kwargs)
+            self._send(columns, kwargs if streams is None else {**kwargs, "streams": streams})
             return
         staging = self._staging_for(priorities is not None, rows)
         start = len(staging)
@@ -149,9 +151,10 @@ class ReplayClient:
             if not (np.isfinite(values).all() and (values >= 0).all()):
                 j = int(np.argmax(~np.isfinite(values) | (values < 0)))
                 raise ValueError(f"priorities[{j}] = {values[j]}: priorities must be finite and >= 0")
-        staging.add_batch(*columns, **named)
+        staging.add_batch(*columns, streams=streams, **named)  # validates streams too
         if priorities is not None:
             self._priorities[start : start + rows] = values
+        self._streams[start : start + rows] = 0 if streams is None else np.broadcast_to(np.asarray(streams, dtype=np.int64), (rows,))
         self._after_stage()
 
     def flush(self) -> None:
@@ -187,6 +190,7 @@ class ReplayClient:
             self._schema = self._staging.schema
         if self._has_priorities:
             columns["priorities"] = self._priorities[:rows].copy()
+        columns["streams"] = self._streams[:rows].copy()
         self._send((), columns)
 
     def _replicas(self, k: int) -> list[Any]:

@@ -43,7 +43,7 @@ from ray.util.placement_group import get_placement_group, placement_group, remov
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
-from ray_replay.distributed.health import (ACKED, ALIVE, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError,
+from ray_replay.distributed.health import (ACKED, ALIVE, DEAD, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError,
                                            write_outcome)
 from ray_replay.distributed.shard import StalePlanError
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, split_capacity, split_ids
@@ -199,6 +199,7 @@ class ReplayCoordinator:
         self._next_shard = 0
         self._staging: ReplayBuffer | None = None
         self._staged_priorities: list[float] = []
+        self._staged_streams: list[int] = []
         self._staging_rows = staging_rows
         self._flush_interval_s = flush_interval_s
         self._flusher: asyncio.Task[None] | None = None
@@ -326,10 +327,14 @@ class ReplayCoordinator:
     async def _resync(self, k: int, restarted: list[str], missed: list[str]) -> bool:
         """Copies shard k to its stale replica from the best other one (running all along, else one that
         kept its process but was unreachable for a while), both fenced meanwhile. True when the stale
-        replicas may rejoin (copied, or nothing better to copy from)."""
+        replicas may rejoin: copied, or nothing to copy from because every replica restarted (each from
+        its own checkpoint) or the others are dead for good. A restarted replica whose peer is only
+        unreachable waits for it: rejoining empty would later overwrite the peer's rows."""
         healthy = [role for role in self._roles if role not in restarted + missed and self._health[role].alive(k)]
-        sources = healthy + [role for role in missed if role not in healthy]
-        if not sources or (not restarted and not healthy):  # all restarted, or all merely unreachable
+        sources = healthy or missed
+        if not sources:
+            return all(role in restarted or self._health[role].states[k] == DEAD for role in self._roles)
+        if not restarted and not healthy:  # all merely unreachable: each kept its rows
             return True
         source = sources[0]
         target = next(role for role in self._roles if role != source)
@@ -396,8 +401,9 @@ class ReplayCoordinator:
             self._table.update(k, results[0])
         return outcome
 
-    async def add(self, *fields: Any, priority: Any = None, **named: Any) -> None:
-        """One transition: validated now (same errors as a local buffer), written within flush_interval_s."""
+    async def add(self, *fields: Any, priority: Any = None, stream: Any = 0, **named: Any) -> None:
+        """One transition: validated now (same errors as a local buffer), written within flush_interval_s.
+        ``stream``: the writer's stream, for observation dedup (see ReplayBuffer)."""
         await self._ensure_started()
         if priority is not None and self._buffer_type != "prioritized":
             raise ValueError(f"priority is only supported by buffer_type='prioritized' (this buffer is '{self._buffer_type}')")
@@ -412,9 +418,10 @@ class ReplayCoordinator:
         # adds may stage rows while a flush awaits its shard).
         while len(self._staging) and (priority is None) != (not self._staged_priorities):
             await self._flush()
-        self._staging.add(*fields, **named)
+        self._staging.add(*fields, stream=stream, **named)  # validates stream too
         if priority is not None:
             self._staged_priorities.append(value)
+        self._staged_streams.append(0 if stream is None else int(stream))
         if len(self._staging) >= self._staging_rows:
             await self._flush()
         elif self._flusher is None:
@@ -448,6 +455,8 @@ class ReplayCoordinator:
         if self._staged_priorities:
             columns["priorities"] = np.asarray(self._staged_priorities)
             self._staged_priorities = []
+        columns["streams"] = np.asarray(self._staged_streams, dtype=np.int64)
+        self._staged_streams = []
         await self._write((), columns)
 
     async def _flush_periodically(self) -> None:
