@@ -90,23 +90,32 @@ def test_storage_dir_misuse_is_refused(tmp_path):
     assert len(ReplayBuffer.open(tmp_path)) == 3
 
 
-def resident_bytes() -> int:
+RESIDENT_GROWTH = """
+import sys
+import numpy as np
+from ray_replay import ReplayBuffer
+
+def resident_bytes():
     with open("/proc/self/statm", encoding="ascii") as statm:
         return int(statm.read().split()[1]) * 4096
 
+before = resident_bytes()
+buffer = ReplayBuffer(16_384, sys.argv[1], schema={"state": ((1024,), np.float32), "action": ((), np.int64)}, prefault=sys.argv[2] == "1")
+print(resident_bytes() - before, len(buffer))
+"""
+
 
 @pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
-def test_prefault_maps_the_storage_up_front(buffer_type):
-    schema = {"state": ((1024,), np.float32), "action": ((), np.int64)}  # 4 KiB per row
-    before = resident_bytes()
-    lazy = ReplayBuffer(16_384, buffer_type, schema=schema)
-    lazy_growth = resident_bytes() - before
-    before = resident_bytes()
-    eager = ReplayBuffer(16_384, buffer_type, schema=schema, prefault=True)
-    eager_growth = resident_bytes() - before
-    assert lazy_growth < 8 << 20
-    assert eager_growth > 60 << 20  # the 64 MiB state column is resident before any add
-    assert len(lazy) == len(eager) == 0
+def test_prefault_maps_the_storage_up_front(tmp_path, buffer_type):
+    def growth(prefault: bool) -> int:  # in a fresh process: no recycled, already resident memory
+        done = subprocess.run([sys.executable, "-c", RESIDENT_GROWTH, buffer_type, "1" if prefault else "0"],
+                              capture_output=True, text=True, check=True, timeout=60, cwd=tmp_path)
+        grown, size = map(int, done.stdout.split())
+        assert size == 0
+        return grown
+
+    assert growth(prefault=False) < 8 << 20
+    assert growth(prefault=True) > 60 << 20  # the 64 MiB state column (4 KiB rows) is resident before any add
 
 
 def test_large_sample_arrays_are_independent_writeable_and_outlive_the_buffer():
