@@ -41,7 +41,7 @@ from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot
 __all__ = ["ReplayClient"]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: payloads hold arrays
 class _Pending:
     """A write (with its payload, for a retry) or a priority update in flight to shard k's replicas."""
 
