@@ -34,3 +34,13 @@ def assert_rows_consistent(batch: dict[str, np.ndarray]) -> None:
     """Every sampled row is the row rows_for() makes for its action: no torn or mixed-up transitions."""
     for name, values in rows_for(batch["action"]).items():
         np.testing.assert_array_equal(batch[name], values, err_msg=name)
+
+
+def assert_same_contents(actual, expected) -> None:
+    """Two buffers hold the same rows (oldest first), counters and priority masses."""
+    left, right = actual.get_state(), expected.get_state()
+    for name, column in right["columns"].items():
+        np.testing.assert_array_equal(left["columns"][name], column, err_msg=name)
+    for key in ("total_adds", "samples", "evictions"):
+        assert left[key] == right[key], key
+    np.testing.assert_array_equal(left["masses"], right["masses"])

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import helpers
 from ray_replay import BUFFER_TYPES, BufferFullError, ReplayBuffer
 from ray_replay.distributed import ReplayShardImpl
 
@@ -54,12 +55,7 @@ def pair(buffer_type: str, capacity: int, axis: int | None, seed: int = 3) -> tu
 
 
 def assert_same_contents(plain: ReplayBuffer, dedup: ReplayBuffer) -> None:
-    expected, actual = plain.get_state(), dedup.get_state()
-    for name, column in expected["columns"].items():
-        np.testing.assert_array_equal(actual["columns"][name], column, err_msg=name)
-    for key in ("total_adds", "evictions", "samples"):
-        assert actual[key] == expected[key], key
-    np.testing.assert_array_equal(actual["masses"], expected["masses"])
+    helpers.assert_same_contents(dedup, plain)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)

@@ -9,6 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from helpers import assert_same_contents
+
 from ray_replay import BUFFER_TYPES, ReplayBuffer
 
 OBSERVATION = (16,)
@@ -18,15 +20,6 @@ def feed(buffer: ReplayBuffer, start: int, count: int) -> None:
     index = np.arange(start, start + count)
     state = (index[:, None] + np.arange(16) / 16).astype(np.float32)
     buffer.add_batch(state, index, (index / 2).astype(np.float32), state + 1, index % 5 == 0)
-
-
-def same_contents(a: ReplayBuffer, b: ReplayBuffer) -> None:
-    left, right = a.get_state(), b.get_state()
-    for name, column in right["columns"].items():
-        np.testing.assert_array_equal(left["columns"][name], column, err_msg=name)
-    for key in ("total_adds", "samples", "evictions"):
-        assert left[key] == right[key], key
-    np.testing.assert_array_equal(left["masses"], right["masses"])
 
 
 @pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
@@ -57,13 +50,13 @@ def test_a_storage_dir_buffer_survives_its_process_and_matches_a_ram_buffer(tmp_
 
     with ReplayBuffer.open(folder) as reopened:
         assert reopened.storage_dir == str(folder.resolve())
-        same_contents(reopened, reference)
+        assert_same_contents(reopened, reference)
         expected, actual = reference.sample(10), reopened.sample(10)  # the random state came back too
         for name in expected:
             np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
         feed(reopened, 150, 30)
         feed(reference, 150, 30)
-    same_contents(ReplayBuffer.open(folder), reference)  # the with block flushed
+    assert_same_contents(ReplayBuffer.open(folder), reference)  # the with block flushed
 
 
 def test_columns_are_files_of_the_full_capacity_filled_lazily(tmp_path):
