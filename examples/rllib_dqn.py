@@ -19,6 +19,8 @@ from pathlib import Path
 import ray
 from ray.rllib.algorithms.dqn import DQNConfig
 
+from ray_replay import init_ray
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -26,7 +28,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=0, help="shard the replay over this many Ray actors (0: local)")
     args = parser.parse_args()
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2")
+    init_ray(num_cpus=2, include_dashboard=False)
     storage: dict[str, object] = {"capacity": 50_000, "alpha": 0.6, "beta": 0.4}
     if args.shards:
         from ray_replay import ReplayCoordinator

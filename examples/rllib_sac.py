@@ -13,6 +13,7 @@ import argparse
 
 import ray
 
+from ray_replay import init_ray
 from ray_replay.rllib import SACConfig
 
 
@@ -21,7 +22,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10, help="training iterations (1000 env steps each)")
     args = parser.parse_args()
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2")
+    init_ray(num_cpus=2, include_dashboard=False)
     config = (
         SACConfig()
         .environment("Pendulum-v1")

@@ -16,7 +16,7 @@ from ray_replay._core import BufferFullError
 from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ray_replay.distributed import ReplayClient, ReplayCoordinator, ReplayShard
+    from ray_replay.distributed import ReplayClient, ReplayCoordinator, ReplayShard, init_ray
 
 __all__ = [
     "BUFFER_TYPES",
@@ -25,11 +25,12 @@ __all__ = [
     "ReplayClient",
     "ReplayCoordinator",
     "ReplayShard",
+    "init_ray",
 ]
 
 __version__ = "0.1.0"
 
-_DISTRIBUTED = {"ReplayClient", "ReplayCoordinator", "ReplayShard"}
+_DISTRIBUTED = {"ReplayClient", "ReplayCoordinator", "ReplayShard", "init_ray"}
 
 
 def __getattr__(name: str) -> Any:

@@ -439,3 +439,26 @@ def test_shards_report_their_nodes(replays):
     assert [s["shard"] for s in per_shard] == [0, 1]
     assert all(s["node_id"] == ray.get_runtime_context().get_node_id() for s in per_shard)
     assert len(ray.get(replay.shard_handles.remote())) == 2
+
+
+def test_init_ray_starts_its_own_ray_beside_a_running_one(ray_local, tmp_path):
+    """Plain ray.init() joins whatever Ray runs on the machine (here this session's, also named by
+    RAY_ADDRESS) and then refuses num_cpus; init_ray() must start a new Ray on loopback instead."""
+    import os
+    import subprocess
+    import sys
+
+    running = ray.get_runtime_context().gcs_address
+    script = (
+        "import ray\n"
+        "from ray_replay import init_ray\n"
+        "context = init_ray(num_cpus=1, include_dashboard=False, logging_level='ERROR')\n"
+        "print(context.address_info['gcs_address'])\n"
+        "ray.shutdown()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "RAY_ADDRESS": running})
+    assert result.returncode == 0, result.stderr[-2000:]
+    started = result.stdout.strip().splitlines()[-1]
+    assert started != running
+    assert started.startswith("127.0.0.2:")

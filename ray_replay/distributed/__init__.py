@@ -14,8 +14,9 @@ from __future__ import annotations
 from ray_replay.distributed.client import ReplayClient
 from ray_replay.distributed.coordinator import ReplayCoordinator
 from ray_replay.distributed.health import ShardUnavailableError
+from ray_replay.distributed.runtime import init_ray
 from ray_replay.distributed.sampling import RateLimiter, ShardTable, Snapshot
 from ray_replay.distributed.shard import ReplayShard, ReplayShardImpl, ShardFencedError
 
 __all__ = ["RateLimiter", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ReplayShardImpl", "ShardFencedError", "ShardTable",
-           "ShardUnavailableError", "Snapshot"]
+           "ShardUnavailableError", "Snapshot", "init_ray"]

@@ -34,8 +34,8 @@ def _worker_safe_cwd() -> Iterator[None]:
 
 
 def is_local_address(address: str | None) -> bool:
-    """True for a new local Ray (None) or a cluster on this machine's loopback addresses."""
-    if address is None:
+    """True for a new local Ray (None or "local") or a cluster on this machine's loopback addresses."""
+    if address is None or address == "local":
         return True
     host = address.split("://")[-1].rsplit(":", 1)[0]
     return host.startswith("127.") or host == "localhost"
@@ -44,11 +44,16 @@ def is_local_address(address: str | None) -> bool:
 def init_ray(address: str | None = None, **kwargs: Any) -> Any:
     """ray.init for ray_replay's demo, benchmarks and tests.
 
-    A new local Ray (address None) or a cluster on loopback gets this driver on 127.0.0.2, so nothing
-    listens on or talks over the network; joining a remote cluster leaves Ray to pick the address it
-    can be reached at. Extra keyword arguments go to ray.init (num_cpus, include_dashboard, ...).
+    Address None starts a new local Ray, always: plain ``ray.init()`` would instead join any Ray it
+    finds running on the machine (RAY_ADDRESS, the latest session's file, or any GCS process), such
+    as another user's or another test run's, and then refuse num_cpus. A new local Ray or a cluster
+    on loopback gets this driver on 127.0.0.2, so nothing listens on or talks over the network;
+    joining a remote cluster leaves Ray to pick the address it can be reached at. Extra keyword
+    arguments go to ray.init (num_cpus, include_dashboard, ...).
     """
     if is_local_address(address):
         kwargs.setdefault("_node_ip_address", LOOPBACK)
+    if address is None:
+        address = "local"
     with _worker_safe_cwd():
         return ray.init(address=address, **kwargs)
