@@ -295,34 +295,37 @@ class ReplayCoordinator:
                 pass
 
     async def _check_shards(self) -> None:
-        """Probes every replica. One that answers again rejoins; with replication, one that restarted or
-        missed writes while it was down is first refilled from its peer."""
+        """Probes every shard at once, so one that hangs until shard_timeout_s delays no other's check."""
+        await asyncio.gather(*[self._check_shard(k) for k in range(len(self._shards))], return_exceptions=True)
+
+    async def _check_shard(self, k: int) -> None:
+        """Probes shard k's replicas. One that answers again rejoins; with replication, one that
+        restarted or missed writes while it was down is first refilled from its peer."""
         replicated = len(self._roles) > 1
-        for k in range(len(self._shards)):
-            restarted, missed = [], []  # replicas that lost their rows / may have missed writes
-            for role in self._roles:
-                try:
-                    info = await self._call(role, k, "health")
-                except SHARD_FAILURES:
-                    continue
-                if self._health[role].observe(k, info["incarnation"], info["pid"]):
-                    restarted.append(role)
-                elif not self._health[role].alive(k):
-                    missed.append(role)
-                if not replicated or role not in restarted + missed:
-                    self._health[role].mark_alive(k)
-            stale = restarted + missed
-            if replicated and stale:
+        restarted, missed = [], []  # replicas that lost their rows / may have missed writes
+        for role in self._roles:
+            try:
+                info = await self._call(role, k, "health")
+            except SHARD_FAILURES:
+                continue
+            if self._health[role].observe(k, info["incarnation"], info["pid"]):
+                restarted.append(role)
+            elif not self._health[role].alive(k):
+                missed.append(role)
+            if not replicated or role not in restarted + missed:
+                self._health[role].mark_alive(k)
+        stale = restarted + missed
+        if replicated and stale:
+            for role in stale:
+                self._mark_down(role, k)  # no writes or samples until it is refilled
+            if await self._resync(k, restarted, missed):
                 for role in stale:
-                    self._mark_down(role, k)  # no writes or samples until it is refilled
-                if await self._resync(k, restarted, missed):
-                    for role in stale:
-                        self._health[role].mark_alive(k)
-            if self._health["shard"].alive(k) and k not in self._resyncing:
-                try:
-                    self._table.update(k, (await self._call("shard", k, "sample", 0))[1])
-                except SHARD_FAILURES:
-                    pass
+                    self._health[role].mark_alive(k)
+        if self._health["shard"].alive(k) and k not in self._resyncing:
+            try:
+                self._table.update(k, (await self._call("shard", k, "sample", 0))[1])
+            except SHARD_FAILURES:
+                pass
 
     async def _resync(self, k: int, restarted: list[str], missed: list[str]) -> bool:
         """Copies shard k to its stale replica from the best other one (running all along, else one that

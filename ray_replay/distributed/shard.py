@@ -141,10 +141,10 @@ class ReplayShardImpl:
             ids = local_ids(ids.astype(np.int64, copy=False))
             # After a restart or a copy from a replica, ids sampled from the previous contents may lie
             # beyond what this buffer issued (rows lost, or not yet copied back): stale, not invalid.
-            issued = ids < self.buffer.stats()["adds"]
-            if self._replaced and not issued.all():
+            if self._replaced:
+                issued = ids < self.buffer.stats()["adds"]
                 priorities = np.asarray(priorities)
-                if priorities.shape == ids.shape:
+                if not issued.all() and priorities.shape == ids.shape:
                     self.updates_for_lost_rows += int((~issued).sum())
                     ids, priorities = ids[issued], priorities[issued]
         self.buffer.update_priorities(ids, priorities)
