@@ -1,4 +1,5 @@
 // Semantics of the typed C++ API over every engine.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <set>
@@ -7,6 +8,7 @@
 #include "check.hpp"
 #include "replay_buffer/core/lockfree_buffer.hpp"
 #include "replay_buffer/core/uniform_buffer.hpp"
+#include "replay_buffer/memory/column_store.hpp"
 #include "replay_buffer/prioritization/prioritized_replay_buffer.hpp"
 
 using namespace replay_buffer;
@@ -33,7 +35,32 @@ static void check_consistent(const Exp& e) {
   CHECK(e.done == ((i % 3) == 0));
 }
 
+// copy_row and stream_copy move exactly `bytes` bytes for every size and alignment (the small sizes
+// take overlapping pieces), and write nothing outside them.
+static void row_copies_are_exact() {
+  constexpr std::size_t kGuard = 64;
+  std::vector<std::byte> source(5000), destination(5000 + 2 * kGuard + 16);
+  for (std::size_t i = 0; i < source.size(); ++i) source[i] = static_cast<std::byte>(i * 7 + 1);
+  for (std::size_t bytes = 0; bytes <= 4200; bytes += bytes < 140 ? 1 : 997) {
+    for (std::size_t misalign = 0; misalign < 16; misalign += 5) {
+      for (bool streamed : {false, true}) {
+        std::fill(destination.begin(), destination.end(), std::byte{0xEE});
+        std::byte* out = destination.data() + kGuard + misalign;
+        if (streamed) {
+          memory::stream_copy(out, source.data() + misalign, bytes);
+        } else {
+          memory::copy_row(out, source.data() + misalign, bytes);
+        }
+        for (std::size_t i = 0; i < bytes; ++i) CHECK(out[i] == source[misalign + i]);
+        for (std::byte* p = destination.data(); p < out; ++p) CHECK(*p == std::byte{0xEE});
+        for (std::byte* p = out + bytes; p < destination.data() + destination.size(); ++p) CHECK(*p == std::byte{0xEE});
+      }
+    }
+  }
+}
+
 int main() {
+  row_copies_are_exact();
   // Uniform ring: evicts the oldest, samples only live rows.
   {
     core::UniformReplayBuffer<State, std::int64_t> buffer(100, 7);

@@ -103,9 +103,12 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     // relaxed: the claim only hands out numbers; the slot guards order the data.
     const std::uint64_t first = claimed_.value.fetch_add(count, std::memory_order_relaxed);
     const std::size_t skipped = count > cap ? count - cap : 0;  // lapped within this very batch
+    // Evictions are counted here and published with one atomic add per batch, not one per row.
     std::uint64_t evicted = skipped;
+    std::size_t slot = static_cast<std::size_t>((first + skipped) % cap);
     for (std::size_t i = skipped; i < count; ++i) {
-      if (!write_row(first + i, sources, i)) ++evicted;
+      if (write_row(first + i, slot, sources, i) != WriteOutcome::kIntoEmptySlot) ++evicted;
+      if (++slot == cap) slot = 0;
     }
     if (evicted > 0) evictions_.value.fetch_add(evicted, std::memory_order_relaxed);
     // release: a thread that sees the new count also sees the rows (used by size() and export_state).
@@ -237,9 +240,14 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     return counters;
   }
 
-  // Writes row `index` of the batch as sequence number `seq`; false when a newer row already holds the slot.
-  bool write_row(std::uint64_t seq, const std::byte* const* sources, std::size_t index) noexcept {
-    const std::size_t slot = static_cast<std::size_t>(seq % store_.capacity());
+  enum class WriteOutcome {
+    kIntoEmptySlot,  // written into a slot never written before
+    kOverOlderRow,   // written, evicting the older row the slot held
+    kLapped,         // not written: a newer row already holds the slot (this row is the one evicted)
+  };
+
+  // Writes row `index` of the batch as sequence number `seq` into its slot (seq % capacity).
+  WriteOutcome write_row(std::uint64_t seq, std::size_t slot, const std::byte* const* sources, std::size_t index) noexcept {
     std::atomic<std::uint64_t>& version = guards_[slot].version;
     const std::uint64_t published = 2 * (seq + 1);
     std::uint64_t current = version.load(std::memory_order_relaxed);
@@ -249,17 +257,16 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
         current = version.load(std::memory_order_relaxed);
         continue;
       }
-      if (current > published) return false;  // lapped by a newer row
+      if (current > published) return WriteOutcome::kLapped;
       // acquire: our copy must not start before we own the slot.
       if (version.compare_exchange_weak(current, current | 1, std::memory_order_acquire, std::memory_order_relaxed)) break;
     }
     // release fence: the odd version is visible before any byte of the new row (seqlock write side).
     seqlock_fence(std::memory_order_release);
-    if (current != 0) evictions_.value.fetch_add(1, std::memory_order_relaxed);
     copy_in(slot, sources, index);
     // release: readers that see the new version see the whole row.
     version.store(published, std::memory_order_release);
-    return true;
+    return current == 0 ? WriteOutcome::kIntoEmptySlot : WriteOutcome::kOverOlderRow;
   }
 
   void copy_in(std::size_t slot, const std::byte* const* sources, std::size_t index) noexcept {

@@ -41,7 +41,7 @@ class RingBuffer final : public ReplayBufferInterface {
     const std::size_t skipped = count > cap ? count - cap : 0;
     const std::size_t kept = count - skipped;
     const std::uint64_t first_id = counters_.total_adds + skipped;
-    const std::size_t first_slot = static_cast<std::size_t>(first_id % cap);
+    const std::size_t first_slot = skipped > 0 ? static_cast<std::size_t>(first_id % cap) : next_slot_;
     if (skipped > 0) {
       offsets_.resize(store_.num_columns());
       for (std::size_t c = 0; c < store_.num_columns(); ++c) offsets_[c] = sources[c] + skipped * store_.row_bytes(c);
@@ -53,7 +53,7 @@ class RingBuffer final : public ReplayBufferInterface {
       slots_.resize(kept);
       priorities_.resize(kept);
       for (std::size_t i = 0; i < kept; ++i) {
-        slots_[i] = (first_slot + i) % cap;
+        slots_[i] = wrap(first_slot + i);
         priorities_[i] = priorities != nullptr ? priorities[skipped + i] : max_priority_;
       }
       if (priorities != nullptr) {
@@ -65,6 +65,7 @@ class RingBuffer final : public ReplayBufferInterface {
     counters_.evictions += size_ + count - new_size;
     size_ = new_size;
     counters_.total_adds += count;
+    next_slot_ = wrap(first_slot + kept);
   }
 
   std::size_t sample(const SampleRequest& request, std::byte* const* destinations) override {
@@ -80,7 +81,7 @@ class RingBuffer final : public ReplayBufferInterface {
     if (request.ids != nullptr) {
       const std::uint64_t oldest_slot = oldest % cap;
       for (std::size_t i = 0; i < n; ++i) {
-        request.ids[i] = static_cast<std::int64_t>(oldest + (slots_[i] + cap - oldest_slot) % cap);
+        request.ids[i] = static_cast<std::int64_t>(oldest + wrap(slots_[i] + cap - oldest_slot));
       }
     }
     if constexpr (Selector::kPrioritized) {
@@ -190,6 +191,7 @@ class RingBuffer final : public ReplayBufferInterface {
     }
     size_ = rows;
     counters_ = state.counters;
+    next_slot_ = static_cast<std::size_t>(counters_.total_adds % cap);
     max_priority_ = state.max_priority;
     rng_.set_state(state.random);
   }
@@ -208,6 +210,9 @@ class RingBuffer final : public ReplayBufferInterface {
   const Selector& selector() const noexcept { return selector_; }
 
  private:
+  // x % capacity for x < 2 * capacity, without a division (one costs ~15 ns, as much as a whole row).
+  std::size_t wrap(std::size_t x) const noexcept { return x >= store_.capacity() ? x - store_.capacity() : x; }
+
   void check_ids_issued_locked(const std::int64_t* ids, std::size_t count) const {
     for (std::size_t i = 0; i < count; ++i) {
       if (ids[i] < 0 || static_cast<std::uint64_t>(ids[i]) >= counters_.total_adds) {
@@ -222,6 +227,7 @@ class RingBuffer final : public ReplayBufferInterface {
   Selector selector_;
   Random rng_;
   std::size_t size_ = 0;
+  std::size_t next_slot_ = 0;  // total_adds % capacity, kept so that an add divides by nothing
   BufferCounters counters_;
   double max_priority_ = 1.0;  // priority of rows added without one: the largest seen so far
   // Scratch space reused across calls (guarded by mutex_), so steady-state calls do not allocate.

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
@@ -54,7 +55,14 @@ class PrioritizedSelector {
   // O(n log8 N)
   void update(const std::uint64_t* slots, const double* priorities, std::size_t n) {
     masses_.resize(n);
-    for (std::size_t i = 0; i < n; ++i) masses_[i] = mass_of(priorities[i]);
+    for (std::size_t i = 0; i < n; ++i) {
+      // Rows added without a priority all get the same one (the largest so far): one pow for a run.
+      if (priorities[i] != memo_priority_) {
+        memo_priority_ = priorities[i];
+        memo_mass_ = mass_of(priorities[i]);
+      }
+      masses_[i] = memo_mass_;
+    }
     tree_.set(slots, masses_.data(), n);
   }
 
@@ -86,6 +94,8 @@ class PrioritizedSelector {
   SumTree tree_;
   std::vector<double> masses_;
   std::vector<double> targets_;
+  double memo_priority_ = std::numeric_limits<double>::quiet_NaN();  // equal to no priority at first
+  double memo_mass_ = 0.0;                                           // mass_of(memo_priority_)
 };
 
 }  // namespace replay_buffer::prioritization
