@@ -173,6 +173,7 @@ def machine_info() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "numpy": np.__version__,
         "ray_replay": _version("ray_replay"),
+        "ray": _version("ray"),
         "cpprb": _version("cpprb"),
         "torchrl": _version("torchrl"),
         "tensordict": _version("tensordict"),

@@ -9,18 +9,22 @@ beta 0.4) and updates the priorities of every batch; capacity 1,000,000 (2 shard
 * naive: numpy ring + numpy sum tree (benchmarks/baselines/numpy_sum_tree.py) in one plain Ray
   actor; writers call add_batch.remote (at most 2 in flight), the learner ray.get(sample.remote(512))
   then update_priorities.remote.
+* torchrl (when installed): TorchRL's RayReplayBuffer hosting a PrioritizedReplayBuffer over
+  LazyTensorStorage (benchmarks/baselines/torchrl_ray_buffer.py); writers extend it with TensorDicts
+  of 1000 rows, the learner samples 512 with return_info=True and calls update_priority, each through
+  its own ``client()``.
 
 Reported: inserted/s and sampled/s (rows), learner-side sample latency p50/p99, and CPU-us per
 transition = CPU time (user+sys, from /proc) of every process of the workload (writers, learner,
 shards, coordinator or naive actor) during the window / (rows inserted + rows sampled). Also
 single-transition ``add.remote(...)`` calls/s from the driver (window of 1000 calls in flight).
-``--cluster`` instead runs DIST-1 with 1, 2 and 4 shards on a simulated 4-node Ray Cluster and
-reports CPU-us per transition. ``--durability`` runs ray_replay's DIST-1 plain, with shard checkpoints
+``--cluster`` instead runs DIST-1 with 1, 2 and 4 shards (2 writers), then with 1 and 4 writers (4
+shards), on a simulated 4-node Ray Cluster and reports throughput and CPU-us per transition. ``--durability`` runs ray_replay's DIST-1 plain, with shard checkpoints
 every second (to a temporary folder on the local disk), with replication_factor=2, and with both,
 interleaved, and reports each beside the plain run (backups' CPU time counted too). Medians over
 ``--repeats`` runs. Everything runs on loopback.
 
-    python benchmarks/distributed.py [--seconds 20] [--repeats 2] [--quick] [--cluster | --durability]
+    python benchmarks/distributed.py [--seconds 20] [--repeats 2] [--quick | --smoke] [--cluster | --durability]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import ray
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from baselines import torchrl_ray_buffer  # noqa: E402
 from common import SCHEMA, machine_info, write_json  # noqa: E402
 
 from ray_replay.distributed import ReplayClient, ReplayCoordinator  # noqa: E402
@@ -49,6 +54,7 @@ FIELDS = tuple(SCHEMA)
 CAPACITY = 1_000_000
 WRITE_BATCH = 1000
 SAMPLE_BATCH = 512
+ALPHA, BETA, EPS = 0.6, 0.4, 1e-6
 TARGETS = {"inserted_per_s": 2_000_000, "sampled_per_s": 250_000, "sample_p50_ms": 2.0, "single_add_per_s": 5_000}
 
 
@@ -77,7 +83,7 @@ class NaiveReplay:
     def __init__(self, capacity: int) -> None:
         from baselines.numpy_sum_tree import NumpySumTreePER
 
-        self.buffer = NumpySumTreePER(capacity, SCHEMA, alpha=0.6, beta=0.4, eps=1e-6)
+        self.buffer = NumpySumTreePER(capacity, SCHEMA, alpha=ALPHA, beta=BETA, eps=EPS)
 
     def pid(self) -> int:
         return os.getpid()
@@ -97,10 +103,12 @@ class NaiveReplay:
 
 @ray.remote(num_cpus=0)
 class Writer:
-    def __init__(self, replay: Any, naive: bool, seed: int, batch_rows: int) -> None:
-        self.replay, self.naive = replay, naive
-        self.client = None if naive else ReplayClient(replay, batch_rows=batch_rows, max_in_flight=2)
+    def __init__(self, replay: Any, kind: str, seed: int, batch_rows: int) -> None:
+        self.replay, self.kind = replay, kind
+        self.client = ReplayClient(replay, batch_rows=batch_rows, max_in_flight=2) if kind == "ray_replay" else None
         self.batches = [make_rows(WRITE_BATCH, seed * 100 + i) for i in range(8)]
+        if kind == "torchrl":
+            self.batches = [torchrl_ray_buffer.tensordict(b) for b in self.batches]
 
     def pid(self) -> int:
         return os.getpid()
@@ -112,25 +120,26 @@ class Writer:
         while time.time() < end:
             batch = self.batches[i % len(self.batches)]
             i += 1
-            if self.naive:
+            if self.kind == "naive":
                 pending.append(self.replay.add_batch.remote(*batch.values()))
                 if len(pending) >= 2:
                     ray.get(pending.pop(0))
+            elif self.kind == "torchrl":
+                self.replay.extend(batch)
             else:
                 self.client.add_batch(**batch)
             rows += WRITE_BATCH
-        if self.naive:
-            ray.get(pending)
-        else:
+        ray.get(pending)
+        if self.client is not None:
             self.client.flush()
         return rows
 
 
 @ray.remote(num_cpus=0)
 class Learner:
-    def __init__(self, replay: Any, naive: bool, prefetch: int) -> None:
-        self.replay, self.naive = replay, naive
-        self.client = None if naive else ReplayClient(replay, prefetch=prefetch, max_in_flight=8, seed=0)
+    def __init__(self, replay: Any, kind: str, prefetch: int) -> None:
+        self.replay, self.kind = replay, kind
+        self.client = ReplayClient(replay, prefetch=prefetch, max_in_flight=8, seed=0) if kind == "ray_replay" else None
         self.rng = np.random.default_rng(0)
 
     def pid(self) -> int:
@@ -142,51 +151,79 @@ class Learner:
         end, latencies, rows = start_at + seconds, [], 0
         while time.time() < end:
             t0 = time.perf_counter()
-            batch = ray.get(self.replay.sample.remote(SAMPLE_BATCH)) if self.naive else self.client.sample(SAMPLE_BATCH)
+            if self.kind == "naive":
+                batch = ray.get(self.replay.sample.remote(SAMPLE_BATCH))
+            elif self.kind == "torchrl":
+                batch, info = self.replay.sample(SAMPLE_BATCH, return_info=True)
+            else:
+                batch = self.client.sample(SAMPLE_BATCH)
             latencies.append(time.perf_counter() - t0)
             priorities = self.rng.uniform(0.1, 2.0, SAMPLE_BATCH)
-            if self.naive:
+            if self.kind == "naive":
                 self.replay.update_priorities.remote(batch["indexes"], priorities)
+            elif self.kind == "torchrl":
+                torchrl_ray_buffer.update_priorities(self.replay, info["index"], priorities)
             else:
                 self.client.update_priorities(batch["ids"], priorities)
             rows += SAMPLE_BATCH
-        if not self.naive:
+        if self.client is not None:
             self.client.close()
         ms = np.array(latencies) * 1e3
         return {"rows": rows, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def prefill(replay: Any, naive: bool, rows: int) -> None:
+def prefill(replay: Any, kind: str, rows: int) -> None:
     chunk = make_rows(min(rows, 100_000), 99)
     refs = []
     for start in range(0, rows, len(chunk["action"])):
         n = min(len(chunk["action"]), rows - start)
         part = {k: v[:n] for k, v in chunk.items()}
-        refs.append(replay.add_batch.remote(*part.values()) if naive else replay.add_batch.remote(**part))
+        if kind == "torchrl":
+            replay.extend(torchrl_ray_buffer.tensordict(part))
+            continue
+        refs.append(replay.add_batch.remote(*part.values()) if kind == "naive" else replay.add_batch.remote(**part))
         if len(refs) >= 2:
             ray.get(refs.pop(0))
     ray.get(refs)
 
 
-def run_dist1(naive: bool, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = 8192, prefetch: int = 2,
-              **coordinator_options: Any) -> dict[str, Any]:
-    """One DIST-1 run; every actor it creates is killed at the end."""
-    if naive:
+def actor_pid(actor: Any) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def create_replay(kind: str, num_shards: int = 2, **coordinator_options: Any) -> tuple[Any, Any, list[int]]:
+    """(owner, handle for writers and learner, pids of the replay's processes)."""
+    if kind == "naive":
         replay = NaiveReplay.remote(CAPACITY)
-        pids = [ray.get(replay.pid.remote())]
-    else:
-        replay = ReplayCoordinator.remote(
-            capacity=CAPACITY, num_shards=num_shards, buffer_type="prioritized", alpha=0.6, beta=0.4, schema=SCHEMA, seed=0, collect_stats=False,
-            **coordinator_options,
-        )
-        pids = []
-    prefill(replay, naive, prefill_rows)
-    if not naive:
-        replicas = ray.get(replay.shard_handles.remote()) + ray.get(replay.backup_handles.remote())
-        shard_pids = ray.get([s.__ray_call__.remote(lambda self: os.getpid()) for s in replicas])
-        pids += shard_pids + [ray.get(replay.__ray_call__.remote(lambda self: os.getpid()))]
-    writers = [Writer.remote(replay, naive, i, batch_rows) for i in range(2)]
-    learner = Learner.remote(replay, naive, prefetch)
+        return replay, replay, [actor_pid(replay)]
+    if kind == "torchrl":
+        owner = torchrl_ray_buffer.create(CAPACITY, ALPHA, BETA, EPS)
+        return owner, owner.client(), [actor_pid(owner._rb)]  # _rb: the actor, read for its pid only
+    replay = ReplayCoordinator.remote(
+        capacity=CAPACITY, num_shards=num_shards, buffer_type="prioritized", alpha=ALPHA, beta=BETA, schema=SCHEMA, seed=0,
+        collect_stats=False, **coordinator_options,
+    )
+    ray.get(replay.size.remote())
+    replicas = ray.get(replay.shard_handles.remote()) + ray.get(replay.backup_handles.remote())
+    return replay, replay, [actor_pid(a) for a in [*replicas, replay]]
+
+
+def close_replay(kind: str, owner: Any) -> None:
+    if kind == "torchrl":
+        owner.close()
+        return
+    if kind == "ray_replay":
+        ray.get(owner.shutdown.remote())
+    ray.kill(owner)
+
+
+def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = 8192, prefetch: int = 2,
+              num_writers: int = 2, **coordinator_options: Any) -> dict[str, Any]:
+    """One DIST-1 run; every actor it creates is killed at the end."""
+    owner, replay, pids = create_replay(kind, num_shards, **coordinator_options)
+    prefill(replay, kind, prefill_rows)
+    writers = [Writer.remote(replay, kind, i, batch_rows) for i in range(num_writers)]
+    learner = Learner.remote(replay, kind, prefetch)
     pids += ray.get([a.pid.remote() for a in [*writers, learner]])
     start_at = time.time() + 1.0
     cpu0 = sum(cpu_seconds(p) for p in pids)
@@ -204,34 +241,37 @@ def run_dist1(naive: bool, seconds: float, prefill_rows: int, num_shards: int = 
         "cpu_us_per_transition": cpu * 1e6 / (inserted + result["rows"]),
         "overrun_s": elapsed - seconds,
     }
-    if not naive:
-        shards = ray.get(replay.stats.remote())["shards"]
-        out["shard_sizes"] = [s["size"] for s in shards]
-        ray.get(replay.shutdown.remote())
-    for actor in [*writers, learner, replay]:
+    if kind == "ray_replay":
+        out["shard_sizes"] = [s["size"] for s in ray.get(owner.stats.remote())["shards"]]
+    for actor in [*writers, learner]:
         ray.kill(actor)
+    close_replay(kind, owner)
     return out
 
 
-def single_adds(naive: bool, seconds: float) -> float:
-    """Single-transition add.remote calls per second from the driver, up to 1000 in flight."""
-    replay = NaiveReplay.remote(CAPACITY) if naive else ReplayCoordinator.remote(capacity=CAPACITY, num_shards=2, buffer_type="prioritized", schema=SCHEMA)
-    row = {k: v[0] for k, v in make_rows(1, 0).items()}
-    args = tuple(row.values())
-    ray.get(replay.add.remote(*args))
-    calls, window, end = 0, [], time.perf_counter() + seconds
+def single_adds(kind: str, seconds: float) -> float:
+    """Single-transition add calls per second from the driver: add.remote with up to 1000 in flight;
+    TorchRL's client waits for the reply of each add."""
+    owner, replay, _ = create_replay(kind)
+    if kind == "torchrl":
+        one = torchrl_ray_buffer.tensordict(make_rows(1, 0))[0]
+        add = lambda: replay.add(one)  # noqa: E731
+    else:
+        row = tuple(v[0] for v in make_rows(1, 0).values())
+        add = lambda: replay.add.remote(*row)  # noqa: E731
+    calls, window = 0, []
     start = time.perf_counter()
-    while time.perf_counter() < end:
-        window.append(replay.add.remote(*args))
+    while time.perf_counter() < start + seconds:
+        result = add()
         calls += 1
-        if len(window) >= 1000:
-            ray.get(window[:500])
-            del window[:500]
+        if isinstance(result, ray.ObjectRef):
+            window.append(result)
+            if len(window) >= 1000:
+                ray.get(window[:500])
+                del window[:500]
     ray.get(window)
     rate = calls / (time.perf_counter() - start)
-    if not naive:
-        ray.get(replay.shutdown.remote())
-    ray.kill(replay)
+    close_replay(kind, owner)
     return rate
 
 
@@ -242,13 +282,17 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+PEER_LABELS = {"naive": "naive actor", "torchrl": torchrl_ray_buffer.NAME}
+
+
 def markdown(results: dict[str, Any]) -> str:
-    ours, naive = results["ray_replay"], results["naive"]
+    ours = results["ray_replay"]
+    peers = [name for name in PEER_LABELS if name in results]
     lines = [
         "### DIST-1 (medians of %d runs, %.0f s each after a %s-row prefill)" % (results["repeats"], results["seconds"], f"{results['prefill']:,}"),
         "",
-        "| metric | ray_replay | naive actor | ratio | target | met |",
-        "|---|---|---|---|---|---|",
+        "| metric | ray_replay | " + " | ".join(f"{PEER_LABELS[p]} | ratio" for p in peers) + " | target | met |",
+        "|---|---|" + "---|---|" * len(peers) + "---|---|",
     ]
     rows = [
         ("inserted/s", "inserted_per_s", "{:,.0f}", True),
@@ -256,41 +300,59 @@ def markdown(results: dict[str, Any]) -> str:
         ("sample p50 (ms)", "sample_p50_ms", "{:.2f}", False),
         ("sample p99 (ms)", "sample_p99_ms", "{:.2f}", False),
         ("CPU-us per transition", "cpu_us_per_transition", "{:.2f}", False),
-        ("single add.remote calls/s", "single_add_per_s", "{:,.0f}", True),
+        ("single add calls/s", "single_add_per_s", "{:,.0f}", True),
     ]
     for label, key, fmt, higher in rows:
-        a, b = ours[key], naive[key]
-        ratio = (a / b if higher else b / a) if a and b else float("nan")
+        a = ours[key]
+        cells = []
+        for peer in peers:
+            b = results[peer][key]
+            ratio = (a / b if higher else b / a) if a and b else float("nan")
+            verdict = f"{ratio:.1f}x better" if ratio >= 1 else f"{1 / ratio:.1f}x worse"
+            cells.append(f"{fmt.format(b)} | {verdict}")
         target = TARGETS.get(key)
         met = "" if target is None else ("yes" if (a >= target if higher else a <= target) else "**no**")
         tgt = "" if target is None else (f">= {target:,}" if higher else f"<= {target}")
-        lines.append(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {ratio:.1f}x better | {tgt} | {met} |")
+        lines.append(f"| {label} | {fmt.format(a)} | " + " | ".join(cells) + f" | {tgt} | {met} |")
     return "\n".join(lines) + "\n"
 
 
 def cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
-    """DIST-1 with 1, 2, 4 shards on a simulated 4-node cluster (head + 3 workers, 1 CPU each)."""
+    """DIST-1 on a simulated 4-node cluster (head + 3 workers, 1 CPU each): 1, 2, 4 shards with 2
+    writers, then 1 and 4 writers with 4 shards."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster()
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"shards": {}, "writers": {}, "writers_with_shards": 4}
+
+    def measure(table: str, key: int, **options: Any) -> dict[str, Any]:
+        runs = [run_dist1("ray_replay", args.seconds, args.prefill, **options) for _ in range(args.repeats)]
+        r = results[table][str(key)] = median_of(runs)
+        print(f"{options}: {r['inserted_per_s']:,.0f} inserted/s, {r['sampled_per_s']:,.0f} sampled/s, "
+              f"{r['cpu_us_per_transition']:.2f} CPU-us/transition", flush=True)
+        return r
+
     try:
         for _ in range(4):
             cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK, include_dashboard=False, object_store_memory=300 * 1024**2)
         init_ray(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
         for shards in (1, 2, 4):
-            runs = [run_dist1(False, args.seconds, args.prefill, num_shards=shards) for _ in range(args.repeats)]
-            results[str(shards)] = median_of(runs)
-            r = results[str(shards)]
-            print(f"{shards} shard(s): {r['inserted_per_s']:,.0f} inserted/s, {r['sampled_per_s']:,.0f} sampled/s, "
-                  f"{r['cpu_us_per_transition']:.2f} CPU-us/transition", flush=True)
+            measure("shards", shards, num_shards=shards)
+        results["writers"]["2"] = results["shards"]["4"]
+        for writers in (1, 4):
+            measure("writers", writers, num_shards=4, num_writers=writers)
+        results["writers"] = dict(sorted(results["writers"].items(), key=lambda kv: int(kv[0])))
     finally:
         ray.shutdown()
         cluster.shutdown()
-    lines = ["### DIST-1 on a simulated 4-node cluster", "", "| shards | inserted/s | sampled/s | p50 ms | CPU-us per transition |", "|---|---|---|---|---|"]
-    for shards, r in results.items():
-        lines.append(f"| {shards} | {r['inserted_per_s']:,.0f} | {r['sampled_per_s']:,.0f} | {r['sample_p50_ms']:.2f} | {r['cpu_us_per_transition']:.2f} |")
-    print("\n".join(lines))
+    lines = ["### DIST-1 on a simulated 4-node cluster", ""]
+    for table, label in (("shards", "shards (2 writers)"), ("writers", "writers (4 shards)")):
+        lines += [f"| {label} | inserted/s | sampled/s | p50 ms | CPU-us per transition |", "|---|---|---|---|---|"]
+        for key, r in results[table].items():
+            lines.append(f"| {key} | {r['inserted_per_s']:,.0f} | {r['sampled_per_s']:,.0f} | {r['sample_p50_ms']:.2f} | {r['cpu_us_per_transition']:.2f} |")
+        lines.append("")
+    results["markdown"] = "\n".join(lines)
+    print(results["markdown"])
     return results
 
 
@@ -311,7 +373,7 @@ def durability_mode(args: argparse.Namespace) -> dict[str, Any]:
                 options = dict(options)
                 if "checkpoint_every_s" in options:
                     options["checkpoint_dir"] = os.path.join(folder, f"{rep}-{len(runs[name])}-{name.split()[0]}")
-                r = run_dist1(False, args.seconds, args.prefill, batch_rows=args.batch_rows, **options)
+                r = run_dist1("ray_replay", args.seconds, args.prefill, batch_rows=args.batch_rows, **options)
                 runs[name].append(r)
                 print(f"[{rep + 1}/{args.repeats}] {name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items() if isinstance(v, float)), flush=True)
     results = {name: median_of(rs) for name, rs in runs.items()}
@@ -335,20 +397,29 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window of each run")
     parser.add_argument("--prefill", type=int, default=CAPACITY, help="rows inserted before the window")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (medians reported)")
-    parser.add_argument("--quick", action="store_true", help="4 s windows, 200K prefill, 1 repeat")
-    parser.add_argument("--cluster", action="store_true", help="1, 2, 4 shards on a simulated multi-node cluster")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="4 s windows, 200K prefill, 1 repeat")
+    mode.add_argument("--smoke", action="store_true", help="1 s windows, 20K prefill, 1 repeat: for the test suite")
+    parser.add_argument("--cluster", action="store_true", help="1, 2, 4 shards and 1, 2, 4 writers on a simulated multi-node cluster")
     parser.add_argument("--durability", action="store_true", help="plain vs checkpoints vs replication_factor=2")
     parser.add_argument("--batch-rows", type=int, default=8192, help="ReplayClient batch_rows of the writers")
     parser.add_argument("--out", default=str(HERE / "results" / "distributed.json"))
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.prefill, args.repeats = 4.0, 200_000, 1
+    if args.smoke:
+        args.seconds, args.prefill, args.repeats = 1.0, 20_000, 1
     results: dict[str, Any] = {"machine": machine_info(), "seconds": args.seconds, "prefill": args.prefill, "repeats": args.repeats, "batch_rows": args.batch_rows}
     if args.cluster:
         results["cluster"] = cluster_mode(args)
         write_json(results, Path(args.out).with_name("distributed_cluster.json"))
+        Path(args.out).with_name("distributed_cluster.md").write_text(results["cluster"]["markdown"], encoding="utf-8")
         return 0
-    init_ray(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
+    runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": _pythonpath()}}
+    torchrl_ok, torchrl_detail = torchrl_ray_buffer.available()
+    if torchrl_ok and not args.durability:
+        runtime_env["worker_process_setup_hook"] = torchrl_ray_buffer.WORKER_SETUP_HOOK
+    init_ray(num_cpus=4, include_dashboard=False, runtime_env=runtime_env)
     if args.durability:
         try:
             results["durability"] = durability_mode(args)
@@ -358,11 +429,17 @@ def main() -> int:
         Path(args.out).with_name("distributed_durability.md").write_text(results["durability"]["markdown"], encoding="utf-8")
         return 0
     try:
-        runs: dict[str, list[dict[str, Any]]] = {"ray_replay": [], "naive": []}
-        for rep in range(args.repeats):  # interleaved, so load spikes fall on both alike
-            for name in ("ray_replay", "naive"):
-                r = run_dist1(name == "naive", args.seconds, args.prefill, batch_rows=args.batch_rows)
-                r["single_add_per_s"] = single_adds(name == "naive", min(args.seconds, 5.0))
+        kinds = ["ray_replay", "naive"]
+        if torchrl_ok:
+            kinds.append("torchrl")
+            results["torchrl_version"] = torchrl_detail
+        else:
+            print(f"{torchrl_ray_buffer.NAME} not measured: {torchrl_detail}", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in kinds}
+        for rep in range(args.repeats):  # interleaved, so load spikes fall on all alike
+            for name in kinds:
+                r = run_dist1(name, args.seconds, args.prefill, batch_rows=args.batch_rows)
+                r["single_add_per_s"] = single_adds(name, min(args.seconds, 5.0))
                 runs[name].append(r)
                 print(f"[{rep + 1}/{args.repeats}] {name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items() if isinstance(v, float)), flush=True)
         for name, rs in runs.items():

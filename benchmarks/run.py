@@ -1,18 +1,19 @@
 """``make bench``: every benchmark in one run, with progress and an estimate of the time left.
 
-    python benchmarks/run.py [--quick] [--skip NAME ...]
+    python benchmarks/run.py [--quick | --smoke] [--skip NAME ...] [--results DIR]
 
 Steps (each writes JSON and Markdown under benchmarks/results/):
   local        ray_replay beside numpy ring, deque, cpprb, TorchRL and a numpy sum tree; includes the C++ benchmark
   batch_sizes  sample latency per call vs batch size (ray_replay uniform and prioritized, numpy ring)
   atari        Atari-sized observations with and without dedup, beside a numpy ring and cpprb
   persistence  save / load throughput beside np.save / np.load
-  distributed  DIST-1 on Ray: ReplayCoordinator/ReplayClient vs a naive numpy actor
-  scaling      DIST-1 with 1, 2 and 4 shards on a simulated 4-node cluster (full mode only)
+  distributed  DIST-1 on Ray: ReplayCoordinator/ReplayClient vs a naive numpy actor and TorchRL's RayReplayBuffer
+  scaling      DIST-1 with 1, 2, 4 shards and 1, 2, 4 writers on a simulated 4-node cluster (full mode only)
   durability   DIST-1 plain, with shard checkpoints, with replication_factor=2 (full mode only)
   rllib        DQN on CartPole with RLlib's buffer vs ray_replay (full mode only: ~1 hour)
 Then it draws the plots (PNG, matplotlib) and writes benchmarks/results/summary.md.
---quick takes under 2 minutes on a 2-core machine; the full run about 15 minutes plus RLlib.
+--quick takes under 2 minutes on a 2-core machine; the full run about 15 minutes plus RLlib. --smoke
+runs every step but rllib at tiny sizes (figures meaningless; about 3 minutes), for the test suite.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = HERE / "results"  # the default of --results
 sys.path.insert(0, str(HERE))
 
 from baselines.numpy_ring import NumpyRing  # noqa: E402
@@ -53,13 +54,14 @@ def progress(step: int, steps: list[tuple[str, float]], started: float) -> None:
           flush=True)
 
 
-def run_script(script: str, *args: str) -> None:
-    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
+def run_script(script: str, *args: str, out: Path) -> None:
+    subprocess.run([sys.executable, str(HERE / script), *args, "--out", str(out)], check=True)
 
 
-def batch_size_sweep(quick: bool) -> dict[str, Any]:
-    """Median sample latency (us) per batch size, in one process, from full buffers (1,000,000 rows; 200,000 with --quick)."""
-    capacity = 200_000 if quick else 1_000_000
+def batch_size_sweep(mode: str, results: Path) -> dict[str, Any]:
+    """Median sample latency (us) per batch size, in one process, from full buffers (1,000,000 rows;
+    200,000 with --quick, 5,000 with --smoke)."""
+    capacity = {"full": 1_000_000, "quick": 200_000, "smoke": 5_000}[mode]
     rng = np.random.default_rng(0)
     rows = {name: (rng.random((capacity, *shape)) * 10).astype(dtype) for name, (shape, dtype) in SCHEMA.items()}
     uniform = ReplayBuffer(capacity, "uniform", schema=SCHEMA, seed=0, collect_stats=False)
@@ -73,7 +75,7 @@ def batch_size_sweep(quick: bool) -> dict[str, Any]:
         "ray_replay prioritized": lambda n: prioritized.sample(n),
         "numpy ring": lambda n: ring.sample(n),
     }
-    repetitions = 30 if quick else 200
+    repetitions = {"full": 200, "quick": 30, "smoke": 3}[mode]
     result: dict[str, Any] = {"capacity": capacity, "repetitions": repetitions, "batch_sizes": list(BATCH_SIZES), "us": {},
                               "percentiles_us": {}}
     for name, sample in cases.items():
@@ -90,18 +92,18 @@ def batch_size_sweep(quick: bool) -> dict[str, Any]:
                 percentiles[key].append(float(np.percentile(times, int(key[1:]))))
         result["us"][name] = medians
         result["percentiles_us"][name] = percentiles
-    (RESULTS / "batch_sizes.json").write_text(json.dumps({"machine": machine_info(), **result}, indent=2))
+    (results / "batch_sizes.json").write_text(json.dumps({"machine": machine_info(), **result}, indent=2))
     return result
 
 
-def plots() -> list[str]:
+def plots(results: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     made = []
-    sweep = RESULTS / "batch_sizes.json"
+    sweep = results / "batch_sizes.json"
     if sweep.exists():
         data = json.loads(sweep.read_text())
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -112,7 +114,7 @@ def plots() -> list[str]:
         ax.legend()
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(RESULTS / "batch_sizes.png", dpi=110)
+        fig.savefig(results / "batch_sizes.png", dpi=110)
         made.append("batch_sizes.png")
         if "percentiles_us" in data:
             fig, ax = plt.subplots(figsize=(6, 4))
@@ -125,57 +127,60 @@ def plots() -> list[str]:
             ax.legend(fontsize=7)
             ax.grid(True, which="both", alpha=0.3)
             fig.tight_layout()
-            fig.savefig(RESULTS / "sample_percentiles.png", dpi=110)
+            fig.savefig(results / "sample_percentiles.png", dpi=110)
             made.append("sample_percentiles.png")
-    distributed = RESULTS / "distributed.json"
+    distributed = results / "distributed.json"
     if distributed.exists():
         data = json.loads(distributed.read_text())
+        names = [n for n in ("ray_replay", "naive", "torchrl") if n in data]
+        labels = {"ray_replay": "ray_replay", "naive": "naive actor", "torchrl": "TorchRL\nRayReplayBuffer"}
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
-        names = ["ray_replay", "naive"]
-        x = np.arange(2)
+        x = np.arange(len(names))
         left.bar(x - 0.2, [data[n]["inserted_per_s"] / 1e3 for n in names], 0.4, label="inserted/s")
         left.bar(x + 0.2, [data[n]["sampled_per_s"] / 1e3 for n in names], 0.4, label="sampled/s")
-        left.set(xticks=x, xticklabels=names, ylabel="thousand transitions / s", title="DIST-1 throughput")
+        left.set(xticks=x, xticklabels=[labels[n] for n in names], ylabel="thousand transitions / s", title="DIST-1 throughput")
         left.legend()
         right.bar(x - 0.2, [data[n]["sample_p50_ms"] for n in names], 0.4, label="p50")
         right.bar(x + 0.2, [data[n]["sample_p99_ms"] for n in names], 0.4, label="p99")
-        right.set(xticks=x, xticklabels=names, ylabel="ms", title="learner-side sample latency (512)")
+        right.set(xticks=x, xticklabels=[labels[n] for n in names], ylabel="ms", title="learner-side sample latency (512)")
         right.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / "distributed.png", dpi=110)
+        fig.savefig(results / "distributed.png", dpi=110)
         made.append("distributed.png")
-    scaling = RESULTS / "distributed_cluster.json"
+    scaling = results / "distributed_cluster.json"
     if scaling.exists():
         data = json.loads(scaling.read_text())["cluster"]
-        shards = sorted(data, key=int)
-        counts = [int(s) for s in shards]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(counts, [data[s]["inserted_per_s"] / 1e3 for s in shards], marker="o", label="inserted/s (thousands)")
-        ax.plot(counts, [data[s]["sampled_per_s"] / 1e3 for s in shards], marker="^", label="sampled/s (thousands)")
-        ax.set(xlabel="shards (simulated 4-node cluster)", ylabel="thousand transitions / s", xticks=counts,
-               title="DIST-1 vs number of shards")
-        cpu = ax.twinx()
-        cpu.plot(counts, [data[s]["cpu_us_per_transition"] for s in shards], marker="s", color="tab:red", label="CPU-us per transition")
-        cpu.set(ylabel="CPU-us per transition", ylim=(0, None))
-        lines = ax.get_legend_handles_labels()
-        more = cpu.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
-        ax.grid(alpha=0.3)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, table, xlabel in zip(axes, ("shards", "writers"),
+                                     ("shards (2 writers)", f"writers ({data['writers_with_shards']} shards)")):
+            runs = data[table]
+            counts = [int(k) for k in runs]
+            ax.plot(counts, [r["inserted_per_s"] / 1e3 for r in runs.values()], marker="o", label="inserted/s (thousands)")
+            ax.plot(counts, [r["sampled_per_s"] / 1e3 for r in runs.values()], marker="^", label="sampled/s (thousands)")
+            ax.set(xlabel=f"{xlabel}, simulated 4-node cluster", ylabel="thousand transitions / s", xticks=counts,
+                   title=f"DIST-1 vs number of {table}")
+            cpu = ax.twinx()
+            cpu.plot(counts, [r["cpu_us_per_transition"] for r in runs.values()], marker="s", color="tab:red", label="CPU-us per transition")
+            cpu.set(ylabel="CPU-us per transition", ylim=(0, None))
+            lines, more = ax.get_legend_handles_labels(), cpu.get_legend_handles_labels()
+            ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
+            ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(RESULTS / "scaling.png", dpi=110)
+        fig.savefig(results / "scaling.png", dpi=110)
         made.append("scaling.png")
     plt.close("all")
     return made
 
 
-def summary(made: list[str]) -> None:
+def summary(made: list[str], results: Path) -> None:
     parts = ["# Benchmark results", ""]
-    for name in ("local.md", "atari.md", "persistence.md", "distributed.json", "distributed_durability.md", "rllib_dqn.md"):
-        path = RESULTS / name
+    for name in ("local.md", "atari.md", "persistence.md", "distributed.json", "distributed_cluster.md", "distributed_durability.md",
+                 "rllib_dqn.md"):
+        path = results / name
         if path.exists():
             parts.append(json.loads(path.read_text())["markdown"] if name.endswith(".json") else path.read_text())
             parts.append("")
-    sweep = RESULTS / "batch_sizes.json"
+    sweep = results / "batch_sizes.json"
     if sweep.exists():
         data = json.loads(sweep.read_text())
         parts += ["### sample latency vs batch size (median us per call)", "",
@@ -184,39 +189,53 @@ def summary(made: list[str]) -> None:
         parts += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for name, values in data["us"].items()]
         parts.append("")
     parts += [f"![{name}]({name})" for name in made]
-    (RESULTS / "summary.md").write_text("\n".join(parts) + "\n")
+    (results / "summary.md").write_text("\n".join(parts) + "\n")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short runs: under 2 minutes in all")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="short runs: under 2 minutes in all")
+    mode.add_argument("--smoke", action="store_true", help="every step but rllib at tiny sizes, for the test suite")
     parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out (local, batch_sizes, atari, persistence, distributed, scaling, durability, rllib)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where JSON, Markdown and plots go")
     args = parser.parse_args()
-    RESULTS.mkdir(exist_ok=True)
-    quick = ["--quick"] if args.quick else []
+    results: Path = args.results
+    results.mkdir(parents=True, exist_ok=True)
+    name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    short = {"full": [], "quick": ["--quick"], "smoke": ["--smoke"]}[name]
+
+    def script(file: str, *options: str, out: str) -> Any:
+        return lambda: run_script(file, *options, out=results / out)
+
     plan: list[tuple[str, float, Any]] = [
-        ("local", 12 if args.quick else 60, lambda: run_script("local.py", *quick)),
-        ("batch_sizes", 10 if args.quick else 40, lambda: batch_size_sweep(args.quick)),
-        ("atari", 10 if args.quick else 60, lambda: run_script("atari.py", *quick)),
-        ("persistence", 5 if args.quick else 20, lambda: run_script("persistence.py", *quick)),
-        ("distributed", 60 if args.quick else 180, lambda: run_script("distributed.py", *quick)),
+        ("local", {"full": 60, "quick": 12, "smoke": 5}[name], script("local.py", *short, *(["--no-cpp"] if args.smoke else []), out="local.json")),
+        ("batch_sizes", {"full": 40, "quick": 10, "smoke": 1}[name], lambda: batch_size_sweep(name, results)),
+        ("atari", {"full": 60, "quick": 10, "smoke": 5}[name], script("atari.py", *short, out="atari.json")),
+        ("persistence", {"full": 20, "quick": 5, "smoke": 2}[name], script("persistence.py", *short, out="persistence.json")),
+        ("distributed", {"full": 240, "quick": 90, "smoke": 60}[name], script("distributed.py", *short, out="distributed.json")),
     ]
-    if not args.quick:
+    if name == "full":
         plan += [
-            ("scaling", 300, lambda: run_script("distributed.py", "--cluster", "--seconds", "10", "--prefill", "200000", "--repeats", "1")),
-            ("durability", 240, lambda: run_script("distributed.py", "--durability", "--seconds", "10", "--prefill", "200000", "--repeats", "2")),
-            ("rllib", 3600, lambda: run_script("rllib_dqn.py")),
+            ("scaling", 360, script("distributed.py", "--cluster", "--seconds", "10", "--prefill", "200000", "--repeats", "1", out="distributed.json")),
+            ("durability", 240, script("distributed.py", "--durability", "--seconds", "10", "--prefill", "200000", "--repeats", "2", out="distributed.json")),
+            ("rllib", 3600, script("rllib_dqn.py", out="")),
+        ]
+    elif name == "smoke":  # RLlib's training has its own test (tests/test_rllib.py)
+        plan += [
+            ("scaling", 60, script("distributed.py", "--cluster", "--smoke", out="distributed.json")),
+            ("durability", 45, script("distributed.py", "--durability", "--smoke", out="distributed.json")),
         ]
     plan = [step for step in plan if step[0] not in args.skip]
-    steps = [(name, seconds) for name, seconds, _ in plan]
+    steps = [(step, seconds) for step, seconds, _ in plan]
     started = time.monotonic()
-    for i, (name, _, run) in enumerate(plan):
+    for i, (_, _, run) in enumerate(plan):
         progress(i, steps, started)
         run()
     progress(len(plan), steps, started)
-    made = plots()
-    summary(made)
-    print(f"wrote {RESULTS / 'summary.md'} and {', '.join(made)} in {time.monotonic() - started:.0f} s")
+    made = plots(results)
+    summary(made, results)
+    print(f"wrote {results / 'summary.md'} and {', '.join(made)} in {time.monotonic() - started:.0f} s")
     return 0
 
 

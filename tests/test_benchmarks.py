@@ -1,9 +1,11 @@
-"""The local benchmark harness in smoke mode (tiny sizes, seconds): valid JSON with the expected keys,
-and Markdown tables with ratio columns. Content only; timings are never asserted."""
+"""The benchmark harness (``make bench``'s runner) in smoke mode, every step but RLlib at tiny sizes:
+valid JSON with the expected keys, Markdown tables with ratio columns, PNG plots. Content only;
+timings are never asserted."""
 
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -11,31 +13,38 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL = ROOT / "benchmarks" / "local.py"
+RUNNER = ROOT / "benchmarks" / "run.py"
 
 GROUPS = {"add", "add_batch", "sample", "per_sample_update", "per_sample", "per_update"}
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
-    out = tmp_path_factory.mktemp("bench") / "local.json"
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(results folder, stdout) of one ``run.py --smoke`` (its Ray runs in its own processes)."""
+    results = tmp_path_factory.mktemp("results")
     done = subprocess.run(
-        [sys.executable, str(LOCAL), "--smoke", "--no-cpp", "--out", str(out)],
+        [sys.executable, str(RUNNER), "--smoke", "--results", str(results)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
         cwd=tmp_path_factory.mktemp("cwd"),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    data = json.loads(out.read_text(encoding="utf-8"))
-    markdown = out.with_suffix(".md").read_text(encoding="utf-8")
-    return data, markdown, done.stdout
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return results, done.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_run(bench_run) -> tuple[dict, str, str]:
+    results, stdout = bench_run
+    data = json.loads((results / "local.json").read_text(encoding="utf-8"))
+    markdown = (results / "local.md").read_text(encoding="utf-8")
+    return data, markdown, stdout
 
 
 def test_json_has_machine_workloads_and_results(smoke_run) -> None:
     data, _, _ = smoke_run
     assert data["mode"] == "smoke"
-    for key in ("cpu_model", "logical_cpus", "python", "numpy", "ray_replay"):
+    for key in ("cpu_model", "logical_cpus", "python", "numpy", "ray", "ray_replay"):
         assert data["machine"][key], key
     work = data["workloads"]
     assert work["transition"]["state"] == {"shape": [8], "dtype": "float32"}
@@ -95,11 +104,8 @@ def test_markdown_tables_with_ratio_and_target_columns(smoke_run) -> None:
             assert verdict["target"]
 
 
-def test_atari_benchmark_smoke_run_measures_every_implementation(tmp_path: Path) -> None:
-    out = tmp_path / "atari.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "atari.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_atari_benchmark_measures_every_implementation(bench_run) -> None:
+    out = bench_run[0] / "atari.json"
     data = json.loads(out.read_text(encoding="utf-8"))
     expected = {"numpy ring", "ray_replay", "ray_replay next_state dedup", "ray_replay frame-stack dedup"}
     assert expected <= set(data["results"])
@@ -119,11 +125,8 @@ def test_ray_replay_bench_finds_the_checkouts_runner_or_says_why_not(tmp_path: P
     assert "run it from a ray_replay source checkout" in done.stderr
 
 
-def test_persistence_benchmark_smoke_run(tmp_path: Path) -> None:
-    out = tmp_path / "persistence.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "persistence.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_persistence_benchmark_measures_save_and_load(bench_run) -> None:
+    out = bench_run[0] / "persistence.json"
     data = json.loads(out.read_text(encoding="utf-8"))
     assert set(data["results"]) == {"ray_replay save", "ray_replay load", "np.save", "np.load"}
     assert all(r["gb_per_s"] > 0 for r in data["results"].values())
@@ -143,3 +146,54 @@ def test_torchrl_measured_or_skipped_with_a_note(smoke_run) -> None:
     else:
         assert "torchrl PER" in data["results"]["per_sample_update"]["implementations"]
         assert "| vs torchrl PER |" in markdown
+
+
+def test_distributed_benchmark_measures_ray_replay_beside_its_peers(bench_run) -> None:
+    results, stdout = bench_run
+    data = json.loads((results / "distributed.json").read_text(encoding="utf-8"))
+    assert data["machine"]["ray"] and data["seconds"] == 1.0
+    peers = ["naive"] if "torchrl_version" not in data else ["naive", "torchrl"]
+    if "torchrl_version" not in data:
+        assert "torchrl RayReplayBuffer not measured" in stdout
+    metrics = ("inserted_per_s", "sampled_per_s", "sample_p50_ms", "cpu_us_per_transition", "single_add_per_s")
+    for name in ["ray_replay", *peers]:
+        for key in metrics:
+            assert data[name][key] > 0, (name, key)
+    assert sum(data["ray_replay"]["runs"][0]["shard_sizes"]) >= data["prefill"]
+    header = data["markdown"].splitlines()[2]
+    assert header.startswith("| metric | ray_replay | naive actor | ratio |") and header.endswith("| target | met |")
+    assert ("| torchrl RayReplayBuffer | ratio |" in header) == ("torchrl" in peers)
+
+
+def test_cluster_and_durability_runs_cover_every_configuration(bench_run) -> None:
+    results, _ = bench_run
+    cluster = json.loads((results / "distributed_cluster.json").read_text(encoding="utf-8"))["cluster"]
+    assert list(cluster["shards"]) == ["1", "2", "4"] and list(cluster["writers"]) == ["1", "2", "4"]
+    for table in ("shards", "writers"):
+        assert all(r["inserted_per_s"] > 0 and r["sampled_per_s"] > 0 for r in cluster[table].values()), table
+    durability = json.loads((results / "distributed_durability.json").read_text(encoding="utf-8"))["durability"]
+    for name in ("plain", "checkpoints every 1 s", "replication_factor=2", "both"):
+        assert durability[name]["inserted_per_s"] > 0, name
+        assert f"| {name} |" in durability["markdown"], name
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's signature and IHDR chunk; raises if the file is not a PNG."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", path
+    return struct.unpack(">II", head[16:24])
+
+
+def test_plots_and_summary_are_written(bench_run) -> None:
+    results, stdout = bench_run
+    plots = ("batch_sizes.png", "sample_percentiles.png", "distributed.png", "scaling.png")
+    for name in plots:
+        width, height = png_size(results / name)
+        assert width >= 400 and height >= 300, name
+        assert (results / name).stat().st_size > 10_000, name  # axes, lines and labels, not an empty canvas
+    summary = (results / "summary.md").read_text(encoding="utf-8")
+    for title in ("### (a) add one transition per call", "### DIST-1 (medians", "### DIST-1 on a simulated 4-node cluster",
+                  "### DIST-1 with durability", "### sample latency vs batch size"):
+        assert title in summary, title
+    assert all(f"![{name}]({name})" in summary for name in plots)
+    assert "wrote" in stdout and "left" in stdout  # the progress line's time left

@@ -42,7 +42,7 @@ FIELDS = ("state", "action", "reward", "next_state", "done")
 _loaded: tuple[bool, str] | None = None
 
 
-def _load_extension() -> str:
+def load_extension() -> str:
     """Loads ``torchrl._torchrl`` before torchrl itself; lazily bound if an eager load fails."""
     spec = importlib.util.find_spec("torchrl")
     if spec is None or not spec.submodule_search_locations:
@@ -77,7 +77,7 @@ def available() -> tuple[bool, str]:
     if _loaded is not None:
         return _loaded
     try:
-        how = "" if "torchrl" in sys.modules else _load_extension()
+        how = "" if "torchrl" in sys.modules else load_extension()
         import tensordict  # noqa: F401
         import torchrl  # noqa: F401
         from torchrl.data import LazyTensorStorage, PrioritizedReplayBuffer, RandomSampler, ReplayBuffer  # noqa: F401
