@@ -17,7 +17,8 @@ beta 0.4) and updates the priorities of every batch; capacity 1,000,000 (2 shard
 Reported: inserted/s and sampled/s (rows), learner-side sample latency p50/p99, and CPU-us per
 transition = CPU time (user+sys, from /proc) of every process of the workload (writers, learner,
 shards, coordinator or naive actor) during the window / (rows inserted + rows sampled). Also
-single-transition ``add.remote(...)`` calls/s from the driver (window of 1000 calls in flight).
+single-transition ``add.remote(...)`` calls/s from the driver (window of 1000 calls in flight; 5 s,
+2 s with --quick).
 ``--cluster`` instead runs DIST-1 with 1, 2 and 4 shards (2 writers), then with 1 and 4 writers (4
 shards), on a simulated 4-node Ray Cluster and reports throughput and CPU-us per transition. ``--durability`` runs ray_replay's DIST-1 plain, with shard checkpoints
 every second (to a temporary folder on the local disk), with replication_factor=2, and with both,
@@ -409,6 +410,7 @@ def main() -> int:
         args.seconds, args.prefill, args.repeats = 4.0, 200_000, 1
     if args.smoke:
         args.seconds, args.prefill, args.repeats = 1.0, 20_000, 1
+    single_add_seconds = 2.0 if args.quick else min(args.seconds, 5.0)
     results: dict[str, Any] = {"machine": machine_info(), "seconds": args.seconds, "prefill": args.prefill, "repeats": args.repeats, "batch_rows": args.batch_rows}
     if args.cluster:
         results["cluster"] = cluster_mode(args)
@@ -439,7 +441,7 @@ def main() -> int:
         for rep in range(args.repeats):  # interleaved, so load spikes fall on all alike
             for name in kinds:
                 r = run_dist1(name, args.seconds, args.prefill, batch_rows=args.batch_rows)
-                r["single_add_per_s"] = single_adds(name, min(args.seconds, 5.0))
+                r["single_add_per_s"] = single_adds(name, single_add_seconds)
                 runs[name].append(r)
                 print(f"[{rep + 1}/{args.repeats}] {name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items() if isinstance(v, float)), flush=True)
         for name, rs in runs.items():

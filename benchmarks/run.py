@@ -48,7 +48,7 @@ def progress(step: int, steps: list[tuple[str, float]], started: float) -> None:
     pace = elapsed / planned_done if planned_done else 1.0
     left = (planned_total - planned_done) * pace
     width = 30
-    filled = int(width * planned_done / planned_total)
+    filled = int(width * planned_done / planned_total) if planned_total else width  # every step skipped: plots only
     name = steps[step][0] if step < len(steps) else "plots"
     print(f"[{'#' * filled}{'.' * (width - filled)}] {step}/{len(steps)} {name:<12} elapsed {elapsed:5.0f} s, ~{left:4.0f} s left",
           flush=True)
@@ -209,11 +209,11 @@ def main() -> int:
         return lambda: run_script(file, *options, out=results / out)
 
     plan: list[tuple[str, float, Any]] = [
-        ("local", {"full": 60, "quick": 12, "smoke": 5}[name], script("local.py", *short, *(["--no-cpp"] if args.smoke else []), out="local.json")),
+        ("local", {"full": 60, "quick": 22, "smoke": 5}[name], script("local.py", *short, *(["--no-cpp"] if args.smoke else []), out="local.json")),
         ("batch_sizes", {"full": 40, "quick": 10, "smoke": 1}[name], lambda: batch_size_sweep(name, results)),
-        ("atari", {"full": 60, "quick": 10, "smoke": 5}[name], script("atari.py", *short, out="atari.json")),
+        ("atari", {"full": 60, "quick": 16, "smoke": 5}[name], script("atari.py", *short, out="atari.json")),
         ("persistence", {"full": 20, "quick": 5, "smoke": 2}[name], script("persistence.py", *short, out="persistence.json")),
-        ("distributed", {"full": 240, "quick": 90, "smoke": 60}[name], script("distributed.py", *short, out="distributed.json")),
+        ("distributed", {"full": 240, "quick": 65, "smoke": 60}[name], script("distributed.py", *short, out="distributed.json")),
     ]
     if name == "full":
         plan += [
