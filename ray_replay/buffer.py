@@ -177,6 +177,8 @@ class ReplayBuffer(_core.NativeReplayBuffer):
 
 
 def _restore(cls: type[ReplayBuffer], state: dict[str, Any], storage_dir: str | os.PathLike[str] | None = None) -> ReplayBuffer:
+    if "newest_rows" in state:
+        raise ValueError("this state is a checkpoint increment (the newest rows only): apply it to its checkpoint first")
     schema = {name: (tuple(shape), dtype) for name, shape, dtype in state["schema"]} or None
     buffer = cls(
         state["capacity"],

@@ -3,7 +3,8 @@
 Layout (all integers little-endian)::
 
     offset 0   8 bytes   magic b"RRBUF\\x00\\r\\n" (the CR/LF catch text-mode mangling)
-    offset 8   uint32    format version (2; version 1 files, without dedup, are read too)
+    offset 8   uint32    format version (2; 3 for a checkpoint increment; version 1 files, without
+                         dedup, are read too)
     offset 12  uint32    header length H (at most 1 MiB)
     offset 16  uint32    CRC-32 of the header
     offset 20  H bytes   header: UTF-8 JSON (configuration, schema, counters, random state and,
@@ -14,6 +15,11 @@ Layout (all integers little-endian)::
                          Dedup buffers store whole observations here and deduplicate again on load.
                          The metadata file of a storage_dir buffer ("columns_external": true in the
                          header) has no column sections: its rows stay in the folder's column files.
+
+A checkpoint increment (version 3, "increment": {"size": S} in the header) holds only the newest
+"rows" rows of a buffer that held S rows (and their streams), with the counters, the random state and
+the priority masses of all S rows: applied to the buffer's previous checkpoint it gives the buffer's
+state (see ray_replay.distributed.checkpoint). "checkpoint_id" (optional) names a checkpoint chain.
 
 No pickle: a file is data only. Every length, offset, dtype and shape is checked against the file
 and the schema before anything is allocated or copied, so a truncated, corrupted or hostile file
@@ -33,11 +39,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "CorruptFileError", "read_state", "write_state"]
+__all__ = ["FORMAT_VERSION", "INCREMENT_VERSION", "MAGIC", "CorruptFileError", "read_state", "write_state"]
 
 MAGIC = b"RRBUF\x00\r\n"
 FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+INCREMENT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _PREAMBLE = struct.Struct("<8sIII")
 _MAX_HEADER_BYTES = 1 << 20
 _ALIGNMENT = 64
@@ -57,7 +64,7 @@ def _align(offset: int) -> int:
 
 
 def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Writes a buffer state (``ReplayBuffer.get_state()``) to ``path`` atomically."""
+    """Writes a buffer state (``ReplayBuffer.get_state()``, or an increment of one) to ``path`` atomically."""
     path = Path(path)
     arrays: list[tuple[str, np.ndarray]] = []
     external = "columns" not in state and "rows" in state  # a storage_dir buffer's metadata
@@ -75,9 +82,13 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
         header["max_priority"] = float(state["max_priority"])
         header["random"] = [int(word) for word in state["random"]]
         header["rows"] = int(state["rows"]) if external else int(len(arrays[0][1]))
+        if "newest_rows" in state:
+            header["increment"] = {"size": int(state["size"])}
         if external:
             header["columns_external"] = True
             header["first_slot"] = int(state["first_slot"])
+    if "checkpoint_id" in state:
+        header["checkpoint_id"] = str(state["checkpoint_id"])
     # Section offsets depend on the header's length, which depends on the offsets: two passes.
     sections: list[dict[str, Any]] = []
     header["sections"] = sections
@@ -91,7 +102,8 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as file:
-            file.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(encoded), zlib.crc32(encoded)))
+            version = INCREMENT_VERSION if "increment" in header else FORMAT_VERSION
+            file.write(_PREAMBLE.pack(MAGIC, version, len(encoded), zlib.crc32(encoded)))
             file.write(encoded)
             for section, (_, array) in zip(sections, arrays):
                 file.write(b"\0" * (section["offset"] - file.tell()))
@@ -135,6 +147,7 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CorruptFileError(f"{path}: header is not valid JSON ({error})") from None
     try:
+        _require((version == INCREMENT_VERSION) == ("increment" in header), f"{path}: increment header and version {version} disagree")
         return _state_from(header, view, size, str(path))
     except (KeyError, TypeError, ValueError, OverflowError) as error:
         if isinstance(error, CorruptFileError):
@@ -152,6 +165,10 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     _require(axis is None or (isinstance(axis, int) and not isinstance(axis, bool) and -64 < axis < 64), f"{path}: frame_stack_axis {axis!r}")
     capacity = state["capacity"]
     _require(isinstance(capacity, int) and 0 < capacity < 1 << 48, f"{path}: capacity {capacity!r} is out of range")
+    if "checkpoint_id" in header:
+        checkpoint_id = header["checkpoint_id"]
+        _require(isinstance(checkpoint_id, str) and 0 < len(checkpoint_id) <= 64 and checkpoint_id.isalnum(), f"{path}: checkpoint_id {checkpoint_id!r}")
+        state["checkpoint_id"] = checkpoint_id
     schema = []
     row_bytes = []
     for name, shape, dtype_text in header["schema"]:
@@ -175,7 +192,12 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     if state["next_state"] == "dedup":
         expected_names.append("__streams__")
     _require(len(sections) == len(expected_names), f"{path}: expected {len(expected_names)} sections, found {len(sections)}")
-    masses_rows = rows if state["buffer_type"] == "prioritized" else 0
+    held = rows
+    if "increment" in header:
+        held = header["increment"]["size"]
+        _require(isinstance(held, int) and rows <= held <= capacity and not external, f"{path}: increment of {rows!r} rows for size {held!r}")
+        state["newest_rows"], state["size"] = rows, held
+    masses_rows = held if state["buffer_type"] == "prioritized" else 0
     columns = {}
     for section, name, field_bytes in zip(sections, expected_names, ([] if external else row_bytes) + [8, 8]):
         _require(section["name"] == name, f"{path}: section {section['name']!r} where {name!r} was expected")

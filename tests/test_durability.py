@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import threading
 import time
@@ -69,6 +71,119 @@ def test_a_failed_checkpoint_write_is_reported_and_keeps_the_previous_file(tmp_p
     assert len(checkpoints.restore()) == 3
 
 
+CHAIN_BUFFERS = {
+    "fifo": {"buffer_type": "fifo", "on_full": "evict"},
+    "uniform": {"buffer_type": "uniform"},
+    "prioritized": {"buffer_type": "prioritized", "alpha": 0.6},
+    "lockfree": {"buffer_type": "lockfree"},
+    "prioritized dedup": {"buffer_type": "prioritized", "next_state": "dedup"},
+}
+
+
+@pytest.mark.parametrize("name", list(CHAIN_BUFFERS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_incremental_checkpoints_restore_exactly_what_was_checkpointed(tmp_path, name, seed):
+    """Random adds (some longer than the buffer), samples (a FIFO read consumes), priority updates and
+    checkpoints, with compaction every 3 increments: a fresh Checkpointer (a restarted shard) restores
+    exactly the buffer of the last checkpoint, rows, counters, priorities, streams and random state."""
+    rng = np.random.default_rng(seed)
+    buffer = ReplayBuffer(60, schema=SCHEMA, seed=seed, **CHAIN_BUFFERS[name])
+    checkpoints = Checkpointer(tmp_path / "shard.rrb", every_adds=10**9, compact_every=3)
+    added, copied = 0, []
+    for step in range(40):
+        n = int(rng.choice([1, 5, 17, 75]))
+        buffer.add_batch(**transitions(n, added), streams=int(rng.integers(2)))
+        added += n
+        checkpoints.changed(buffer, n)
+        if len(buffer) and rng.random() < 0.3:
+            batch = buffer.sample(int(rng.integers(1, 8)))
+            if "ids" in batch and name.startswith("prioritized"):
+                buffer.update_priorities(batch["ids"], rng.uniform(0.1, 3.0, len(batch["ids"])))
+        if rng.random() < 0.4:
+            checkpoints.checkpoint_now(buffer)
+            copied.append(checkpoints.stats()["checkpoint_rows_copied"])
+    checkpoints.checkpoint_now(buffer)
+    checkpoints.close()
+    stats = checkpoints.stats()
+    assert stats["checkpoint_failures"] == 0
+    assert stats["full_checkpoints_written"] < stats["checkpoints_written"]  # increments were written
+    restored = Checkpointer(tmp_path / "shard.rrb", every_adds=1).restore()
+    expected, actual = buffer.get_state(), restored.get_state()
+    for name_, column in expected["columns"].items():
+        np.testing.assert_array_equal(actual["columns"][name_], column, err_msg=name_)
+    for key in ("total_adds", "samples", "evictions", "priority_updates", "max_priority"):
+        assert actual[key] == expected[key], key
+    np.testing.assert_array_equal(actual["masses"], expected["masses"])
+    np.testing.assert_array_equal(actual["random"], expected["random"])
+    if "streams" in expected:
+        np.testing.assert_array_equal(actual["streams"], expected["streams"])
+    if len(buffer):
+        got, want = restored.sample(8), buffer.sample(8)
+        np.testing.assert_array_equal(got["action"], want["action"])
+
+
+def test_a_checkpoint_copies_only_the_rows_added_since_the_previous_one(tmp_path):
+    path = tmp_path / "shard.rrb"
+    checkpoints = Checkpointer(path, every_adds=10)
+    buffer = ReplayBuffer(10_000, "prioritized", schema=SCHEMA, seed=0)
+    buffer.add_batch(**transitions(10_000))
+    checkpoints.changed(buffer, 10_000)  # the first checkpoint is full
+    checkpoints.wait()
+    assert checkpoints.stats()["checkpoint_rows_copied"] == 10_000
+    buffer.add_batch(**transitions(12, 10_000))
+    checkpoints.changed(buffer, 12)
+    checkpoints.close()
+    stats = checkpoints.stats()
+    assert stats["checkpoints_written"] == 2 and stats["full_checkpoints_written"] == 1
+    assert stats["checkpoint_rows_copied"] == 12
+    increments = sorted(path.parent.glob("shard.rrb.*.1"))
+    assert len(increments) == 1
+    # 12 rows of 77 bytes and 10,000 masses of 8 bytes, against 10,000 rows and masses in the base.
+    assert increments[0].stat().st_size < path.stat().st_size / 5
+    with pytest.raises(ValueError, match="increment"):
+        ReplayBuffer.load(increments[0])
+    np.testing.assert_array_equal(Checkpointer(path, every_adds=1).restore().get_state()["columns"]["action"],
+                                  np.arange(12, 10_012))
+
+
+def write_chain(path) -> None:
+    """A full checkpoint of 10 rows, then two increments of 10 rows each."""
+    checkpoints = Checkpointer(path, every_adds=1)
+    buffer = ReplayBuffer(100, schema=SCHEMA)
+    for start in range(0, 30, 10):
+        buffer.add_batch(**transitions(10, start))
+        checkpoints.checkpoint_now(buffer)
+    checkpoints.close()
+
+
+def test_a_damaged_increment_fails_the_restore_instead_of_dropping_rows(tmp_path):
+    from ray_replay.persistence import CorruptFileError
+
+    path = tmp_path / "shard.rrb"
+    write_chain(path)
+    increment = next(path.parent.glob("shard.rrb.*.2"))
+    data = bytearray(increment.read_bytes())
+    header = json.loads(data[20 : 20 + int.from_bytes(data[12:16], "little")])
+    action = next(section for section in header["sections"] if section["name"] == "action")
+    data[action["offset"]] ^= 0xFF  # a bit flip inside the increment's rows
+    increment.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="checksum"):
+        Checkpointer(path, every_adds=1).restore()
+
+
+def test_a_new_chain_replaces_the_increments_of_the_old_one(tmp_path):
+    path = tmp_path / "shard.rrb"
+    write_chain(path)
+    assert len(list(path.parent.glob("shard.rrb.*.*"))) == 2
+    fresh = Checkpointer(path, every_adds=1)  # did not restore: its first checkpoint starts a new chain
+    other = ReplayBuffer(100, schema=SCHEMA)
+    other.add_batch(**transitions(5, 500))
+    fresh.checkpoint_now(other)
+    fresh.close()
+    assert list(path.parent.glob("shard.rrb.*.*")) == []
+    np.testing.assert_array_equal(Checkpointer(path, every_adds=1).restore().get_state()["columns"]["action"], np.arange(500, 505))
+
+
 # -- on Ray ---------------------------------------------------------------------------------------
 
 
@@ -103,7 +218,9 @@ def test_a_killed_shard_restarts_from_its_checkpoint(ray_local, tmp_path):
     ray.get([shard.checkpoint.remote() for shard in shards])  # the last background write, made sure of
     before = stored_actions(replay)
     victim = ray.get(replay.stats.remote())["shards"][0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["replay-shard-0.rrb", "replay-shard-1.rrb"]
+    names = sorted(p.name for p in tmp_path.iterdir())  # each shard's full checkpoint and the increments after it
+    assert {"replay-shard-0.rrb", "replay-shard-1.rrb"} <= set(names)
+    assert all(re.fullmatch(r"replay-shard-[01]\.rrb(\.[0-9a-f]{16}\.[1-8])?", name) for name in names), names
 
     os.kill(victim["pid"], signal.SIGKILL)
     stats = wait_until(lambda: (s := ray.get(replay.stats.remote()))["shards"][0]["restarts"] >= 1 and all_alive(replay) and s,

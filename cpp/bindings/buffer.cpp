@@ -341,8 +341,10 @@ class NativeBuffer {
   }
 
   // Everything needed to rebuild this buffer exactly: configuration, rows (oldest first), counters,
-  // random state. Used by pickling; arrays are fresh copies the caller owns.
-  py::dict get_state(bool with_rows) const {
+  // random state. Used by pickling; arrays are fresh copies the caller owns. With newest_rows, only
+  // the newest rows (at most that many), marked "newest_rows" and "size": a checkpoint increment.
+  py::dict get_state(bool with_rows, std::optional<std::size_t> newest_rows) const {
+    if (newest_rows && !with_rows) throw py::value_error("newest_rows needs with_rows=True");
     py::dict state;
     state["format"] = 1;
     state["capacity"] = capacity_;
@@ -361,7 +363,8 @@ class NativeBuffer {
     for (const Field& field : schema_) fields.append(py::make_tuple(field.name, shape_tuple(field.shape), py::str(field.dtype)));
     state["schema"] = fields;
     if (!engine_) return state;
-    const std::size_t rows = engine_->size();
+    const std::size_t held = engine_->size();
+    const std::size_t rows = std::min(newest_rows.value_or(held), held);
     py::dict columns;
     std::vector<std::byte*> destinations;
     for (const Field& field : schema_) {
@@ -375,7 +378,12 @@ class NativeBuffer {
     core::BufferState s;
     {
       ReleaseGil release;
-      s = engine_->export_state(with_rows ? destinations.data() : nullptr);
+      // At most `rows`, what the arrays hold, even if an add that had released the GIL lands meanwhile.
+      s = engine_->export_state(with_rows ? destinations.data() : nullptr, rows);
+    }
+    if (newest_rows) {
+      state["newest_rows"] = rows;
+      state["size"] = held;
     }
     if (with_rows) {
       state["columns"] = columns;
@@ -649,7 +657,7 @@ void bind_buffer(py::module_& m) {
       .def_property_readonly("schema", &Guarded<&NativeBuffer::schema>::call)
       .def_property("collect_stats", &Guarded<&NativeBuffer::collect_stats>::call, &Guarded<&NativeBuffer::set_collect_stats>::call)
       .def("stats", &Guarded<&NativeBuffer::stats>::call)
-      .def("_get_state", &Guarded<&NativeBuffer::get_state>::call, py::arg("with_rows") = true)
+      .def("_get_state", &Guarded<&NativeBuffer::get_state>::call, py::arg("with_rows") = true, py::arg("newest_rows") = py::none())
       .def("_sync_storage", &Guarded<&NativeBuffer::sync_storage>::call)
       .def_property_readonly("storage_dir", &Guarded<&NativeBuffer::storage_dir>::call)
       .def("_set_state", &Guarded<&NativeBuffer::set_state>::call);

@@ -72,7 +72,7 @@ int main() {
     columns[c].resize(stats.size * row_bytes[c]);
     destinations.push_back(columns[c].data());
   }
-  const auto state = buffer.engine().export_state(destinations.data());
+  const auto state = buffer.engine().export_state(destinations.data(), replay_buffer::core::ReplayBufferInterface::kAllRows);
   double leaves = 0.0;
   for (double mass : state.priorities) leaves += mass;
   CHECK(std::abs(stats.total_priority - leaves) <= 1e-9 * leaves);

@@ -1,60 +1,127 @@
-"""Periodic checkpoints of one buffer to one file, written off the caller's thread (no Ray here).
+"""Periodic, incremental checkpoints of one buffer, written off the caller's thread (no Ray here).
 
-A checkpoint copies the buffer's state (``get_state()``: rows, priorities, counters, random state) on
-the caller's thread, which is the only time adds and samples wait, then writes that copy with the
-atomic ray_replay file format (temporary file, fsync, rename) on a background thread. A crash at any
-moment leaves the previous checkpoint intact. At most one write runs at a time: a checkpoint that
-falls due while one is being written is taken at the next call after it finishes.
+A checkpoint chain is a full checkpoint (the ray_replay file at ``path``, tagged with a random
+``checkpoint_id``) followed by increments ``<path>.<checkpoint_id>.<n>``, n = 1, 2, ...: each holds the
+rows added since the previous checkpoint, with the buffer's counters, random state and every row's
+priority mass. Every buffer keeps its rows as a suffix of the insertion order (rings evict the oldest,
+FIFO reads consume the oldest), so the previous state's newest rows followed by the increment's rows
+are the buffer's rows: restoring applies the increments in order.
+
+So the caller's thread, the only one that holds up adds and samples, copies only the rows added since
+the previous checkpoint (plus 8 bytes of priority per row held). The writer thread does the rest:
+writes each file atomically (temporary file, fsync, rename), and every ``compact_every`` increments
+folds the chain into a new full checkpoint from the files alone, then deletes the increments. A crash
+at any moment leaves a chain that restores to the last checkpoint written. The first checkpoint, one
+after a failed write, and one where the rows added outnumber the rows held are full copies. At most
+one write runs at a time: a checkpoint that falls due meanwhile is taken at the next call after it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ray_replay.buffer import ReplayBuffer
-from ray_replay.persistence import write_state
+import numpy as np
 
-__all__ = ["Checkpointer"]
+from ray_replay.buffer import ReplayBuffer
+from ray_replay.persistence import CorruptFileError, read_state, write_state
+
+__all__ = ["Checkpointer", "apply_increment"]
+
+_CONFIGURATION = ("capacity", "buffer_type", "schema", "next_state", "frame_stack_axis")
+
+
+def apply_increment(state: dict[str, Any], increment: dict[str, Any]) -> dict[str, Any]:
+    """The buffer state ``increment`` (rows added since ``state``, see the module doc) brings ``state`` to.
+
+    Raises CorruptFileError when the increment does not follow ``state``.
+    """
+    if any(state[key] != increment[key] for key in _CONFIGURATION):
+        raise CorruptFileError("a checkpoint increment of another buffer configuration")
+    added, size, new_rows = increment["total_adds"] - state["total_adds"], increment["size"], increment["newest_rows"]
+    if added < 0 or new_rows != min(added, size) or size - new_rows > _rows(state):
+        raise CorruptFileError(f"a checkpoint increment of {new_rows} rows does not follow a checkpoint of {_rows(state)} rows "
+                               f"({state['total_adds']} -> {increment['total_adds']} adds, {size} rows held)")
+    kept = size - new_rows  # the newest rows of the previous state still held
+
+    def joined(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        return np.concatenate([old[len(old) - kept :], new])
+
+    merged = {key: value for key, value in increment.items() if key not in ("newest_rows", "size", "columns", "streams")}
+    merged["columns"] = {name: joined(state["columns"][name], column) for name, column in increment["columns"].items()}
+    if "streams" in increment:
+        merged["streams"] = joined(state["streams"], increment["streams"])
+    return merged
+
+
+def _rows(state: dict[str, Any]) -> int:
+    return len(next(iter(state["columns"].values()))) if state.get("columns") else 0
 
 
 class Checkpointer:
     """Checkpoints a buffer to ``path`` every ``every_s`` seconds or ``every_adds`` rows, whichever first.
 
+    Thread roles: the owner's thread calls every method; one writer thread of its own writes files.
+
     Args:
-        path: the checkpoint file (its folder is created); a shared file system path for multi-node.
+        path: the full checkpoint's file (its folder is created; increments go beside it); a shared
+            file system path for multi-node.
         every_s: seconds between checkpoints of a changed buffer (None: no time trigger).
         every_adds: rows added between checkpoints (None: no count trigger). At least one trigger is needed.
+        compact_every: increments after which the writer folds the chain into a new full checkpoint.
     """
 
-    def __init__(self, path: str | os.PathLike[str], every_s: float | None = None, every_adds: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], every_s: float | None = None, every_adds: int | None = None,
+                 compact_every: int = 8) -> None:
         if every_s is None and every_adds is None:
             raise ValueError("checkpoints need checkpoint_every_s or checkpoint_every_adds")
         if every_s is not None and not (isinstance(every_s, (int, float)) and math.isfinite(every_s) and every_s > 0):
             raise ValueError(f"checkpoint_every_s must be a number > 0, got {every_s!r}")
         if every_adds is not None and (isinstance(every_adds, bool) or not isinstance(every_adds, int) or every_adds < 1):
             raise ValueError(f"checkpoint_every_adds must be an int >= 1, got {every_adds!r}")
+        if isinstance(compact_every, bool) or not isinstance(compact_every, int) or compact_every < 1:
+            raise ValueError(f"compact_every must be an int >= 1, got {compact_every!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._every_s, self._every_adds = every_s, every_adds
+        self._every_s, self._every_adds, self._compact_every = every_s, every_adds, compact_every
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray_replay-checkpoint")
         self._pending: Future[None] | None = None
-        self._lock = threading.Lock()  # guards the counters below against the writer thread
         self._adds_since = 0
         self._last = time.monotonic()
+        self._checkpointed_adds: int | None = None  # the buffer's add count at the last checkpoint; None: next one is full
+        # The chain on disk: written by the writer thread, read by the owner only while no write runs.
+        self._chain_id: str | None = None
+        self._chain_length = 0
+        self._write_failed = False
+        self._lock = threading.Lock()  # guards the counters below against the writer thread
         self.written = 0
+        self.full_written = 0
         self.failures = 0
         self.last_error: str | None = None
         self.last_written_at: float | None = None  # time.time() of the last completed write
+        self.last_rows_copied = 0
 
     def restore(self) -> ReplayBuffer | None:
-        """The buffer of the latest checkpoint, or None when there is none yet."""
-        return ReplayBuffer.load(self.path) if self.path.exists() else None
+        """The buffer as of the latest checkpoint, or None when there is none yet; later checkpoints
+        continue its chain."""
+        if not self.path.exists():
+            return None
+        state = read_state(self.path)
+        chain_id, length = state.get("checkpoint_id"), 0
+        while chain_id is not None and (increment := self._increment_path(chain_id, length + 1)).exists():
+            state = apply_increment(state, read_state(increment))
+            length += 1
+        buffer = ReplayBuffer.from_state(state)
+        self._chain_id, self._chain_length = chain_id, length
+        self._checkpointed_adds = state.get("total_adds") if chain_id is not None else None
+        self._adds_since = 0
+        return buffer
 
     def changed(self, buffer: ReplayBuffer, rows_added: int = 0) -> None:
         """Called after every change of ``buffer``; starts a checkpoint when one is due."""
@@ -64,38 +131,78 @@ class Checkpointer:
         if (due_by_count or due_by_time) and (self._pending is None or self._pending.done()):
             self._start(buffer)
 
-    def _start(self, buffer: ReplayBuffer) -> None:
-        state = buffer.get_state()  # the copy: the only part that holds up the caller
+    def _start(self, buffer: ReplayBuffer, full: bool = False) -> None:
+        # The copy: the only part that holds up the caller.
+        full = full or self._write_failed or self._checkpointed_adds is None
+        if not full:
+            new_rows = buffer.stats()["adds"] - self._checkpointed_adds
+            full = not 0 <= new_rows < len(buffer)
+        state = buffer.get_state() if full else buffer._get_state(newest_rows=new_rows)
+        if not full and state["total_adds"] - self._checkpointed_adds != new_rows:
+            state, full = buffer.get_state(), True  # another thread added rows meanwhile: copy them all
+        self._checkpointed_adds = state.get("total_adds")  # None before the first add: the next one is full too
         self._adds_since = 0
+        self._write_failed = False
         self._last = time.monotonic()
-        self._pending = self._writer.submit(self._write, state)
+        self._pending = self._writer.submit(self._write, state, full)
 
-    def _write(self, state: dict[str, Any]) -> None:
+    def _increment_path(self, chain_id: str, n: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{chain_id}.{n}")
+
+    def _write(self, state: dict[str, Any], full: bool) -> None:
+        """Writer thread: the file of one checkpoint, then compaction when the chain is long."""
         try:
-            write_state(state, self.path)
-        except Exception as error:  # reported in stats; the previous checkpoint stays intact
+            if full:
+                self._write_full(state)
+            else:
+                self._chain_length += 1
+                write_state({**state, "checkpoint_id": self._chain_id}, self._increment_path(self._chain_id, self._chain_length))
+                if self._chain_length >= self._compact_every:
+                    self._compact()
+        except Exception as error:  # reported in stats; the chain on disk still restores to the last checkpoint
+            self._write_failed = True
             with self._lock:
                 self.failures += 1
                 self.last_error = f"{type(error).__name__}: {error}"
             return
+        rows = state["newest_rows"] if "newest_rows" in state else _rows(state)
         with self._lock:
             self.written += 1
+            self.full_written += full
+            self.last_rows_copied = rows
             self.last_written_at = time.time()
+
+    def _write_full(self, state: dict[str, Any]) -> None:
+        chain_id = secrets.token_hex(8)
+        write_state({**state, "checkpoint_id": chain_id}, self.path)
+        self._chain_id, self._chain_length = chain_id, 0
+        for stale in self.path.parent.glob(f"{self.path.name}.*.*"):  # increments of earlier chains
+            if not stale.name.startswith(f"{self.path.name}.{chain_id}."):
+                stale.unlink(missing_ok=True)
+
+    def _compact(self) -> None:
+        """Folds the chain into a new full checkpoint, from the files alone."""
+        state = read_state(self.path)
+        for n in range(1, self._chain_length + 1):
+            state = apply_increment(state, read_state(self._increment_path(self._chain_id, n)))
+        self._write_full(state)
 
     def wait(self) -> None:
         """Returns once the write in progress, if any, has finished."""
         if self._pending is not None:
             self._pending.result()
 
-    def checkpoint_now(self, buffer: ReplayBuffer) -> None:
-        """Writes a checkpoint of ``buffer`` and waits for it (and for any write in progress)."""
+    def checkpoint_now(self, buffer: ReplayBuffer, full: bool = False) -> None:
+        """Writes a checkpoint of ``buffer`` and waits for it (and for any write in progress); ``full``
+        for a buffer that replaced the one checkpointed so far."""
         self.wait()
-        self._start(buffer)
+        self._start(buffer, full)
         self.wait()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"checkpoints_written": self.written, "checkpoint_failures": self.failures,
+            return {"checkpoints_written": self.written, "full_checkpoints_written": self.full_written,
+                    "checkpoint_rows_copied": self.last_rows_copied, "checkpoint_failures": self.failures,
                     "last_checkpoint_error": self.last_error, "last_checkpoint_at": self.last_written_at}
 
     def close(self) -> None:

@@ -186,7 +186,7 @@ class ReplayShardImpl:
         self._applied = OrderedDict.fromkeys(state["applied"])
         self._replaced = True
         if self._checkpoints is not None:
-            self._checkpoints.checkpoint_now(self.buffer)
+            self._checkpoints.checkpoint_now(self.buffer, full=True)
         return self.snapshot()
 
     def checkpoint(self) -> None:

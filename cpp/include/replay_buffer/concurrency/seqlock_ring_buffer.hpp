@@ -180,7 +180,7 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     return s;
   }
 
-  core::BufferState export_state(std::byte* const* destinations) const override {
+  core::BufferState export_state(std::byte* const* destinations, std::size_t newest_rows) const override {
     const std::uint64_t total = committed_.value.load(std::memory_order_acquire);
     if (claimed_.value.load(std::memory_order_relaxed) != total) {
       throw std::runtime_error("cannot snapshot a lock-free buffer while adds are in flight");
@@ -188,8 +188,9 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     const std::size_t cap = store_.capacity();
     const std::size_t rows = static_cast<std::size_t>(std::min<std::uint64_t>(total, cap));
     const std::uint64_t oldest = total - rows;
-    for (std::size_t i = 0; destinations != nullptr && i < rows; ++i) {
-      const std::size_t slot = static_cast<std::size_t>((oldest + i) % cap);
+    const std::size_t exported = std::min(newest_rows, rows);
+    for (std::size_t i = 0; destinations != nullptr && i < exported; ++i) {
+      const std::size_t slot = static_cast<std::size_t>((oldest + rows - exported + i) % cap);
       for (std::size_t c = 0; c < store_.num_columns(); ++c) {
         memory::copy_row(destinations[c] + i * store_.row_bytes(c), store_.row(c, slot), store_.row_bytes(c));
       }

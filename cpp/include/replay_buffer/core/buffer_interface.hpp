@@ -104,9 +104,14 @@ class ReplayBufferInterface {
   virtual std::size_t capacity() const = 0;
   virtual BufferStats stats() const = 0;
 
-  // Rows held, oldest first, into destinations[c]; the caller sizes them with size(). With
-  // destinations null, only the state (counters, priorities, first_slot) of file-backed rows.
-  virtual BufferState export_state(std::byte* const* destinations) const = 0;
+  // The newest min(newest_rows, size()) rows held, oldest of them first, into destinations[c] (the
+  // caller sizes them), with the counters and the priorities of every row held: kAllRows for a whole
+  // snapshot, fewer for an incremental checkpoint (every buffer keeps its rows as a suffix of the
+  // insertion order, so a copy of the rows added since, plus the state, brings an older one up to
+  // date). With destinations null, only the state (counters, priorities, first_slot) of file-backed
+  // rows. O(exported rows + rows held for priorities).
+  static constexpr std::size_t kAllRows = static_cast<std::size_t>(-1);
+  virtual BufferState export_state(std::byte* const* destinations, std::size_t newest_rows) const = 0;
   // Replaces the contents with `rows` rows (oldest first) and the given state. With sources null, the
   // rows are already in storage (reopened file-backed columns), the oldest at state.first_slot.
   virtual void import_state(const BufferState& state, const std::byte* const* sources, std::size_t rows) = 0;

@@ -88,9 +88,10 @@ class FifoBuffer final : public ReplayBufferInterface {
     return s;
   }
 
-  BufferState export_state(std::byte* const* destinations) const override {
+  BufferState export_state(std::byte* const* destinations, std::size_t newest_rows) const override {
     std::lock_guard lock(mutex_);
-    if (destinations != nullptr) store_.read_ring(head_, size_, destinations);
+    const std::size_t exported = std::min(newest_rows, size_);
+    if (destinations != nullptr) store_.read_ring((head_ + size_ - exported) % store_.capacity(), exported, destinations);
     BufferState state;
     state.counters = counters_;
     state.first_slot = head_;

@@ -154,11 +154,12 @@ class RingBuffer final : public ReplayBufferInterface {
     return s;
   }
 
-  BufferState export_state(std::byte* const* destinations) const override {
+  BufferState export_state(std::byte* const* destinations, std::size_t newest_rows) const override {
     std::lock_guard lock(mutex_);
     const std::size_t cap = store_.capacity();
     const std::uint64_t oldest = counters_.total_adds - size_;
-    if (destinations != nullptr) store_.read_ring(static_cast<std::size_t>(oldest % cap), size_, destinations);
+    const std::size_t exported = std::min(newest_rows, size_);
+    if (destinations != nullptr) store_.read_ring(static_cast<std::size_t>((oldest + size_ - exported) % cap), exported, destinations);
     BufferState state{counters_, max_priority_, rng_.state(), {}, {}, static_cast<std::size_t>(oldest % cap)};
     if constexpr (Selector::kPrioritized) {
       state.priorities.resize(size_);

@@ -158,12 +158,13 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     return s;
   }
 
-  core::BufferState export_state(std::byte* const* destinations) const override {
+  // state.streams: the stream of each exported row.
+  core::BufferState export_state(std::byte* const* destinations, std::size_t newest_rows) const override {
     if (destinations == nullptr) throw std::invalid_argument("a dedup buffer's rows are not file-backed");
     std::lock_guard lock(mutex_);
-    const std::size_t rows = inner_->size();
+    const std::size_t rows = std::min(newest_rows, inner_->size());
     std::vector<std::uint64_t> sequence_numbers(rows);
-    core::BufferState state = inner_->export_state(inner_destinations(destinations, sequence_numbers.data()).data());
+    core::BufferState state = inner_->export_state(inner_destinations(destinations, sequence_numbers.data()).data(), rows);
     state.streams.resize(rows);
     const std::size_t bytes = layout_.stack_bytes();
     for (std::size_t i = 0; i < rows; ++i) {
