@@ -9,10 +9,10 @@ beta 0.4) and updates the priorities of every batch; capacity 1,000,000 (2 shard
 * naive: numpy ring + numpy sum tree (benchmarks/baselines/numpy_sum_tree.py) in one plain Ray
   actor; writers call add_batch.remote (at most 2 in flight), the learner ray.get(sample.remote(512))
   then update_priorities.remote.
-* torchrl (when installed): TorchRL's RayReplayBuffer hosting a PrioritizedReplayBuffer over
-  LazyTensorStorage (benchmarks/baselines/torchrl_ray_buffer.py); writers extend it with TensorDicts
-  of 1000 rows, the learner samples 512 with return_info=True and calls update_priority, each through
-  its own ``client()``.
+* torchrl (when installed): TorchRL's RayReplayBuffer hosting a prioritized ReplayBuffer
+  (LazyTensorStorage, PrioritizedSampler; benchmarks/baselines/torchrl_ray_buffer.py); writers extend
+  it with TensorDicts of 1000 rows, the learner samples 512 with return_info=True and calls
+  update_priority, each through its own ``client()``.
 
 Reported: inserted/s and sampled/s (rows), learner-side sample latency p50/p99, and CPU-us per
 transition = CPU time (user+sys, from /proc) of every process of the workload (writers, learner,
@@ -20,10 +20,11 @@ shards, coordinator or naive actor) during the window / (rows inserted + rows sa
 single-transition ``add.remote(...)`` calls/s from the driver (window of 1000 calls in flight; 5 s,
 2 s with --quick).
 ``--cluster`` instead runs DIST-1 with 1, 2 and 4 shards (2 writers), then with 1 and 4 writers (4
-shards), on a simulated 4-node Ray Cluster and reports throughput and CPU-us per transition. ``--durability`` runs ray_replay's DIST-1 plain, with shard checkpoints
-every second (to a temporary folder on the local disk), with replication_factor=2, and with both,
-interleaved, and reports each beside the plain run (backups' CPU time counted too). Medians over
-``--repeats`` runs. Everything runs on loopback.
+shards), on a simulated 4-node Ray Cluster and reports throughput and CPU-us per transition.
+``--durability`` runs ray_replay's DIST-1 plain, with shard checkpoints every second (to a temporary
+folder on the local disk), with replication_factor=2, and with both, interleaved, and reports each
+beside the plain run (backups' CPU time counted too). Medians over ``--repeats`` runs. Everything
+runs on loopback.
 
     python benchmarks/distributed.py [--seconds 20] [--repeats 2] [--quick | --smoke] [--cluster | --durability]
 """
