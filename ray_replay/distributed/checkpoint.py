@@ -32,31 +32,40 @@ import numpy as np
 from ray_replay.buffer import ReplayBuffer
 from ray_replay.persistence import CorruptFileError, read_state, write_state
 
-__all__ = ["Checkpointer", "apply_increment"]
+__all__ = ["Checkpointer", "apply_increments"]
 
 _CONFIGURATION = ("capacity", "buffer_type", "schema", "next_state", "frame_stack_axis")
 
 
-def apply_increment(state: dict[str, Any], increment: dict[str, Any]) -> dict[str, Any]:
-    """The buffer state ``increment`` (rows added since ``state``, see the module doc) brings ``state`` to.
+def apply_increments(state: dict[str, Any], increments: list[dict[str, Any]]) -> dict[str, Any]:
+    """The buffer state that ``increments`` (each of the rows added since the one before, the first
+    since ``state``; see the module doc) bring ``state`` to. One copy of the rows, however many increments.
 
-    Raises CorruptFileError when the increment does not follow ``state``.
+    Raises CorruptFileError when an increment does not follow the state before it.
     """
-    if any(state[key] != increment[key] for key in _CONFIGURATION):
-        raise CorruptFileError("a checkpoint increment of another buffer configuration")
-    added, size, new_rows = increment["total_adds"] - state["total_adds"], increment["size"], increment["newest_rows"]
-    if added < 0 or new_rows != min(added, size) or size - new_rows > _rows(state):
-        raise CorruptFileError(f"a checkpoint increment of {new_rows} rows does not follow a checkpoint of {_rows(state)} rows "
-                               f"({state['total_adds']} -> {increment['total_adds']} adds, {size} rows held)")
-    kept = size - new_rows  # the newest rows of the previous state still held
+    if not increments:
+        return state
+    held, adds = _rows(state), state["total_adds"]
+    for increment in increments:
+        if any(state[key] != increment[key] for key in _CONFIGURATION):
+            raise CorruptFileError("a checkpoint increment of another buffer configuration")
+        added, size, new_rows = increment["total_adds"] - adds, increment["size"], increment["newest_rows"]
+        if added < 0 or new_rows != min(added, size) or size - new_rows > held:
+            raise CorruptFileError(f"a checkpoint increment of {new_rows} rows does not follow a checkpoint of {held} rows "
+                                   f"({adds} -> {increment['total_adds']} adds, {size} rows held)")
+        held, adds = size, increment["total_adds"]
 
-    def joined(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-        return np.concatenate([old[len(old) - kept :], new])
+    def newest(key: str, name: str | None = None) -> np.ndarray:
+        """The ``held`` newest rows of a column (or of the streams) across the state and its increments."""
+        parts = [part[key] if name is None else part[key][name] for part in (state, *increments)]
+        joined = np.concatenate(parts)
+        return joined[len(joined) - held :]
 
-    merged = {key: value for key, value in increment.items() if key not in ("newest_rows", "size", "columns", "streams")}
-    merged["columns"] = {name: joined(state["columns"][name], column) for name, column in increment["columns"].items()}
-    if "streams" in increment:
-        merged["streams"] = joined(state["streams"], increment["streams"])
+    last = increments[-1]
+    merged = {key: value for key, value in last.items() if key not in ("newest_rows", "size", "columns", "streams")}
+    merged["columns"] = {name: newest("columns", name) for name in last["columns"]}
+    if "streams" in last:
+        merged["streams"] = newest("streams")
     return merged
 
 
@@ -112,11 +121,7 @@ class Checkpointer:
         continue its chain."""
         if not self.path.exists():
             return None
-        state = read_state(self.path)
-        chain_id, length = state.get("checkpoint_id"), 0
-        while chain_id is not None and (increment := self._increment_path(chain_id, length + 1)).exists():
-            state = apply_increment(state, read_state(increment))
-            length += 1
+        state, chain_id, length = self._read_chain()
         buffer = ReplayBuffer.from_state(state)
         self._chain_id, self._chain_length = chain_id, length
         self._checkpointed_adds = state.get("total_adds") if chain_id is not None else None
@@ -180,12 +185,17 @@ class Checkpointer:
             if not stale.name.startswith(f"{self.path.name}.{chain_id}."):
                 stale.unlink(missing_ok=True)
 
+    def _read_chain(self) -> tuple[dict[str, Any], str | None, int]:
+        """(the state the files on disk restore to, the chain's id, its number of increments)."""
+        base = read_state(self.path)
+        chain_id, increments = base.get("checkpoint_id"), []
+        while chain_id is not None and (path := self._increment_path(chain_id, len(increments) + 1)).exists():
+            increments.append(read_state(path))
+        return apply_increments(base, increments), chain_id, len(increments)
+
     def _compact(self) -> None:
         """Folds the chain into a new full checkpoint, from the files alone."""
-        state = read_state(self.path)
-        for n in range(1, self._chain_length + 1):
-            state = apply_increment(state, read_state(self._increment_path(self._chain_id, n)))
-        self._write_full(state)
+        self._write_full(self._read_chain()[0])
 
     def wait(self) -> None:
         """Returns once the write in progress, if any, has finished."""

@@ -162,8 +162,12 @@ class RingBuffer final : public ReplayBufferInterface {
     if (destinations != nullptr) store_.read_ring(static_cast<std::size_t>((oldest + size_ - exported) % cap), exported, destinations);
     BufferState state{counters_, max_priority_, rng_.state(), {}, {}, static_cast<std::size_t>(oldest % cap)};
     if constexpr (Selector::kPrioritized) {
+      // Two contiguous runs of leaves where the ring wraps (an increment copies them all: keep it a copy).
       state.priorities.resize(size_);
-      for (std::size_t i = 0; i < size_; ++i) state.priorities[i] = selector_.mass((oldest + i) % cap);
+      const std::size_t first = static_cast<std::size_t>(oldest % cap);
+      const std::size_t before_wrap = std::min(size_, cap - first);
+      selector_.read_masses(first, before_wrap, state.priorities.data());
+      selector_.read_masses(0, size_ - before_wrap, state.priorities.data() + before_wrap);
     }
     return state;
   }

@@ -81,10 +81,12 @@ class PrioritizedSelector {
     tree_.find(targets_.data(), n, slots);
   }
 
-  // Restores masses exactly as mass() reported them (checkpoints). O(n log8 N)
+  // Restores masses exactly as read_masses() reported them (checkpoints). O(n log8 N)
   void set_masses(const std::uint64_t* slots, const double* masses, std::size_t n) { tree_.set(slots, masses, n); }
 
   double mass(std::uint64_t slot) const noexcept { return tree_.value(slot); }
+  // The masses of slots [first, first + count) into out. O(count).
+  void read_masses(std::size_t first, std::size_t count, double* out) const noexcept { tree_.read_values(first, count, out); }
   double total() const noexcept { return tree_.total(); }
   double min_positive() const noexcept { return tree_.min_positive(); }
   void clear() noexcept { tree_.clear(); }

@@ -51,6 +51,10 @@ class SumTree {
   }
 
   double value(std::size_t leaf) const noexcept { return sum_level(0)[leaf]; }
+  // Leaves [first, first + count) into out, which must not overlap the tree. O(count): one copy.
+  void read_values(std::size_t first, std::size_t count, double* out) const noexcept {
+    std::copy_n(sum_level(0) + first, count, out);
+  }
 
   // Sum of all leaves. O(1): one cache line.
   double total() const noexcept {
