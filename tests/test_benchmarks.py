@@ -130,6 +130,7 @@ def test_persistence_benchmark_measures_save_and_load(bench_run) -> None:
     data = json.loads(out.read_text(encoding="utf-8"))
     assert set(data["results"]) == {"ray_replay save", "ray_replay load", "np.save", "np.load"}
     assert all(r["gb_per_s"] > 0 for r in data["results"].values())
+    assert data["checkpoint_pause"]["full_copy_ms"] > 0 and data["checkpoint_pause"]["increment_ms"] > 0
     assert "| load |" in out.with_suffix(".md").read_text(encoding="utf-8")
 
 
