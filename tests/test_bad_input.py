@@ -74,7 +74,6 @@ def test_a_bad_column_late_in_a_batch_writes_none_of_it(buffer_type):
 BAD_SAMPLES = [
     ("zero batch", lambda b: b.sample(0), ValueError, "batch_size must be > 0"),
     ("negative batch", lambda b: b.sample(-3), ValueError, "batch_size must be > 0"),
-    ("batch over capacity", lambda b: b.sample(33), ValueError, "exceeds the capacity 32"),
     ("batch not an int", lambda b: b.sample("8"), TypeError, "incompatible function arguments"),
     ("negative beta", lambda b: b.sample(4, beta=-1.0), ValueError, "beta"),
 ]
@@ -87,6 +86,15 @@ def test_bad_calls_raise_and_change_nothing(buffer_type, name, call, error, mess
     before = snapshot(buf)
     with pytest.raises(error, match=message):
         call(buf)
+    assert_unchanged(buf, before)
+
+
+def test_a_fifo_read_of_more_rows_than_held_raises_and_changes_nothing():
+    """Fifo keeps its queue contract (the other types sample with replacement, see test_sampling.py)."""
+    buf = filled("fifo")
+    before = snapshot(buf)
+    with pytest.raises(ValueError, match="exceeds the 10 rows in the fifo buffer"):
+        buf.sample(33)
     assert_unchanged(buf, before)
 
 

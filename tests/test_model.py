@@ -85,7 +85,7 @@ class BufferModel(RuleBasedStateMachine):
         self._append(1, None if priority is None or self.buffer_type != "prioritized" else [priority])
 
     @precondition(lambda self: len(self.held) > 0)
-    @rule(n=st.integers(1, CAPACITY))
+    @rule(n=st.integers(1, 3 * CAPACITY))  # with replacement: any n, however many rows are held
     def sample(self, n):
         live = {row for row, _, _ in self.held}
         if self.buffer_type == "fifo":

@@ -230,9 +230,8 @@ class NativeBuffer {
 
   py::dict sample(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial) {
     if (batch_size <= 0) throw py::value_error("batch_size must be > 0, got " + std::to_string(batch_size));
-    if (static_cast<std::size_t>(batch_size) > capacity_) {
-      throw py::value_error("batch_size " + std::to_string(batch_size) + " exceeds the capacity " + std::to_string(capacity_));
-    }
+    // Uniform, prioritized and lock-free sampling is with replacement: any batch_size >= 1 (as numpy,
+    // cpprb, TorchRL, RLlib and Reverb allow). A fifo read keeps its queue contract (checked by the engine).
     if (!engine_ || engine_->size() == 0) throw py::value_error("cannot sample from an empty buffer");
     const auto n = static_cast<std::size_t>(batch_size);
     core::SampleRequest request;
