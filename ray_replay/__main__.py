@@ -1,6 +1,8 @@
 """The ``ray-replay`` command.
 
-    ray-replay demo [--address ADDR] [--seconds S] [--local]   the demo (a local Ray by default)
+    ray-replay demo [--address ADDR] [--seconds S] [--actors N] [--env ID] [--json PATH]
+                                                             Ape-X DQN through the sharded replay (a local Ray by default)
+    ray-replay demo --synthetic | --local                    the synthetic throughput demo / the local buffers
     ray-replay stats --address ADDR --name NAME [--namespace NS] [--interval S] [--once]
                                                              live stats of a running ReplayCoordinator
     ray-replay bench [--quick] [--skip STEP ...]             every benchmark (from a source checkout; = make bench)
@@ -38,10 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cmake-dir", action="store_true", help="print the CMake package folder and exit")
     parser.add_argument("--include-dir", action="store_true", help="print the C++ include folder and exit")
     sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="run the demo (a local Ray by default)")
+    demo = sub.add_parser("demo", help="train Ape-X DQN through the sharded replay (a local Ray by default)")
     demo.add_argument("--address", default=None, help="join an existing Ray cluster instead of starting one")
-    demo.add_argument("--seconds", type=float, default=15.0, help="how long writers and learner run")
+    demo.add_argument("--seconds", type=float, default=None, help="time budget (default: 300 for Ape-X, 15 for --synthetic/--local)")
     demo.add_argument("--local", action="store_true", help="fill and sample each local buffer type, no Ray")
+    demo.add_argument("--synthetic", action="store_true", help="the synthetic throughput demo (random writers and learner)")
+    demo.add_argument("--actors", type=int, default=2, help="Ape-X actors (default 2)")
+    demo.add_argument("--env", default="CartPole-v1", help="gymnasium id with a discrete action space (default CartPole-v1)")
+    demo.add_argument("--device", default="cpu", help="the learner's torch device (default cpu)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
+    demo.add_argument("--plot", default="apex_learning_curve.png", metavar="PATH", help="learning-curve PNG ('' for none)")
+    demo.add_argument("--checkpoint-dir", default=None, help="replay and learner checkpoints in this folder")
     stats = sub.add_parser("stats", help="print live stats of a named ReplayCoordinator, refreshing")
     stats.add_argument("--address", default="auto", help="the Ray cluster to join (default: auto)")
     stats.add_argument("--name", required=True, help="the coordinator's actor name")

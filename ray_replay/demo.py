@@ -1,6 +1,7 @@
-"""``ray-replay demo``: a sharded prioritized replay fed by writer actors and drained by a learner.
+"""``ray-replay demo``: Ape-X DQN (ray_replay.apex) by default; ``--synthetic``: a sharded prioritized
+replay fed by writer actors and drained by a learner, as below.
 
-Starts a local Ray on loopback (or joins ``--address``), creates a ReplayCoordinator with 2 prioritized
+The synthetic demo starts a local Ray on loopback (or joins ``--address``), creates a ReplayCoordinator with 2 prioritized
 shards, runs writer actors stepping CartPole (gymnasium, if installed) or a synthetic environment
 (obs float32[8]) and a learner that samples 512 and updates priorities, prints progress every second
 and a summary at the end. ``--local`` instead fills and samples each local buffer type, without Ray.
@@ -208,9 +209,20 @@ def _distributed(address: str | None, seconds: float) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of ``ray-replay demo``: args.address (None: a local Ray), args.seconds, args.local."""
+    """Entry point of ``ray-replay demo``: args.address (None: a local Ray), args.seconds, args.local,
+    args.synthetic; without either of those, the Ape-X agent (ray_replay.apex.run.main)."""
+    apex = not (args.local or getattr(args, "synthetic", False))
+    if args.seconds is None:
+        args.seconds = 300.0 if apex else 15.0
     if args.seconds <= 0:
         raise SystemExit("--seconds must be > 0")
     if args.local:
         return _local(args.seconds)
-    return _distributed(args.address, args.seconds)
+    if not apex:
+        return _distributed(args.address, args.seconds)
+    try:
+        from ray_replay.apex.run import main as apex_main
+    except ImportError as e:
+        raise SystemExit(f"the Ape-X demo needs torch and gymnasium (pip install 'ray_replay[apex]'): {e}; "
+                         "or run the synthetic demo: ray-replay demo --synthetic") from None
+    return apex_main(args)
