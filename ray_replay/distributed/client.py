@@ -24,33 +24,29 @@ Priority updates for a shard that is down are dropped and counted in ``dropped_p
 from __future__ import annotations
 
 import time
-import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 
-from ray_replay.buffer import ReplayBuffer
-from ray_replay.distributed.coordinator import _check_priority, check_batch_size, check_beta
-from ray_replay.distributed.health import (ACKED, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError,
-                                           write_outcome)
-from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, split_ids
+from ray_replay.distributed.health import ACKED, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
+from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, split_capacity, split_ids
+from ray_replay.distributed.writes import (RETRY_PAUSE_S, Router, Stager, Write, check_batch_size, check_beta, check_priorities,
+                                           check_priority, require_prioritized, rows_of, slice_rows, validated)
 
 __all__ = ["ReplayClient"]
 
 
 @dataclass(eq=False)  # compared by identity: payloads hold arrays
 class _Pending:
-    """A write (with its payload, for a retry) or a priority update in flight to shard k's replicas."""
+    """A write (a run of rows, kept for a retry) or a priority update in flight to shard k's replicas."""
 
     shard: int
     refs: list[Any]
-    columns: tuple[Any, ...] = ()
-    named: dict[str, Any] | None = None  # None: a priority update
-    deadline: float = 0.0
-    tried: set[int] = field(default_factory=set)
+    write: Write | None = None  # None: a priority update
+    ids: Any = None  # a priority update's ids
 
 
 class ReplayClient:
@@ -103,15 +99,13 @@ class ReplayClient:
         self._max_in_flight = max_in_flight
         self._prefetch = prefetch if self._buffer_type != "fifo" else 0
         self._rng = np.random.default_rng(seed)
-        self._staging: ReplayBuffer | None = None
-        self._priorities = np.empty(batch_rows, dtype=np.float64)
-        self._streams = np.zeros(batch_rows, dtype=np.int64)  # each staged row's stream (observation dedup)
-        self._has_priorities = False
-        self._staged_since = 0.0
-        self._next_shard = int(self._rng.integers(len(self._shards)))
+        self._stager = Stager(batch_rows, self._schema)
+        self._router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)))
         self._pending: list[_Pending] = []
         self._rounds: deque[tuple[int, float, dict[int, Any]]] = deque()  # (batch_size, beta, {shard: ref})
-        self._rows_in_flight = 0
+        self._rows_in_flight = 0  # sample rows requested by prefetched rounds (for the rate limiter)
+        self._handed = self._acknowledged = self._failed = 0  # write rows (see stats())
+        self._last_error: BaseException | None = None
         self._closed = False
 
     # -- writing -----------------------------------------------------------------------------------
@@ -119,43 +113,38 @@ class ReplayClient:
     def add(self, *fields: Any, priority: Any = None, stream: Any = 0, **named: Any) -> None:
         """One transition, as ReplayBuffer.add (``stream`` for observation dedup); sent with the next batch."""
         self._check_open()
+        value = None
         if priority is not None:
-            self._require_prioritized("priority")
-            value = _check_priority(priority)
-        staging = self._staging_for(priority is not None, 1)
-        staging.add(*fields, stream=stream, **named)  # validates stream too
-        if priority is not None:
-            self._priorities[len(staging) - 1] = value
-        self._streams[len(staging) - 1] = 0 if stream is None else int(stream)
+            require_prioritized(self._buffer_type, "priority")
+            value = check_priority(priority)
+        if self._stager.must_send_before(1, value is not None):
+            self._send_staged()
+        self._stager.stage(fields, named, value, stream)
+        self._handed += 1
         self._after_stage()
 
-    def add_batch(self, *columns: Any, priorities: Any = None, streams: Any = None, **named: Any) -> None:
+    def add_batch(self, *columns: Any, priorities: Any = None, streams: Any = None, wait: bool = False, **named: Any) -> None:
         """Rows along the leading axis, as ReplayBuffer.add_batch. A batch of batch_rows rows or more goes
-        to a shard as it is (no copy; its errors surface at the next call), smaller ones are staged."""
+        out at once (without a copy when it lands on one shard: its errors then surface at the next
+        call), smaller ones are staged. ``wait=True`` returns once these rows (and every row handed
+        before them) are stored: acknowledged by their shards, replicas included."""
         self._check_open()
-        first = columns[0] if columns else next(iter(named.values()), None)
-        rows = len(first) if hasattr(first, "__len__") else 0
+        rows = rows_of(columns, named)
         if priorities is not None:
-            self._require_prioritized("priorities")
+            require_prioritized(self._buffer_type, "priorities")
         if rows >= self._batch_rows:
             self._send_staged()
             kwargs = named if priorities is None else {**named, "priorities": priorities}
-            self._send(columns, kwargs if streams is None else {**kwargs, "streams": streams})
-            return
-        staging = self._staging_for(priorities is not None, rows)
-        start = len(staging)
-        if priorities is not None:
-            values = np.asarray(priorities, dtype=np.float64)
-            if values.shape != (rows,):
-                raise ValueError(f"priorities: expected {rows} values, got shape {values.shape}")
-            if not (np.isfinite(values).all() and (values >= 0).all()):
-                j = int(np.argmax(~np.isfinite(values) | (values < 0)))
-                raise ValueError(f"priorities[{j}] = {values[j]}: priorities must be finite and >= 0")
-        staging.add_batch(*columns, streams=streams, **named)  # validates streams too
-        if priorities is not None:
-            self._priorities[start : start + rows] = values
-        self._streams[start : start + rows] = 0 if streams is None else np.broadcast_to(np.asarray(streams, dtype=np.int64), (rows,))
-        self._after_stage()
+            self._send(columns, kwargs if streams is None else {**kwargs, "streams": streams}, rows)
+        else:
+            values = None if priorities is None else check_priorities(priorities, rows)
+            if self._stager.must_send_before(rows, values is not None):
+                self._send_staged()
+            self._stager.stage_batch(columns, named, values, streams, rows)
+            self._handed += rows
+            self._after_stage()
+        if wait:
+            self.flush()
 
     def flush(self) -> None:
         """Sends staged rows and waits until every write and update sent so far is in its shard."""
@@ -163,63 +152,73 @@ class ReplayClient:
         self._send_staged()
         self._reap(wait_all=True)
 
-    def _staging_for(self, with_priorities: bool, rows: int) -> ReplayBuffer:
-        if self._staging is None:
-            self._staging = ReplayBuffer(self._batch_rows, "fifo", schema=self._schema, collect_stats=False)
-        staged = len(self._staging)
-        if staged and (staged + rows > self._batch_rows or with_priorities != self._has_priorities):
-            self._send_staged()
-        if not len(self._staging):
-            self._has_priorities = with_priorities
-            self._staged_since = time.monotonic()
-        return self._staging
+    def stats(self) -> dict[str, Any]:
+        """This client's writes, counted in rows, at no cost (no Ray call): ``rows_handed`` (accepted by
+        add/add_batch), ``rows_acknowledged`` (stored: acknowledged by their shard, and by its backup
+        where replicated), ``rows_staged`` (not yet sent), ``rows_in_flight`` (handed, neither
+        acknowledged nor failed, staged included), ``rows_failed`` (refused by a shard or given up on:
+        the error was raised by a call of this client) with ``last_error``; and
+        ``dropped_priority_updates``, ``writes_in_flight``, ``sample_rounds_in_flight``."""
+        return {"rows_handed": self._handed, "rows_acknowledged": self._acknowledged, "rows_staged": len(self._stager),
+                "rows_in_flight": self._handed - self._acknowledged - self._failed, "rows_failed": self._failed,
+                "last_error": None if self._last_error is None else repr(self._last_error),
+                "dropped_priority_updates": self.dropped_priority_updates,
+                "writes_in_flight": sum(entry.write is not None for entry in self._pending), "sample_rounds_in_flight": len(self._rounds)}
 
     def _after_stage(self) -> None:
-        staged = len(self._staging)
-        if staged >= self._batch_rows or time.monotonic() - self._staged_since >= self._flush_interval_s:
+        if len(self._stager) >= self._batch_rows or time.monotonic() - self._stager.since >= self._flush_interval_s:
             self._send_staged()
         elif self._pending:
             self._reap()
 
     def _send_staged(self) -> None:
-        if self._staging is None or not len(self._staging):
+        if not len(self._stager):
             return
-        rows = len(self._staging)
-        columns = self._staging.sample(rows)
+        rows = len(self._stager)
+        columns = self._stager.take()
         if self._schema is None:
-            self._schema = self._staging.schema
-        if self._has_priorities:
-            columns["priorities"] = self._priorities[:rows].copy()
-        columns["streams"] = self._streams[:rows].copy()
-        self._send((), columns)
+            self._schema = self._stager.schema
+        self._send((), columns, rows, handed=True)
 
     def _replicas(self, k: int) -> list[Any]:
         return [self._shards[k], self._backups[k]] if self._backups else [self._shards[k]]
 
-    def _route(self, exclude: set[int]) -> int | None:
-        candidates = [k for k in range(len(self._shards)) if self._health.worth_trying(k) and k not in exclude]
-        if not candidates:
-            return None
-        k = min(candidates, key=lambda c: (c - self._next_shard) % len(self._shards))
-        self._next_shard = (k + 1) % len(self._shards)
-        return k
+    def _sizes(self) -> list[int]:
+        return [snapshot.size for snapshot in self._table.snapshots]
 
-    def _send(self, columns: tuple[Any, ...], named: dict[str, Any]) -> None:
-        write = _Pending(-1, [], columns, {**named, "batch_id": uuid.uuid4().hex}, time.monotonic() + self._timeout_s)
-        self._submit(write, self._route(set()))
+    def _writable(self) -> list[bool]:
+        return [self._health.worth_trying(k) for k in range(len(self._shards))]
+
+    def _send(self, columns: tuple[Any, ...], named: dict[str, Any], rows: int, handed: bool = False) -> None:
+        """Sends a batch as runs over the shards (see writes.Router); one cut over shards is validated
+        here first, so a bad row leaves no run written. ``handed``: the rows were counted when staged."""
+        plan = self._router.plan(rows, self._writable(), self._sizes()) or [(None, 0, rows)]
+        if len(plan) > 1:
+            columns, named = (), validated(columns, named, self._schema, rows)
+        if not handed:
+            self._handed += rows
+        for k, start, stop in plan:
+            part = (columns, named) if len(plan) == 1 else slice_rows(columns, named, start, stop, rows)
+            self._submit(Write.new(*part, stop - start, self._timeout_s), k)
         self._reap()
 
-    def _submit(self, write: _Pending, k: int | None) -> None:
-        """Sends a write to shard k's replicas; with no shard to send to, waits for one within its deadline."""
+    def _submit(self, write: Write, k: int | None) -> None:
+        """Sends a run to shard k's replicas; with no shard to send to, waits for one within its deadline."""
         while k is None:
-            if time.monotonic() >= write.deadline:
-                raise ShardUnavailableError(f"no shard accepted the write within {self._timeout_s} s")
-            time.sleep(0.05)
+            if write.expired():
+                self._fail(write.rows, ShardUnavailableError(f"no shard accepted the write within {self._timeout_s} s"))
+            time.sleep(RETRY_PAUSE_S)
             write.tried.clear()
-            k = self._route(write.tried)
+            k = self._router.pick(self._writable(), write.tried, self._sizes())
         write.shard = k
-        write.refs = [replica.add_batch.remote(*write.columns, **write.named) for replica in self._replicas(k)]
-        self._pending.append(write)
+        self._router.sending(k, write.rows)
+        refs = [replica.add_batch.remote(*write.columns, **write.named) for replica in self._replicas(k)]
+        self._pending.append(_Pending(k, refs, write))
+
+    def _fail(self, rows: int, error: BaseException) -> None:
+        self._failed += rows
+        self._last_error = error
+        raise error
 
     def _reap(self, wait_all: bool = False) -> None:
         """Collects finished writes/updates (their snapshots refresh the plan), retries writes whose shard
@@ -248,6 +247,10 @@ class ReplayClient:
         if error is not None:
             raise error
 
+    def _observe(self, k: int, snapshot: Snapshot) -> None:
+        self._health.mark_alive(k)
+        self._table.update(k, snapshot)
+
     def _settle(self, entry: _Pending) -> None:
         results: list[Any] = []
         for ref in entry.refs:
@@ -260,23 +263,26 @@ class ReplayClient:
             self._health.mark_down(k)
             self._table.update(k, EMPTY_SNAPSHOT)
         elif not isinstance(results[0], BaseException):
-            self._health.mark_alive(k)
-            self._table.update(k, results[0])
-        if entry.named is None:  # a priority update: the primary's verdict counts; the backup's is best effort
+            self._observe(k, results[0])
+        write = entry.write
+        if write is None:  # a priority update: the primary's verdict counts; the backup's is best effort
             if isinstance(results[0], SHARD_FAILURES):
-                self.dropped_priority_updates += len(entry.columns[0])
+                self.dropped_priority_updates += len(entry.ids)
             elif isinstance(results[0], BaseException):
                 raise results[0]
             return
-        outcome = write_outcome(results)
+        self._router.acknowledged(k, write.rows)
+        try:
+            outcome = write.settle(results)
+        except Exception as error:  # the shard refused the rows themselves
+            self._fail(write.rows, error)
         if outcome == ACKED:
-            return
-        if outcome == RETRY_SAME and time.monotonic() < entry.deadline:
-            time.sleep(0.05)
-            self._submit(entry, k)
-            return
-        entry.tried.add(k)
-        self._submit(entry, self._route(entry.tried))
+            self._acknowledged += write.rows
+        elif outcome == RETRY_SAME:
+            time.sleep(RETRY_PAUSE_S)
+            self._submit(write, k)
+        else:
+            self._submit(write, self._router.pick(self._writable(), write.tried, self._sizes()))
 
     # -- sampling ----------------------------------------------------------------------------------
 
@@ -292,7 +298,7 @@ class ReplayClient:
             self._send_staged()
             self._reap(wait_all=True)
             return ray.get(self._coordinator.sample.remote(batch_size, beta, partial))
-        batch_size = check_batch_size(batch_size, self._capacity)
+        batch_size = check_batch_size(batch_size)
         beta = check_beta(beta, self._beta)
         while self._rounds and self._rounds[0][:2] != (batch_size, beta):
             self._rows_in_flight -= self._rounds.popleft()[0]  # asked for another shape: drop
@@ -327,8 +333,7 @@ class ReplayClient:
                 self._table.update(k, EMPTY_SNAPSHOT)  # planned again without its rows until it reports some
                 complete = False
                 continue
-            self._health.mark_alive(k)
-            self._table.update(k, snapshot)
+            self._observe(k, snapshot)
             parts[k] = part
         return parts if complete else None
 
@@ -367,13 +372,13 @@ class ReplayClient:
     def update_priorities(self, ids: Any, priorities: Any) -> None:
         """Sends each id's new priority to its shard without waiting (errors surface at the next call)."""
         self._check_open()
-        self._require_prioritized("update_priorities")
+        require_prioritized(self._buffer_type, "update_priorities")
         for k, shard_ids, values in split_ids(ids, priorities, len(self._shards)):
             if not self._health.worth_trying(k):
                 self.dropped_priority_updates += len(shard_ids)
                 continue
             refs = [replica.update_priorities.remote(shard_ids, values) for replica in self._replicas(k)]
-            self._pending.append(_Pending(k, refs, (shard_ids,)))
+            self._pending.append(_Pending(k, refs, ids=shard_ids))
         self._reap()
 
     # -- state and lifetime ------------------------------------------------------------------------
@@ -407,7 +412,3 @@ class ReplayClient:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this ReplayClient is closed")
-
-    def _require_prioritized(self, what: str) -> None:
-        if self._buffer_type != "prioritized":
-            raise ValueError(f"{what} is only supported by buffer_type='prioritized' (this buffer is '{self._buffer_type}')")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import uuid
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,38 +42,17 @@ from ray.util.placement_group import get_placement_group, placement_group, remov
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
-from ray_replay.distributed.health import (ACKED, ALIVE, DEAD, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError,
-                                           write_outcome)
-from ray_replay.distributed.shard import StalePlanError
+from ray_replay.distributed.health import ACKED, ALIVE, DEAD, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, split_capacity, split_ids
-from ray_replay.distributed.shard import ReplayShard
+from ray_replay.distributed.shard import ReplayShard, StalePlanError
+from ray_replay.distributed.writes import (RETRY_PAUSE_S, Router, Stager, Write, check_batch_size, check_beta, check_priority,
+                                           require_prioritized, rows_of, slice_rows, validated)
 from ray_replay.monitoring import SampleLatencyHistogram
 
 __all__ = ["ReplayCoordinator", "check_batch_size", "check_beta"]
 
 PLACEMENTS = ("spread", "pack")
 ROLES = ("shard", "backup")  # primary, then replica
-
-
-def check_batch_size(batch_size: Any, capacity: int) -> int:
-    """The local buffer's batch_size rules, checked before any shard is asked."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}")
-    if batch_size > capacity:
-        raise ValueError(f"batch_size {batch_size} exceeds the capacity {capacity}")
-    return int(batch_size)
-
-
-def check_beta(beta: Any, default: float) -> float:
-    if beta is None:
-        return default
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
-        raise TypeError(f"beta must be a number, got {type(beta).__name__}")
-    if not (math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-    return float(beta)
 
 
 @ray.remote
@@ -192,14 +170,14 @@ class ReplayCoordinator:
         self._shards = self._replicas["shard"]
         self._table = ShardTable(num_shards, buffer_type)
         self._dropped_updates = 0
+        self._rows_lost = 0
+        self._held_at_failure = [0] * num_shards  # each primary's last known size when it failed
         self._last_nodes: dict[tuple[str, int], str | None] = {}  # where each replica last answered from
         self._monitor: asyncio.Task[None] | None = None
         self._started: asyncio.Task[None] | None = None
         self._resyncing: set[int] = set()
-        self._next_shard = 0
-        self._staging: ReplayBuffer | None = None
-        self._staged_priorities: list[float] = []
-        self._staged_streams: list[int] = []
+        self._router = Router(capacities)
+        self._stager: Stager | None = None  # single-row adds, made once the schema is known
         self._staging_rows = staging_rows
         self._flush_interval_s = flush_interval_s
         self._flusher: asyncio.Task[None] | None = None
@@ -254,13 +232,29 @@ class ReplayCoordinator:
             self._mark_down(role, k)
             raise
         except StalePlanError:
-            self._table.update(k, EMPTY_SNAPSHOT)
+            self._forget(k)
             raise
 
     def _mark_down(self, role: str, k: int) -> None:
+        was_alive = self._health[role].alive(k)
         self._health[role].mark_down(k)
         if role == "shard":
-            self._table.update(k, EMPTY_SNAPSHOT)  # plans give it no rows until it is back
+            self._forget(k)  # plans give it no rows until it is back
+            if was_alive and self._health[role].states[k] == DEAD and len(self._roles) == 1:
+                self._count_lost(k, 0)  # it will not come back: its rows are gone
+
+    def _forget(self, k: int) -> None:
+        """Clears shard k's cached snapshot, keeping the size it had for counting lost rows."""
+        if not self._held_at_failure[k]:
+            self._held_at_failure[k] = self._table.snapshots[k].size
+        self._table.update(k, EMPTY_SNAPSHOT)
+
+    def _count_lost(self, k: int, size_now: int) -> None:
+        """Without a replica, a shard that restarted (or died for good) lost the rows it held beyond what
+        its checkpoint restored: counted in stats()["total"]["rows_lost"]."""
+        before = max(self._held_at_failure[k], self._table.snapshots[k].size)
+        self._rows_lost += max(before - size_now, 0)
+        self._held_at_failure[k] = 0
 
     def _writable(self, k: int) -> bool:
         """Shard k takes writes: its primary answers and no replica copy is under way."""
@@ -310,8 +304,13 @@ class ReplayCoordinator:
                 continue
             if self._health[role].observe(k, info["incarnation"], info["pid"]):
                 restarted.append(role)
-            elif not self._health[role].alive(k):
-                missed.append(role)
+                if not replicated:
+                    self._count_lost(k, info["size"])
+            else:
+                if role == "shard":
+                    self._held_at_failure[k] = 0  # the same process: it kept its rows
+                if not self._health[role].alive(k):
+                    missed.append(role)
             if not replicated or role not in restarted + missed:
                 self._health[role].mark_alive(k)
         stale = restarted + missed
@@ -357,86 +356,86 @@ class ReplayCoordinator:
                     pass
             self._resyncing.discard(k)
 
-    # -- routing -----------------------------------------------------------------------------------
+    # -- writing (the rules are writes.py's, shared with ReplayClient) ---------------------------------
 
-    def _route(self, exclude: set[int]) -> int | None:
-        """Round robin over writable shards, skipping to the emptiest when one is far behind (e.g. after a
-        restart without a checkpoint); None when no shard outside ``exclude`` is writable."""
-        candidates = [k for k in range(len(self._shards)) if self._writable(k) and k not in exclude]
-        if not candidates:
-            return None
-        k = min(candidates, key=lambda c: (c - self._next_shard) % len(self._shards))
-        self._next_shard = (k + 1) % len(self._shards)
-        emptiest = min(candidates, key=lambda c: self._table.snapshots[c].size)
-        sizes = self._table.snapshots
-        return emptiest if sizes[k].size - sizes[emptiest].size > self._staging_rows * 16 else k
+    def _writable_shards(self) -> list[bool]:
+        return [self._writable(k) for k in range(len(self._shards))]
+
+    def _sizes(self) -> list[int]:
+        return [snapshot.size for snapshot in self._table.snapshots]
 
     async def _write(self, columns: tuple[Any, ...], named: dict[str, Any]) -> int:
-        """Writes one batch to one shard (and its backup); returns the shard. Bounded retry (see
-        health.write_outcome): within shard_timeout_s a batch that may have landed goes to the same
-        shard again, one that did not goes to the next writable shard; then ShardUnavailableError."""
-        named = {**named, "batch_id": uuid.uuid4().hex}  # a retry on the same shard applies once
-        tried: set[int] = set()
-        deadline = time.monotonic() + self._timeout_s
-        k: int | None = None
+        """Writes a batch as runs over the shards (writes.Router), each to its shard and backup, all at
+        once; returns the shard that took the batch's first rows. A batch cut over shards is validated
+        here whole first, so a bad row leaves no run written."""
+        rows = rows_of(columns, named)
+        plan = self._router.plan(rows, self._writable_shards(), self._sizes()) or [(None, 0, rows)]
+        if len(plan) > 1:
+            columns, named = (), validated(columns, named, self._schema, rows)
+        runs = [Write.new(*((columns, named) if len(plan) == 1 else slice_rows(columns, named, start, stop, rows)), stop - start,
+                          self._timeout_s) for _, start, stop in plan]
+        results = await asyncio.gather(*[self._write_run(run, k) for run, (k, _, _) in zip(runs, plan)], return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return int(results[0])
+
+    async def _write_run(self, write: Write, k: int | None) -> int:
+        """One run to one shard (and its backup), with the bounded retry of writes.Write; returns the shard."""
         while True:
-            k = self._route(tried) if k is None else k
-            if k is None:
-                if time.monotonic() >= deadline:
+            while k is None:
+                if write.expired():
                     raise ShardUnavailableError(f"no shard accepted the write within {self._timeout_s} s")
-                await asyncio.sleep(0.05)
-                tried.clear()
-                continue
-            outcome = await self._write_to(k, columns, named)
+                await asyncio.sleep(RETRY_PAUSE_S)
+                write.tried.clear()
+                k = self._router.pick(self._writable_shards(), write.tried, self._sizes())
+            write.shard = k
+            self._router.sending(k, write.rows)
+            roles = [role for role in self._roles if self._health[role].alive(k)]
+            results = await asyncio.gather(*[self._call(role, k, "add_batch", *write.columns, **write.named) for role in roles],
+                                           return_exceptions=True)
+            self._router.acknowledged(k, write.rows)
+            if roles and roles[0] == "shard" and not isinstance(results[0], BaseException):
+                self._table.update(k, results[0])
+            outcome = write.settle(results)  # raises the shard's ValueError/TypeError for a bad batch
             if outcome == ACKED:
                 return k
-            if outcome == RETRY_SAME and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-                continue
-            tried.add(k)
-            k = None
-
-    async def _write_to(self, k: int, columns: tuple[Any, ...], named: dict[str, Any]) -> str:
-        roles = [role for role in self._roles if self._health[role].alive(k)]
-        results = await asyncio.gather(*[self._call(role, k, "add_batch", *columns, **named) for role in roles], return_exceptions=True)
-        outcome = write_outcome(results)  # raises the shard's ValueError/TypeError for a bad batch
-        if roles and roles[0] == "shard" and not isinstance(results[0], BaseException):
-            self._table.update(k, results[0])
-        return outcome
+            if outcome == RETRY_SAME:
+                await asyncio.sleep(RETRY_PAUSE_S)
+            else:
+                k = self._router.pick(self._writable_shards(), write.tried, self._sizes())
 
     async def add(self, *fields: Any, priority: Any = None, stream: Any = 0, **named: Any) -> None:
         """One transition: validated now (same errors as a local buffer), written within flush_interval_s.
         ``stream``: the writer's stream, for observation dedup (see ReplayBuffer)."""
         await self._ensure_started()
-        if priority is not None and self._buffer_type != "prioritized":
-            raise ValueError(f"priority is only supported by buffer_type='prioritized' (this buffer is '{self._buffer_type}')")
+        value = None
         if priority is not None:
-            value = _check_priority(priority)
+            require_prioritized(self._buffer_type, "priority")
+            value = check_priority(priority)
         if self._flush_error is not None:
             error, self._flush_error = self._flush_error, None
             raise error
-        if self._staging is None:
-            await self._create_staging()
-        # Staged rows go out in runs that all have, or all lack, explicit priorities (a loop: other
-        # adds may stage rows while a flush awaits its shard).
-        while len(self._staging) and (priority is None) != (not self._staged_priorities):
+        if self._stager is None:
+            await self._create_stager()
+        assert self._stager is not None
+        # A loop: other adds may stage rows while a flush awaits its shard.
+        while self._stager.must_send_before(1, value is not None):
             await self._flush()
-        self._staging.add(*fields, stream=stream, **named)  # validates stream too
-        if priority is not None:
-            self._staged_priorities.append(value)
-        self._staged_streams.append(0 if stream is None else int(stream))
-        if len(self._staging) >= self._staging_rows:
+        self._stager.stage(fields, named, value, stream)
+        if len(self._stager) >= self._staging_rows:
             await self._flush()
         elif self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
 
     async def add_batch(self, *columns: Any, priorities: Any = None, **named: Any) -> int:
-        """Rows along the leading axis, all to one shard (which validates them whole); returns the shard."""
+        """Rows along the leading axis, spread over the shards by writes.Router (validated whole, by the
+        shard when the batch lands on one, here when it is cut); returns the shard of its first rows."""
         await self._ensure_started()
         kwargs = named if priorities is None else {**named, "priorities": priorities}
         return await self._write(columns, kwargs)
 
-    async def _create_staging(self) -> None:
+    async def _create_stager(self) -> None:
         if self._schema is None:
             for k in self._health["shard"].live():
                 try:
@@ -446,20 +445,15 @@ class ReplayCoordinator:
                 if schema:
                     self._schema = schema
                     break
-        if self._staging is None:  # another add may have created it while the schemas were fetched
-            self._staging = ReplayBuffer(self._staging_rows, "fifo", schema=self._schema, collect_stats=False)
+        if self._stager is None:  # another add may have created it while the schemas were fetched
+            self._stager = Stager(self._staging_rows, self._schema)
 
     async def _flush(self) -> None:
-        if self._staging is None or not len(self._staging):
+        if self._stager is None or not len(self._stager):
             return
-        columns = self._staging.sample(len(self._staging))
+        columns = self._stager.take()
         if self._schema is None:
-            self._schema = self._staging.schema
-        if self._staged_priorities:
-            columns["priorities"] = np.asarray(self._staged_priorities)
-            self._staged_priorities = []
-        columns["streams"] = np.asarray(self._staged_streams, dtype=np.int64)
-        self._staged_streams = []
+            self._schema = self._stager.schema
         await self._write((), columns)
 
     async def _flush_periodically(self) -> None:
@@ -508,7 +502,7 @@ class ReplayCoordinator:
         return batch
 
     async def _sample(self, batch_size: int, beta: float | None, partial: bool) -> dict[str, np.ndarray]:
-        batch_size = check_batch_size(batch_size, self._capacity)
+        batch_size = check_batch_size(batch_size)
         beta = check_beta(beta, self._beta)
         await self._flush()
         await self._await_live()
@@ -639,7 +633,8 @@ class ReplayCoordinator:
         answered = [s for s in shard_stats if "adds" in s]
         total: dict[str, Any] = {"buffer_type": self._buffer_type, "num_shards": len(self._shards),
                                  "live_shards": sum(s["state"] == ALIVE for s in shard_stats),
-                                 "replication_factor": len(self._roles), "dropped_priority_updates": self._dropped_updates}
+                                 "replication_factor": len(self._roles), "dropped_priority_updates": self._dropped_updates,
+                                 "rows_lost": self._rows_lost}
         for key in ("size", "capacity", "adds", "samples", "sample_calls", "evictions", "rejected", "bytes_held", "bytes_reserved"):
             total[key] = sum(s[key] for s in answered)
         if self._buffer_type == "prioritized":
@@ -679,6 +674,7 @@ class ReplayCoordinator:
             "timeout_s": self._timeout_s,
             "buffer_type": self._buffer_type,
             "capacity": self._capacity,
+            "capacities": list(self._router.capacities.tolist()),
             "beta": self._beta,
             "limiter": self._limiter,
             "snapshots": list(self._table.snapshots),
@@ -703,14 +699,4 @@ class ReplayCoordinator:
         for group in self._placement_groups:
             remove_placement_group(group)
         self._placement_groups = []
-
-
-def _check_priority(priority: Any) -> float:
-    try:
-        value = float(priority)
-    except (TypeError, ValueError):
-        raise TypeError(f"priority must be a number, got {type(priority).__name__}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"priority[0] = {value}: priorities must be finite and >= 0")
-    return value
 

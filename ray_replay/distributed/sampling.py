@@ -25,7 +25,6 @@ __all__ = [
     "local_ids",
     "fifo_counts",
     "global_weights",
-    "merge_samples",
     "multinomial_counts",
     "split_capacity",
     "split_ids",

@@ -115,12 +115,7 @@ class ReplayShardImpl:
             return None, self.snapshot()
         if len(self.buffer) == 0:
             raise StalePlanError(f"shard {self.shard_index} holds no rows (it restarted); plan the sample again")
-        capacity = self.buffer.capacity
-        if batch_size <= capacity:
-            batch = self.buffer.sample(batch_size, beta=beta, partial=partial)
-        else:  # a shard holding most of the mass may be asked for more rows than it can hold at once
-            chunks = [self.buffer.sample(min(capacity, batch_size - start), beta=beta) for start in range(0, batch_size, capacity)]
-            batch = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        batch = self.buffer.sample(batch_size, beta=beta, partial=partial)  # with replacement: any batch_size
         self._changed(0)
         snapshot = self.snapshot()
         if self._prioritized:

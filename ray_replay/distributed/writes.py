@@ -1,0 +1,334 @@
+"""The Ray layer's write path, written once and free of Ray: validation, staging, routing, retry.
+
+``ReplayClient`` (synchronous, in a writer's process) and ``ReplayCoordinator`` (an asyncio actor)
+both drive these pieces; each only adds its own way of waiting for shard replies.
+
+Routing rule (``Router``). Capacity sharded over K shards must hold what it is given, so rows go
+where there is room: a batch is *water-filled* into the shards with the fewest rows (as last
+reported by each shard, plus the rows this caller has sent there since), never past a shard's room
+while any shard has room, so that after N <= capacity rows in any mix of batch sizes the replay holds
+all N and has evicted nothing. Rows beyond the replay's room (the replay is full: every new row
+evicts one) are spread round robin, so every shard evicts at the same pace and the rows evicted are
+among the oldest of the whole replay. A batch is cut into *runs* of consecutive rows, one per shard
+it lands on; runs shorter than ``min_run_rows`` are merged into a neighbour's when that shard has
+room for them (fewer, larger calls), so a small batch goes whole to one shard and shard sizes stay
+within about one batch of each other. A stream's consecutive rows stay consecutive within a run:
+observation dedup loses one link per cut (the first row of a run stores its state in full).
+
+Several writers route independently, each from what it has seen: two writers that both see the same
+emptiest shard may overfill it by at most the rows they have in flight, when the replay is within
+that many rows of full.
+
+Retry rule (``Write.settle``, over ``health.write_outcome``): a run whose shard may have taken it
+goes to the same shard again (its batch id makes the shard apply it once), one that no replica took
+goes to another writable shard; after ``shard_timeout_s`` without an acknowledgement,
+ShardUnavailableError.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ray_replay.buffer import ReplayBuffer
+from ray_replay.distributed.health import ACKED, REROUTE, RETRY_SAME, write_outcome
+
+__all__ = ["RETRY_PAUSE_S", "Router", "Stager", "Write", "check_batch_size", "check_beta", "check_priorities", "check_priority",
+           "require_prioritized", "rows_of", "slice_rows"]
+
+RETRY_PAUSE_S = 0.05  # between attempts at a shard that may come back (a restart takes about a second)
+DEFAULT_MIN_RUN_ROWS = 256  # below this a separate shard call costs more than the balance it buys
+
+
+# -- validation (the local buffer's rules, checked before any shard is asked) -----------------------
+
+def check_batch_size(batch_size: Any) -> int:
+    """Any batch size >= 1: uniform and prioritized sampling are with replacement."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    return int(batch_size)
+
+
+def check_beta(beta: Any, default: float) -> float:
+    if beta is None:
+        return default
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
+        raise TypeError(f"beta must be a number, got {type(beta).__name__}")
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    return float(beta)
+
+
+def check_priority(priority: Any) -> float:
+    try:
+        value = float(priority)
+    except (TypeError, ValueError):
+        raise TypeError(f"priority must be a number, got {type(priority).__name__}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"priority[0] = {value}: priorities must be finite and >= 0")
+    return value
+
+
+def check_priorities(priorities: Any, rows: int) -> np.ndarray:
+    try:
+        values = np.asarray(priorities, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError("priorities must be an array of numbers") from None
+    if values.shape != (rows,):
+        raise ValueError(f"priorities: expected {rows} values, got shape {values.shape}")
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ValueError(f"priorities[{j}] = {values[j]}: priorities must be finite and >= 0")
+    return values
+
+
+def require_prioritized(buffer_type: str, what: str) -> None:
+    if buffer_type != "prioritized":
+        raise ValueError(f"{what} is only supported by buffer_type='prioritized' (this buffer is '{buffer_type}')")
+
+
+# -- rows of a batch ---------------------------------------------------------------------------------
+
+def rows_of(columns: Sequence[Any], named: Mapping[str, Any]) -> int:
+    """The leading length of a batch's first field (0 when it has none or it is not sized)."""
+    first = columns[0] if columns else next((v for k, v in named.items() if k not in ("priorities", "streams")), None)
+    return len(first) if hasattr(first, "__len__") else 0
+
+
+def slice_rows(columns: Sequence[Any], named: Mapping[str, Any], start: int, stop: int, rows: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Rows [start, stop) of a batch of ``rows`` rows: views of arrays; a scalar (``streams=3``) is kept."""
+    def cut(value: Any) -> Any:
+        return value[start:stop] if hasattr(value, "__len__") and len(value) == rows else value
+    return tuple(cut(c) for c in columns), {k: cut(v) for k, v in named.items()}
+
+
+class Stager:
+    """Rows validated and waiting to be sent: a fifo buffer of the replay's schema (which raises the
+    shard's own ValueError/TypeError for a bad row, before anything is sent) plus each row's priority
+    and stream. Staged rows go out in runs that all have, or all lack, explicit priorities."""
+
+    def __init__(self, rows: int, schema: Mapping[str, Any] | None) -> None:
+        self.capacity = int(rows)
+        self._buffer = ReplayBuffer(self.capacity, "fifo", schema=schema, collect_stats=False) if schema else None
+        self._schema = schema
+        self._priorities = np.empty(self.capacity, dtype=np.float64)
+        self._streams = np.zeros(self.capacity, dtype=np.int64)
+        self.has_priorities = False
+        self.since = 0.0  # time.monotonic() when the oldest staged row arrived
+
+    def __len__(self) -> int:
+        return len(self._buffer) if self._buffer is not None else 0
+
+    @property
+    def schema(self) -> Mapping[str, Any] | None:
+        return self._buffer.schema if self._buffer is not None and self._buffer.schema else self._schema
+
+    def must_send_before(self, rows: int, with_priorities: bool) -> bool:
+        """Whether the staged rows must go out before ``rows`` more (with or without priorities) fit."""
+        staged = len(self)
+        return bool(staged) and (staged + rows > self.capacity or with_priorities != self.has_priorities)
+
+    def _begin(self, with_priorities: bool) -> ReplayBuffer:
+        if self._buffer is None:
+            self._buffer = ReplayBuffer(self.capacity, "fifo", schema=self._schema, collect_stats=False)
+        if not len(self._buffer):
+            self.has_priorities = with_priorities
+            self.since = time.monotonic()
+        return self._buffer
+
+    def stage(self, fields: Sequence[Any], named: Mapping[str, Any], priority: float | None, stream: Any) -> None:
+        """One row (call ``must_send_before(1, ...)`` first)."""
+        buffer = self._begin(priority is not None)
+        buffer.add(*fields, stream=stream, **named)  # validates stream too
+        at = len(buffer) - 1
+        if priority is not None:
+            self._priorities[at] = priority
+        self._streams[at] = 0 if stream is None else int(stream)
+
+    def stage_batch(self, columns: Sequence[Any], named: Mapping[str, Any], priorities: np.ndarray | None, streams: Any,
+                    rows: int) -> None:
+        """``rows`` rows with priorities checked by check_priorities (call ``must_send_before`` first)."""
+        buffer = self._begin(priorities is not None)
+        start = len(buffer)
+        buffer.add_batch(*columns, streams=streams, **named)  # validates the rows and the streams
+        if priorities is not None:
+            self._priorities[start : start + rows] = priorities
+        self._streams[start : start + rows] = 0 if streams is None else np.broadcast_to(np.asarray(streams, dtype=np.int64), (rows,))
+
+    def take(self) -> dict[str, Any]:
+        """Every staged row as named columns (with "streams", and "priorities" when they have them)."""
+        rows = len(self)
+        assert self._buffer is not None
+        columns: dict[str, Any] = self._buffer.sample(rows)
+        if self.has_priorities:
+            columns["priorities"] = self._priorities[:rows].copy()
+        columns["streams"] = self._streams[:rows].copy()
+        return columns
+
+
+def validated(columns: Sequence[Any], named: Mapping[str, Any], schema: Mapping[str, Any] | None, rows: int) -> dict[str, Any]:
+    """A batch checked whole, as named contiguous columns: before a batch is cut over several shards
+    (each would validate only its run, and a bad row in a later run would leave earlier runs written)."""
+    named = dict(named)
+    priorities = named.pop("priorities", None)
+    streams = named.pop("streams", None)
+    stager = Stager(rows, schema)
+    stager.stage_batch(columns, named, None if priorities is None else check_priorities(priorities, rows), streams, rows)
+    return stager.take()
+
+
+# -- routing -----------------------------------------------------------------------------------------
+
+def water_fill(base: np.ndarray, limit: np.ndarray, amount: int, order: Sequence[int]) -> np.ndarray:
+    """Integer x with 0 <= x <= limit - base and sum(x) = amount (<= sum(limit - base)) that raises the
+    lowest base + x first (the water level); ties at the last level go in ``order``. O(K log amount)."""
+    room = np.maximum(limit - base, 0)
+    low, high = int(base.min()), int(base.max()) + amount + 1  # poured(low) = 0 <= amount; search the last level <= amount
+    def poured(level: int) -> int:
+        return int(np.minimum(np.maximum(level - base, 0), room).sum())
+    while high - low > 1:
+        middle = (low + high) // 2
+        if poured(middle) <= amount:
+            low = middle
+        else:
+            high = middle
+    x = np.minimum(np.maximum(low - base, 0), room)
+    left = amount - int(x.sum())
+    for k in order:  # one more row each to the shards at the level that still have room
+        if left == 0:
+            break
+        if base[k] + x[k] == low and x[k] < room[k]:
+            x[k] += 1
+            left -= 1
+    if left:
+        raise ValueError(f"cannot pour {amount} rows into {int(room.sum())} rows of room")
+    return x
+
+
+class Router:
+    """Which shard takes which rows of a batch (the routing rule in the module doc); one per caller.
+
+    Args:
+        capacities: each shard's capacity.
+        min_run_rows: runs shorter than this are merged into another run where that fits.
+    """
+
+    def __init__(self, capacities: Sequence[int], min_run_rows: int = DEFAULT_MIN_RUN_ROWS) -> None:
+        self.capacities = np.asarray(capacities, dtype=np.int64)
+        self.sent = np.zeros(len(capacities), dtype=np.int64)  # rows on their way, not yet acknowledged
+        self.min_run_rows = int(min_run_rows)
+        self._cursor = 0  # round robin once the replay is full
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.capacities)
+
+    def acknowledged(self, k: int, rows: int) -> None:
+        """A run of ``rows`` rows sent to shard k settled (taken, refused or to be sent elsewhere)."""
+        self.sent[k] = max(self.sent[k] - rows, 0)
+
+    @property
+    def max_run_rows(self) -> int:
+        """The longest run: a quarter of the smallest shard (one call never replaces more of a shard)."""
+        return max(self.min_run_rows, int(self.capacities.min()) // 4)
+
+    def plan(self, rows: int, writable: Sequence[bool], sizes: Sequence[int]) -> list[tuple[int, int, int]]:
+        """Runs (shard, start, stop) covering rows [0, rows) in order; [] when no shard is writable.
+        ``sizes``: each shard's rows as it last reported them (the caller's ShardTable). Pure: the
+        caller reports each run with ``sending`` and ``acknowledged``."""
+        live = [k for k in range(self.num_shards) if writable[k]]
+        if rows <= 0 or not live:
+            return []
+        held = (np.asarray(sizes, dtype=np.int64) + self.sent)[live]
+        room = np.maximum(self.capacities[live] - held, 0)
+        emptiest = int(np.argmin(held / self.capacities[live]))
+        x = np.zeros(len(live), dtype=np.int64)
+        if rows <= min(room[emptiest], self.max_run_rows):
+            x[emptiest] = rows  # the common case: the whole batch to the emptiest shard, one call
+        else:
+            into_room = min(rows, int(room.sum()))
+            if into_room:
+                x += water_fill(held, held + room, into_room, order=np.argsort(held, kind="stable").tolist())
+            beyond = rows - into_room
+            if beyond:  # the replay is full: every row evicts one, so spread evenly, round robin
+                runs = min(len(live), -(-beyond // self.max_run_rows))
+                first = self._cursor % len(live)
+                self._cursor = first + runs
+                for j in range(runs):
+                    x[(first + j) % len(live)] += beyond // runs + (1 if j < beyond % runs else 0)
+            x = self._merge_short_runs(x, room)
+        plan, start = [], 0
+        for j in np.argsort(held, kind="stable"):  # the emptiest shard takes the batch's first rows
+            if x[j]:
+                plan.append((live[j], start, start + int(x[j])))
+                start += int(x[j])
+        return plan
+
+    def sending(self, k: int, rows: int) -> None:
+        """``rows`` rows are on their way to shard k (counted until ``acknowledged``)."""
+        self.sent[k] += rows
+
+    def _merge_short_runs(self, x: np.ndarray, room: np.ndarray) -> np.ndarray:
+        """Merges each run under min_run_rows into the largest other run where that evicts no more rows
+        (rows beyond a shard's room each evict one)."""
+        x = x.copy()
+        for j in np.argsort(x, kind="stable"):
+            if not 0 < x[j] < self.min_run_rows:
+                continue
+            for i in np.argsort(-x, kind="stable"):
+                if i == j or x[i] == 0:
+                    continue
+                before = max(x[i] - room[i], 0) + max(x[j] - room[j], 0)
+                if max(x[i] + x[j] - room[i], 0) <= before:
+                    x[i] += x[j]
+                    x[j] = 0
+                    break
+        return x
+
+    def pick(self, writable: Sequence[bool], exclude: set[int], sizes: Sequence[int]) -> int | None:
+        """The emptiest writable shard outside ``exclude`` (for a run that must go elsewhere), or None."""
+        candidates = [k for k in range(self.num_shards) if writable[k] and k not in exclude]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda k: (sizes[k] + self.sent[k]) / self.capacities[k])
+
+
+# -- one run in flight --------------------------------------------------------------------------------
+
+@dataclass(eq=False)  # compared by identity: payloads hold arrays
+class Write:
+    """One run of rows bound for one shard until acknowledged (the payload is kept for a retry)."""
+
+    columns: tuple[Any, ...]
+    named: dict[str, Any]
+    rows: int
+    deadline: float
+    shard: int = -1
+    tried: set[int] = field(default_factory=set)
+
+    @classmethod
+    def new(cls, columns: tuple[Any, ...], named: Mapping[str, Any], rows: int, timeout_s: float) -> Write:
+        return cls(columns, {**named, "batch_id": uuid.uuid4().hex}, rows, time.monotonic() + timeout_s)
+
+    def settle(self, results: list[object]) -> str:
+        """ACKED, RETRY_SAME (send to ``shard`` again after RETRY_PAUSE_S) or REROUTE (to a shard not in
+        ``tried``); raises a refusal of the rows themselves (ValueError, TypeError, BufferFullError)."""
+        outcome = write_outcome(results)
+        if outcome == ACKED:
+            return ACKED
+        if outcome == RETRY_SAME and time.monotonic() < self.deadline:
+            return RETRY_SAME
+        self.tried.add(self.shard)
+        return REROUTE
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
