@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 JOBS ?= 2
 ARGS ?=
 
-.PHONY: all install test test-cpp test-asan test-tsan test-python demo bench clean
+.PHONY: all install test test-cpp test-asan test-tsan test-python test-under-load demo bench clean
 
 all: test
 
@@ -39,27 +39,59 @@ test-cpp: $(VENV)/.build-tools
 # The ASan variant also builds the extension with ASan + UBSan and runs the local-buffer tests on it
 # (ASan's runtime must be loaded first, and libstdc++ before it intercepts a throw, hence LD_PRELOAD;
 # CPython's own allocations are not leaks).
+# The split: this step tests the native code, not Ray. Tests that start Ray (marked "ray" by
+# tests/conftest.py: every test using the ray_local / ray_stopped fixtures, directly or not) are left
+# out here with -m "not ray" and run in test-python, without the preload; RAY_REPLAY_TESTS_NO_RAY
+# makes conftest refuse, with a message, any Ray start that slips through, so no Ray process (GCS,
+# raylet, worker) ever starts under the ASan runtime.
 ASAN_TESTS := tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py
 test-asan: install
 	$(call cpp_tests,-asan,address,-DREPLAY_BUFFER_BUILD_PYTHON_MODULE=ON -DPython_EXECUTABLE=$(VENV_ABS)/bin/python -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir))
 	rm -rf build/asan-package && mkdir -p build/asan-package && cp -r ray_replay build/asan-package/
 	cp build/cpp-asan/_core*.so build/asan-package/ray_replay/
-	PYTHONPATH=build/asan-package LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
-		$(VENV)/bin/pytest -p no:cacheprovider -q $(ASAN_TESTS)
+	PYTHONPATH=build/asan-package RAY_REPLAY_TESTS_NO_RAY=1 LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
+		$(VENV)/bin/pytest -p no:cacheprovider -q -m "not ray" $(ASAN_TESTS)
 
 test-tsan: $(VENV)/.build-tools
 	$(call cpp_tests,-tsan,thread,)
 
+# All Python tests, the "ray" ones included (the ASan step leaves those out), on the installed package.
 # Tests that start a Ray of their own (a multi-node Cluster; a Ray with a metrics port) run in pytest
-# processes of their own, so no process restarts Ray while another session's background threads are
-# alive: that can crash the interpreter at exit (ray-project/ray#31145; seen once here, after every
-# test had passed). PYTHONFAULTHANDLER makes any such crash print where it happened.
+# processes of their own, so each pytest process starts one Ray and no process restarts Ray while
+# another session's background threads are alive: that can crash the interpreter at exit
+# (ray-project/ray#31145; seen once here, after every test had passed; conftest also shuts Ray down
+# when the session finishes). PYTHONFAULTHANDLER makes any such crash print where it happened.
+# Ray's startup deadlines are widened for a busy machine in tests/conftest.py.
 OWN_RAY_TESTS := tests/test_distributed_cluster.py tests/test_monitoring.py
 test-python: install
 	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest $(ARGS) $(addprefix --ignore=,$(OWN_RAY_TESTS))
 	for module in $(OWN_RAY_TESTS); do PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest $(ARGS) $$module || exit 1; done
 
 test: install test-cpp test-asan test-tsan test-python
+
+# `make test` (RUNS times in a row, default 1) while one busy loop per core (HOGS, default all of
+# them) keeps the machine loaded; stops at the first failing run. The loops' pids are recorded and
+# exactly those are stopped when the recipe ends, whether the runs pass, fail or are interrupted.
+# Each run's duration and the total are reported.
+RUNS ?= 1
+HOGS ?= $(shell nproc 2>/dev/null || echo 2)
+test-under-load:
+	@pids=""; status=0; \
+	stop_hogs() { for pid in $$pids; do kill $$pid 2>/dev/null; done; for pid in $$pids; do wait $$pid 2>/dev/null; done; [ -z "$$pids" ] || echo "test-under-load: stopped the CPU hogs (pids$$pids)"; }; \
+	trap 'stop_hogs' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	for i in $$(seq 1 $(HOGS)); do $(PYTHON) -c 'while True: pass' & pids="$$pids $$!"; done; \
+	echo "test-under-load: $(HOGS) CPU hogs running (pids$$pids); make test, $(RUNS) run(s)"; \
+	begin=$$(date +%s); \
+	for run in $$(seq 1 $(RUNS)); do \
+		start=$$(date +%s); \
+		$(MAKE) --no-print-directory test || status=$$?; \
+		took=$$(( $$(date +%s) - start )); \
+		alive=0; for pid in $$pids; do kill -0 $$pid 2>/dev/null && alive=$$((alive + 1)); done; \
+		if [ $$status -ne 0 ]; then echo "test-under-load: run $$run of $(RUNS) FAILED (status $$status) after $$((took / 60)) min $$((took % 60)) s"; exit $$status; fi; \
+		echo "test-under-load: run $$run of $(RUNS) passed in $$((took / 60)) min $$((took % 60)) s ($$alive of $(HOGS) hogs still running)"; \
+	done; \
+	total=$$(( $$(date +%s) - begin )); \
+	echo "test-under-load: all $(RUNS) run(s) passed in $$((total / 60)) min $$((total % 60)) s"
 
 demo: install
 	$(VENV)/bin/ray-replay demo $(ARGS)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
 
 SCHEMA = {
     "state": ((8,), np.float32),
@@ -44,3 +50,17 @@ def assert_same_contents(actual, expected) -> None:
     for key in ("total_adds", "samples", "evictions"):
         assert left[key] == right[key], key
     np.testing.assert_array_equal(left["masses"], right["masses"])
+
+
+def wait_for(condition: Callable[[], T], timeout_s: float, message: str | Callable[[], str], interval_s: float = 0.1) -> T:
+    """Polls ``condition()`` until it returns something truthy, and returns that. After ``timeout_s``
+    fails with ``message`` (or, if callable, what it returns then: e.g. the last state seen), so a
+    wait on a busy machine is bounded and says what it waited for, instead of a fixed sleep."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {message() if callable(message) else message}")
+        time.sleep(interval_s)

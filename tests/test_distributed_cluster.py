@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import ray
-from helpers import SCHEMA, assert_rows_consistent, transitions
+from helpers import SCHEMA, assert_rows_consistent, transitions, wait_for
 
 from ray_replay.distributed import ReplayClient, ReplayCoordinator
 from ray_replay.distributed.runtime import LOOPBACK, init_ray
+
+STARTUP_TIMEOUT_S = 120  # for the nodes to register, and for replicas to come back after a node is removed
 
 
 @pytest.fixture
@@ -22,7 +22,8 @@ def cluster(ray_stopped):
     try:
         for index in range(3):  # the head carries a "head" resource, for actors that must outlive a worker node
             cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK, include_dashboard=False, object_store_memory=128 * 1024**2,
-                             resources={"head": 1} if index == 0 else {})
+                             resources={"head": 1} if index == 0 else {}, wait=False)
+        cluster.wait_for_nodes(timeout=STARTUP_TIMEOUT_S)  # add_node(wait=True) would allow each node 30 s
         init_ray(address=cluster.address)
         yield cluster
     finally:
@@ -74,14 +75,15 @@ def test_with_replication_removing_a_node_loses_no_acknowledged_row(cluster):
         client.flush()
         batch = client.sample(64)
         assert_rows_consistent({k: v for k, v in batch.items() if k in SCHEMA})
-    deadline = time.monotonic() + 60
-    while True:
+    seen: list = []  # the replicas' states and the total size, as last polled
+
+    def replicas_back() -> list[dict] | None:
         stats = ray.get(replay.stats.remote())
         replicas = stats["shards"] + [s["backup"] for s in stats["shards"]]
-        if all(s["state"] == "alive" for s in replicas) and stats["total"]["size"] == 3000:
-            break
-        assert time.monotonic() < deadline, f"replicas did not come back: {[s['state'] for s in replicas]}"
-        time.sleep(0.2)
+        seen[:] = [[s["state"] for s in replicas], stats["total"]["size"]]
+        return replicas if all(s["state"] == "alive" for s in replicas) and stats["total"]["size"] == 3000 else None
+
+    replicas = wait_for(replicas_back, STARTUP_TIMEOUT_S, lambda: f"the replicas to come back (states, size: {seen})", interval_s=0.2)
     assert victim.node_id not in {s["node_id"] for s in replicas}
     np.testing.assert_array_equal(stored_actions(replay), np.arange(3000))
     np.testing.assert_array_equal(stored_actions(replay, "backup_handles"), np.arange(3000))

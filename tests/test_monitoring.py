@@ -5,11 +5,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
 import pytest
+from helpers import wait_for
 
 SCHEMA = {"obs": ((4,), np.float32), "reward": ((), np.float32)}
 
@@ -62,15 +62,21 @@ def test_metrics_reach_prometheus_and_stats_are_live(metrics_ray):
     assert again["inserts_per_second"] > 0 and again["samples_per_second"] > 0
 
     # Shards publish at most once a second: keep them busy until the scrape shows both shards' metrics.
-    deadline = time.monotonic() + 90
-    text, sizes = "", []
-    while time.monotonic() < deadline:
+    scraped = {"text": ""}
+
+    def both_shards_scraped() -> list[str] | None:
         drive(replay)
-        text = urllib.request.urlopen(metrics_ray, timeout=5).read().decode()
+        try:
+            text = scraped["text"] = urllib.request.urlopen(metrics_ray, timeout=30).read().decode()
+        except OSError as error:  # the metrics agent may not listen yet on a busy machine
+            scraped["text"] = f"no scrape: {error!r}"
+            return None
         sizes = [line for line in text.splitlines() if line.startswith("ray_replay_size{") and 'replay="metrics-replay"' in line]
-        if len(sizes) == 2 and "ray_replay_sample_seconds_bucket" in text:
-            break
-        time.sleep(1)
+        return sizes if len(sizes) == 2 and "ray_replay_sample_seconds_bucket" in text else None
+
+    sizes = wait_for(both_shards_scraped, 120, lambda: f"both shards' metrics in the scrape; last scrape:\n{scraped['text'][:2000]}",
+                     interval_s=1.0)
+    text = scraped["text"]
     assert len(sizes) == 2, text[:2000]  # one per shard
     assert sum(float(line.rsplit(" ", 1)[1]) for line in sizes) >= 500
     assert any(line.startswith("ray_replay_adds_total{") for line in text.splitlines())
