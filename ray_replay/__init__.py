@@ -16,21 +16,23 @@ from ray_replay._core import BufferFullError
 from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ray_replay.distributed import ReplayClient, ReplayCoordinator, ReplayShard, init_ray
+    from ray_replay.distributed import DistributedReplay, ReplayClient, ReplayCoordinator, ReplayShard, ShardUnavailableError, init_ray
 
 __all__ = [
     "BUFFER_TYPES",
     "BufferFullError",
+    "DistributedReplay",
     "ReplayBuffer",
     "ReplayClient",
     "ReplayCoordinator",
     "ReplayShard",
+    "ShardUnavailableError",
     "init_ray",
 ]
 
 __version__ = "0.1.0"
 
-_DISTRIBUTED = {"ReplayClient", "ReplayCoordinator", "ReplayShard", "init_ray"}
+_DISTRIBUTED = {"DistributedReplay", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ShardUnavailableError", "init_ray"}
 
 
 def __getattr__(name: str) -> Any:

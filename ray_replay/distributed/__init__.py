@@ -2,6 +2,10 @@
 
 ::
 
+    replay = DistributedReplay(4_000_000, num_shards=4, buffer_type="prioritized")   # pass it anywhere
+    replay.add_batch(states, actions, rewards, next_states, dones)  # straight to the shards, one hop
+    batch = replay.sample(512)
+
     replay = ReplayCoordinator.remote(capacity=4_000_000, num_shards=4, buffer_type="prioritized")
     client = ReplayClient(replay)            # in a writer or a learner: talks to the shards directly
     client.add_batch(states, actions, rewards, next_states, dones)
@@ -14,9 +18,10 @@ from __future__ import annotations
 from ray_replay.distributed.client import ReplayClient
 from ray_replay.distributed.coordinator import ReplayCoordinator
 from ray_replay.distributed.health import ShardUnavailableError
+from ray_replay.distributed.replay import DistributedReplay
 from ray_replay.distributed.runtime import init_ray
 from ray_replay.distributed.sampling import RateLimiter, ShardTable, Snapshot
 from ray_replay.distributed.shard import ReplayShard, ReplayShardImpl, ShardFencedError
 
-__all__ = ["RateLimiter", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ReplayShardImpl", "ShardFencedError", "ShardTable",
+__all__ = ["DistributedReplay", "RateLimiter", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ReplayShardImpl", "ShardFencedError", "ShardTable",
            "ShardUnavailableError", "Snapshot", "init_ray"]

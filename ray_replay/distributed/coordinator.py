@@ -171,6 +171,7 @@ class ReplayCoordinator:
         self._table = ShardTable(num_shards, buffer_type)
         self._dropped_updates = 0
         self._rows_lost = 0
+        self._rows_relayed = 0  # rows whose payload passed through this actor (add/add_batch on its handle)
         self._held_at_failure = [0] * num_shards  # each primary's last known size when it failed
         self._last_nodes: dict[tuple[str, int], str | None] = {}  # where each replica last answered from
         self._monitor: asyncio.Task[None] | None = None
@@ -369,6 +370,7 @@ class ReplayCoordinator:
         once; returns the shard that took the batch's first rows. A batch cut over shards is validated
         here whole first, so a bad row leaves no run written."""
         rows = rows_of(columns, named)
+        self._rows_relayed += rows
         plan = self._router.plan(rows, self._writable_shards(), self._sizes()) or [(None, 0, rows)]
         if len(plan) > 1:
             columns, named = (), validated(columns, named, self._schema, rows)
@@ -634,7 +636,7 @@ class ReplayCoordinator:
         total: dict[str, Any] = {"buffer_type": self._buffer_type, "num_shards": len(self._shards),
                                  "live_shards": sum(s["state"] == ALIVE for s in shard_stats),
                                  "replication_factor": len(self._roles), "dropped_priority_updates": self._dropped_updates,
-                                 "rows_lost": self._rows_lost}
+                                 "rows_lost": self._rows_lost, "rows_relayed_by_coordinator": self._rows_relayed}
         for key in ("size", "capacity", "adds", "samples", "sample_calls", "evictions", "rejected", "bytes_held", "bytes_reserved"):
             total[key] = sum(s[key] for s in answered)
         if self._buffer_type == "prioritized":
@@ -681,9 +683,10 @@ class ReplayCoordinator:
             "schema": self._schema,
         }
 
-    async def shutdown(self) -> None:
-        """Flushes staged rows, then kills the shards and backups (their rows are gone; checkpoint files
-        stay) and removes their placement groups; the coordinator stays up."""
+    async def shutdown(self, grace_period_s: float = 5.0) -> None:
+        """Flushes staged rows, closes every replica's checkpoint writer (waiting up to
+        ``grace_period_s`` for a write in progress), then kills the shards and backups (their rows
+        are gone; checkpoint files stay) and removes their placement groups; the coordinator stays up."""
         for task in (self._flusher, self._monitor):
             if task is not None:
                 task.cancel()
@@ -691,6 +694,9 @@ class ReplayCoordinator:
             await self._flush()
         except ShardUnavailableError:
             pass  # nothing left to flush to
+        replicas = [shard for role in self._roles for shard in self._replicas[role]]
+        if replicas and grace_period_s > 0:
+            await asyncio.wait([asyncio.ensure_future(shard.close.remote()) for shard in replicas], timeout=grace_period_s)
         for replicas in self._replicas.values():
             for shard in replicas:
                 ray.kill(shard)

@@ -184,6 +184,12 @@ class ReplayShardImpl:
             self._checkpoints.checkpoint_now(self.buffer, full=True)
         return self.snapshot()
 
+    def close(self) -> None:
+        """Waits for a checkpoint write in progress, then stops the checkpoint writer (before shutdown)."""
+        if self._checkpoints is not None:
+            self._checkpoints.close()
+            self._checkpoints = None
+
     def checkpoint(self) -> None:
         """Writes a checkpoint now and waits for it (needs checkpoint_path)."""
         if self._checkpoints is None:

@@ -1,0 +1,172 @@
+"""DistributedReplay: the object users pass around; every payload takes one hop, to or from a shard.
+
+In the spirit of Ray's ``util/queue.py``: a public, picklable facade over a private actor (the
+``ReplayCoordinator``, which keeps only control: the shard map, health, rate limits, stats). Data
+methods run in the calling process through a ``ReplayClient`` made on first use in each process (and
+thread), so rows go from the writer straight to their shards and samples come straight back; the
+coordinator never sees a payload.
+
+::
+
+    replay = DistributedReplay(4_000_000, num_shards=4, buffer_type="prioritized")
+    writer = Writer.remote(replay)               # pickles as the coordinator handle + options
+
+    # in any process: plain calls ...
+    replay.add_batch(states, actions, rewards, next_states, dones)
+    batch = replay.sample(512); replay.update_priorities(batch["ids"], new_priorities)
+    # ... or Ray-style calls, as on the coordinator handle (they return ObjectRefs)
+    replay.add.remote(state, action, reward, next_state, done)
+    batch = ray.get(replay.sample.remote(512))
+
+    replay.size(), replay.stats(), replay.flush()
+    replay.shutdown()                            # flushes, closes checkpoint writers, removes shards
+
+Read-your-writes within a process: ``size``, ``stats`` and every other control call first flush this
+process's staged rows and wait for their acknowledgement. Between processes, rows become visible as
+their writers send them (``flush_interval_s``, or ``flush()``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ray
+
+from ray_replay.distributed.client import ReplayClient
+from ray_replay.distributed.coordinator import ReplayCoordinator
+
+__all__ = ["DistributedReplay"]
+
+_DATA = ("add", "add_batch", "sample", "update_priorities")
+
+
+class _Method:
+    """``replay.m(...)`` runs m; ``replay.m.remote(...)`` runs it too (writes are staged or sent, a sample
+    is usually prefetched) and returns an ObjectRef of the result, as a call on an actor handle does."""
+
+    def __init__(self, call: Callable[..., Any], remote: Callable[..., Any]) -> None:
+        self._call, self._remote = call, remote
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._remote(*args, **kwargs)
+
+
+class DistributedReplay:
+    """A sharded replay on Ray (see ReplayCoordinator for every argument), used from any process.
+
+    Args:
+        capacity, num_shards, buffer_type, **coordinator_options: as for ReplayCoordinator.
+        actor_options: passed to ``ReplayCoordinator.options(...)`` (name, namespace, max_restarts,
+            num_cpus, resources, ...).
+        client_options: passed to each process's ReplayClient (batch_rows, flush_interval_s,
+            max_in_flight, prefetch, seed).
+    """
+
+    def __init__(self, capacity: int, num_shards: int = 2, buffer_type: str = "uniform", *, actor_options: Mapping[str, Any] | None = None,
+                 client_options: Mapping[str, Any] | None = None, **coordinator_options: Any) -> None:
+        actor = ReplayCoordinator.options(**dict(actor_options or {})).remote(capacity, num_shards, buffer_type, **coordinator_options)
+        self._bind(actor, dict(client_options or {}))
+        try:
+            ray.get(actor.client_config.remote())
+        except ray.exceptions.ActorDiedError as error:  # a bad argument: raise the coordinator's own error
+            if not error.actor_init_failed:
+                raise
+            last = str(error).strip().splitlines()[-1]
+            kind, _, message = last.partition(": ")
+            raise (TypeError if kind.endswith("TypeError") else ValueError)(message or last) from None
+
+    @classmethod
+    def from_actor(cls, actor: Any, client_options: Mapping[str, Any] | None = None) -> DistributedReplay:
+        """The facade over a running ReplayCoordinator (a handle, or the name of a named one)."""
+        self = cls.__new__(cls)
+        self._bind(ray.get_actor(actor) if isinstance(actor, str) else actor, dict(client_options or {}))
+        return self
+
+    def _bind(self, actor: Any, client_options: dict[str, Any]) -> None:
+        self.actor = actor  # the ReplayCoordinator actor handle: control only
+        self._client_options = client_options
+        self._local = threading.local()
+        for name in _DATA:
+            setattr(self, name, _Method(self._data(name), self._data_remote(name)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DistributedReplay.from_actor, (self.actor, self._client_options))
+
+    # -- data: through this process's client, one hop -------------------------------------------------
+
+    @property
+    def client(self) -> ReplayClient:
+        """This process's (and thread's) ReplayClient, made on first use."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = ReplayClient(self.actor, **self._client_options)
+        return client
+
+    def _data(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return getattr(self.client, name)(*args, **kwargs)
+        call.__name__ = name
+        call.__doc__ = getattr(ReplayClient, name).__doc__
+        return call
+
+    def _data_remote(self, name: str) -> Callable[..., Any]:
+        def remote(*args: Any, **kwargs: Any) -> Any:
+            return ray.put(getattr(self.client, name)(*args, **kwargs))
+        return remote
+
+    def flush(self) -> None:
+        """Sends this process's staged rows and waits until everything it sent is stored."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.flush()
+
+    def client_stats(self) -> dict[str, Any]:
+        """This process's write counts (ReplayClient.stats()): rows handed, acknowledged, in flight, failed."""
+        return self.client.stats()
+
+    # -- control: the coordinator ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.size())
+
+    def __getattr__(self, name: str) -> Any:
+        """Every coordinator method (``size``, ``stats``, ``shard_handles``, ``client_config``, ...):
+        ``replay.size()`` returns the result, ``replay.size.remote()`` an ObjectRef, as on the handle;
+        both flush this process's writes first (read-your-writes)."""
+        if name.startswith("_") or name == "actor":
+            raise AttributeError(name)
+        method = getattr(self.actor, name)
+
+        def remote(*args: Any, **kwargs: Any) -> Any:
+            self.flush()
+            return method.remote(*args, **kwargs)
+        return _Method(lambda *args, **kwargs: ray.get(remote(*args, **kwargs)), remote)
+
+    def shutdown(self, force: bool = False, grace_period_s: float = 5.0) -> None:
+        """Flushes this process's writes (unless ``force``), then the coordinator closes every shard's
+        checkpoint writer (waiting up to ``grace_period_s`` for writes in progress), removes the
+        shards, and the coordinator actor itself is killed. Idempotent."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            if not force:
+                client.close()
+            self._local.client = None
+        try:
+            ray.get(self.actor.shutdown.remote(grace_period_s=0.0 if force else grace_period_s))
+        except ray.exceptions.RayActorError:
+            pass  # already gone
+        ray.kill(self.actor)
+
+    def __enter__(self) -> DistributedReplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"DistributedReplay({self.actor!r})"
