@@ -5,10 +5,17 @@ float32, next_obs float32[8], done bool); 1 learner samples prioritized batches 
 beta 0.4) and updates the priorities of every batch; capacity 1,000,000 (2 shards); measured for
 ``--seconds`` after a prefill of ``--prefill`` rows.
 
-* ray_replay: ReplayCoordinator with 2 shards; writers and learner use ReplayClient.
+Every system is driven alike: each writer keeps 8 insert calls of 1000 rows in flight, the learner 2
+sample calls (then updates the priorities of each batch, fire and forget); each is credited only with
+the rows acknowledged (a returned call, or ReplayClient.stats()["rows_acknowledged"]), over the time
+until the last acknowledgement.
+
+* ray_replay: ReplayCoordinator with 2 shards; writers and learner use ReplayClient (the data path of
+  DistributedReplay: every payload straight to or from a shard), one call per 1000-row batch.
+* coordinator: the same replay driven through the coordinator's own handle (add_batch.remote,
+  sample.remote, update_priorities.remote): every payload relayed by the coordinator actor.
 * naive: numpy ring + numpy sum tree (benchmarks/baselines/numpy_sum_tree.py) in one plain Ray
-  actor; writers call add_batch.remote (at most 2 in flight), the learner ray.get(sample.remote(512))
-  then update_priorities.remote.
+  actor; add_batch.remote, sample.remote, update_priorities.remote.
 * torchrl (when installed): TorchRL's RayReplayBuffer hosting a prioritized ReplayBuffer
   (LazyTensorStorage, PrioritizedSampler; benchmarks/baselines/torchrl_ray_buffer.py); writers extend
   it with TensorDicts of 1000 rows, the learner samples 512 with return_info=True and calls
@@ -49,7 +56,7 @@ sys.path.insert(0, str(HERE))
 from baselines import torchrl_ray_buffer  # noqa: E402
 from common import SCHEMA, machine_info, write_json  # noqa: E402
 
-from ray_replay.distributed import ReplayClient, ReplayCoordinator  # noqa: E402
+from ray_replay.distributed import DistributedReplay, ReplayClient, ReplayCoordinator  # noqa: E402
 from ray_replay.distributed.runtime import LOOPBACK, init_ray  # noqa: E402
 
 FIELDS = tuple(SCHEMA)
@@ -103,11 +110,18 @@ class NaiveReplay:
         self.buffer.update_priorities(ids, priorities)
 
 
+WRITES_IN_FLIGHT = 8  # insert calls each writer keeps outstanding, for every system alike
+SAMPLES_IN_FLIGHT = 2  # sample calls the learner keeps outstanding (the client's prefetch), for every system alike
+
+
 @ray.remote(num_cpus=0)
 class Writer:
+    """Inserts batches of WRITE_BATCH rows with WRITES_IN_FLIGHT calls outstanding, whichever system;
+    credited only with rows acknowledged (a call that returned, or the client's rows_acknowledged)."""
+
     def __init__(self, replay: Any, kind: str, seed: int, batch_rows: int) -> None:
         self.replay, self.kind = replay, kind
-        self.client = ReplayClient(replay, batch_rows=batch_rows, max_in_flight=2) if kind == "ray_replay" else None
+        self.client = (ReplayClient(replay, batch_rows=batch_rows, max_in_flight=WRITES_IN_FLIGHT) if kind == "ray_replay" else None)
         self.batches = [make_rows(WRITE_BATCH, seed * 100 + i) for i in range(8)]
         if kind == "torchrl":
             self.batches = [torchrl_ray_buffer.tensordict(b) for b in self.batches]
@@ -115,33 +129,41 @@ class Writer:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, start_at: float, seconds: float) -> int:
+    def run(self, start_at: float, seconds: float) -> tuple[int, float]:
+        """(rows acknowledged, seconds from the start until the last acknowledgement)."""
         while time.time() < start_at:
             time.sleep(0.001)
-        end, rows, pending, i = start_at + seconds, 0, [], 0
+        end, acked, pending, i = start_at + seconds, 0, [], 0
         while time.time() < end:
             batch = self.batches[i % len(self.batches)]
             i += 1
-            if self.kind == "naive":
-                pending.append(self.replay.add_batch.remote(*batch.values()))
-                if len(pending) >= 2:
+            if self.kind in ("naive", "coordinator"):
+                pending.append(self.replay.add_batch.remote(*batch.values()) if self.kind == "naive" else self.replay.add_batch.remote(**batch))
+                if len(pending) >= WRITES_IN_FLIGHT:
                     ray.get(pending.pop(0))
+                    acked += WRITE_BATCH
             elif self.kind == "torchrl":
-                self.replay.extend(batch)
+                self.replay.extend(batch)  # its client returns once the rows are stored
+                acked += WRITE_BATCH
             else:
                 self.client.add_batch(**batch)
-            rows += WRITE_BATCH
         ray.get(pending)
+        acked += WRITE_BATCH * len(pending)
         if self.client is not None:
             self.client.flush()
-        return rows
+            acked = self.client.stats()["rows_acknowledged"]
+        return acked, time.time() - start_at
 
 
 @ray.remote(num_cpus=0)
 class Learner:
+    """Samples SAMPLE_BATCH prioritized rows with SAMPLES_IN_FLIGHT calls outstanding and updates the
+    priorities of every batch (fire and forget), whichever system."""
+
     def __init__(self, replay: Any, kind: str, prefetch: int) -> None:
         self.replay, self.kind = replay, kind
         self.client = ReplayClient(replay, prefetch=prefetch, max_in_flight=8, seed=0) if kind == "ray_replay" else None
+        self.prefetch = prefetch
         self.rng = np.random.default_rng(0)
 
     def pid(self) -> int:
@@ -150,11 +172,13 @@ class Learner:
     def run(self, start_at: float, seconds: float) -> dict[str, Any]:
         while time.time() < start_at:
             time.sleep(0.001)
-        end, latencies, rows = start_at + seconds, [], 0
+        end, latencies, rows, waiting = start_at + seconds, [], 0, []
         while time.time() < end:
             t0 = time.perf_counter()
-            if self.kind == "naive":
-                batch = ray.get(self.replay.sample.remote(SAMPLE_BATCH))
+            if self.kind in ("naive", "coordinator"):
+                while len(waiting) <= self.prefetch:
+                    waiting.append(self.replay.sample.remote(SAMPLE_BATCH))
+                batch = ray.get(waiting.pop(0))
             elif self.kind == "torchrl":
                 batch, info = self.replay.sample(SAMPLE_BATCH, return_info=True)
             else:
@@ -163,6 +187,8 @@ class Learner:
             priorities = self.rng.uniform(0.1, 2.0, SAMPLE_BATCH)
             if self.kind == "naive":
                 self.replay.update_priorities.remote(batch["indexes"], priorities)
+            elif self.kind == "coordinator":
+                self.replay.update_priorities.remote(batch["ids"], priorities)
             elif self.kind == "torchrl":
                 torchrl_ray_buffer.update_priorities(self.replay, info["index"], priorities)
             else:
@@ -201,6 +227,8 @@ def create_replay(kind: str, num_shards: int = 2, **coordinator_options: Any) ->
     if kind == "torchrl":
         owner = torchrl_ray_buffer.create(CAPACITY, ALPHA, BETA, EPS)
         return owner, owner.client(), [actor_pid(owner._rb)]  # _rb: the actor, read for its pid only
+    # "ray_replay": writers and learner through ReplayClient (DistributedReplay's data path);
+    # "coordinator": through the coordinator's own handle (every payload relayed by it).
     replay = ReplayCoordinator.remote(
         capacity=CAPACITY, num_shards=num_shards, buffer_type="prioritized", alpha=ALPHA, beta=BETA, schema=SCHEMA, seed=0,
         collect_stats=False, **coordinator_options,
@@ -214,12 +242,12 @@ def close_replay(kind: str, owner: Any) -> None:
     if kind == "torchrl":
         owner.close()
         return
-    if kind == "ray_replay":
+    if kind in ("ray_replay", "coordinator"):
         ray.get(owner.shutdown.remote())
     ray.kill(owner)
 
 
-def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = 8192, prefetch: int = 2,
+def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = WRITE_BATCH, prefetch: int = SAMPLES_IN_FLIGHT,
               num_writers: int = 2, **coordinator_options: Any) -> dict[str, Any]:
     """One DIST-1 run; every actor it creates is killed at the end."""
     owner, replay, pids = create_replay(kind, num_shards, **coordinator_options)
@@ -232,18 +260,20 @@ def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2,
     wall0 = time.perf_counter()
     written = [w.run.remote(start_at, seconds) for w in writers]
     learned = learner.run.remote(start_at, seconds)
-    inserted, result = sum(ray.get(written)), ray.get(learned)
+    acks, result = ray.get(written), ray.get(learned)
+    inserted = sum(rows for rows, _ in acks)
+    acked_within = max(t for _, t in acks)  # rows acknowledged after the window count, over the time they took
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0
     elapsed = time.perf_counter() - wall0 - 1.0  # the actors start together one second after wall0
     out = {
-        "inserted_per_s": inserted / seconds,
+        "inserted_per_s": inserted / max(acked_within, seconds),
         "sampled_per_s": result["rows"] / seconds,
         "sample_p50_ms": result["p50_ms"],
         "sample_p99_ms": result["p99_ms"],
         "cpu_us_per_transition": cpu * 1e6 / (inserted + result["rows"]),
         "overrun_s": elapsed - seconds,
     }
-    if kind == "ray_replay":
+    if kind in ("ray_replay", "coordinator"):
         out["shard_sizes"] = [s["size"] for s in ray.get(owner.stats.remote())["shards"]]
     for actor in [*writers, learner]:
         ray.kill(actor)
@@ -252,9 +282,12 @@ def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2,
 
 
 def single_adds(kind: str, seconds: float) -> float:
-    """Single-transition add calls per second from the driver: add.remote with up to 1000 in flight;
-    TorchRL's client waits for the reply of each add."""
+    """Single-transition add calls per second from the driver: add.remote with up to 1000 in flight
+    (ray_replay: DistributedReplay's add.remote, straight to the shards; coordinator: the coordinator
+    handle's); TorchRL's client waits for the reply of each add. Timed until every row is stored."""
     owner, replay, _ = create_replay(kind)
+    if kind == "ray_replay":
+        replay = DistributedReplay.from_actor(owner)
     if kind == "torchrl":
         one = torchrl_ray_buffer.tensordict(make_rows(1, 0))[0]
         add = lambda: replay.add(one)  # noqa: E731
@@ -272,6 +305,8 @@ def single_adds(kind: str, seconds: float) -> float:
                 ray.get(window[:500])
                 del window[:500]
     ray.get(window)
+    if isinstance(replay, DistributedReplay):
+        replay.flush()
     rate = calls / (time.perf_counter() - start)
     close_replay(kind, owner)
     return rate
@@ -284,7 +319,7 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-PEER_LABELS = {"naive": "naive actor", "torchrl": torchrl_ray_buffer.NAME}
+PEER_LABELS = {"naive": "naive actor", "coordinator": "ray_replay via the coordinator handle", "torchrl": torchrl_ray_buffer.NAME}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -404,7 +439,8 @@ def main() -> int:
     mode.add_argument("--smoke", action="store_true", help="1 s windows, 20K prefill, 1 repeat: for the test suite")
     parser.add_argument("--cluster", action="store_true", help="1, 2, 4 shards and 1, 2, 4 writers on a simulated multi-node cluster")
     parser.add_argument("--durability", action="store_true", help="plain vs checkpoints vs replication_factor=2")
-    parser.add_argument("--batch-rows", type=int, default=8192, help="ReplayClient batch_rows of the writers")
+    parser.add_argument("--batch-rows", type=int, default=WRITE_BATCH,
+                        help="ReplayClient batch_rows of the writers (default: one call per 1000-row batch, as the peers)")
     parser.add_argument("--out", default=str(HERE / "results" / "distributed.json"))
     args = parser.parse_args()
     if args.quick:
@@ -432,7 +468,7 @@ def main() -> int:
         Path(args.out).with_name("distributed_durability.md").write_text(results["durability"]["markdown"], encoding="utf-8")
         return 0
     try:
-        kinds = ["ray_replay", "naive"]
+        kinds = ["ray_replay", "naive", "coordinator"]
         if torchrl_ok:
             kinds.append("torchrl")
             results["torchrl_version"] = torchrl_detail

@@ -276,3 +276,19 @@ def test_client_counts_match_what_the_shards_hold_including_a_failed_write(repla
     counts = client.stats()
     assert counts["rows_acknowledged"] == 1150 == sum(s["adds"] for s in shard_stats(replay)) and counts["rows_in_flight"] == 0
     client.close()
+
+
+def test_priority_updates_ride_with_the_next_sample_request(replays):
+    """A learner step costs one round trip: the updates of one batch travel with the next sample request."""
+    replay = replays(1000, 2)
+    client = ReplayClient(replay, prefetch=0, seed=1, batch_rows=64)
+    client.add_batch(**transitions(200), wait=True)
+    batch = client.sample(64)
+    client.update_priorities(batch["ids"], np.full(64, 5.0))
+    assert sum(s["priority_updates"] for s in shard_stats(replay)) == 0  # held for the next request
+    client.sample(8)
+    assert sum(s["priority_updates"] for s in shard_stats(replay)) == 64
+    client.update_priorities(batch["ids"][:10], np.full(10, 7.0))
+    client.close()  # held updates are sent, not dropped
+    per_shard = shard_stats(replay)
+    assert sum(s["priority_updates"] for s in per_shard) == 74 and max(s["max_priority"] for s in per_shard) == 7.0

@@ -38,6 +38,8 @@ from ray_replay.distributed.writes import (RETRY_PAUSE_S, Router, Stager, Write,
 
 __all__ = ["ReplayClient"]
 
+UPDATE_ROWS_HELD = 65_536  # priority updates held for the next sample requests beyond this go on their own
+
 
 @dataclass(eq=False)  # compared by identity: payloads hold arrays
 class _Pending:
@@ -47,6 +49,7 @@ class _Pending:
     refs: list[Any]
     write: Write | None = None  # None: a priority update
     ids: Any = None  # a priority update's ids
+    backup: bool = False  # a backup's copy of an update (best effort: its verdict is not counted)
 
 
 class ReplayClient:
@@ -102,6 +105,8 @@ class ReplayClient:
         self._stager = Stager(batch_rows, self._schema)
         self._router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)))
         self._pending: list[_Pending] = []
+        self._held_updates: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in self._shards]  # ride with the next sample
+        self._riding: dict[Any, int] = {}  # sample requests carrying updates -> their rows
         self._rounds: deque[tuple[int, float, dict[int, Any]]] = deque()  # (batch_size, beta, {shard: ref})
         self._rows_in_flight = 0  # sample rows requested by prefetched rounds (for the rate limiter)
         self._handed = self._acknowledged = self._failed = 0  # write rows (see stats())
@@ -147,9 +152,11 @@ class ReplayClient:
             self.flush()
 
     def flush(self) -> None:
-        """Sends staged rows and waits until every write and update sent so far is in its shard."""
+        """Sends staged rows and held priority updates, and waits until every write and update sent so far
+        is in its shard."""
         self._check_open()
         self._send_staged()
+        self._send_held_updates()
         self._reap(wait_all=True)
 
     def stats(self) -> dict[str, Any]:
@@ -259,6 +266,8 @@ class ReplayClient:
             except Exception as e:  # noqa: BLE001 - classified below
                 results.append(e)
         k = entry.shard
+        if entry.backup:
+            return  # a backup's copy of an update: best effort (it may lag while it is refilled)
         if isinstance(results[0], PROCESS_FAILURES):
             self._health.mark_down(k)
             self._table.update(k, EMPTY_SNAPSHOT)
@@ -301,7 +310,7 @@ class ReplayClient:
         batch_size = check_batch_size(batch_size)
         beta = check_beta(beta, self._beta)
         while self._rounds and self._rounds[0][:2] != (batch_size, beta):
-            self._rows_in_flight -= self._rounds.popleft()[0]  # asked for another shape: drop
+            self._discard_round()  # asked for another shape
         if not self._rounds:
             self._admit(batch_size)
             self._issue(batch_size, beta)
@@ -314,8 +323,8 @@ class ReplayClient:
             if parts is not None:
                 return self._table.merge(parts, beta)
             # a shard was lost: this round is short of its rows; plan it again over the live shards
-            self._rows_in_flight -= sum(n for n, _, _ in self._rounds)
-            self._rounds.clear()
+            while self._rounds:
+                self._discard_round()
             self._admit(batch_size)
             refs = self._issue(batch_size, beta, queue=False)
         raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._shards)} rounds")
@@ -325,12 +334,14 @@ class ReplayClient:
         parts: list[dict[str, np.ndarray] | None] = [None] * len(self._shards)
         complete = True
         for k, ref in refs.items():
+            riding = self._riding.pop(ref, 0)
             try:
                 part, snapshot = ray.get(ref, timeout=self._timeout_s)
             except SHARD_FAILURES as error:
                 if isinstance(error, PROCESS_FAILURES):
                     self._health.mark_down(k)
                 self._table.update(k, EMPTY_SNAPSHOT)  # planned again without its rows until it reports some
+                self.dropped_priority_updates += riding  # the updates that rode with the request
                 complete = False
                 continue
             self._observe(k, snapshot)
@@ -338,13 +349,29 @@ class ReplayClient:
         return parts if complete else None
 
     def _issue(self, batch_size: int, beta: float, queue: bool = True) -> dict[int, Any]:
-        """Asks every shard worth asking for its planned rows (a down one, after a while, for 0: a probe)."""
+        """Asks every shard worth asking for its planned rows (a down one, after a while, for 0: a probe),
+        each request carrying the priority updates held for that shard."""
         counts = self._table.plan(self._rng, batch_size)
-        refs = {k: self._shards[k].sample.remote(int(counts[k])) for k in range(len(self._shards)) if self._health.worth_trying(k)}
+        refs = {}
+        for k in range(len(self._shards)):
+            if self._health.worth_trying(k):
+                updates = self._take_updates(k)
+                refs[k] = self._shards[k].sample.remote(int(counts[k]), None, False, updates)
+                if updates is not None:
+                    self._riding[refs[k]] = len(updates[0])
         if queue:
             self._rounds.append((batch_size, beta, refs))
             self._rows_in_flight += batch_size
         return refs
+
+    def _discard_round(self) -> None:
+        """Drops the oldest prefetched round; its requests that carried priority updates are waited for,
+        so their updates are applied or counted as dropped, never lost."""
+        n, _, refs = self._rounds.popleft()
+        self._rows_in_flight -= n
+        carrying = {k: ref for k, ref in refs.items() if ref in self._riding}
+        if carrying:
+            self._collect(carrying)
 
     def _refresh(self) -> None:
         self._collect({k: self._shards[k].sample.remote(0) for k in range(len(self._shards)) if self._health.worth_trying(k)})
@@ -370,16 +397,36 @@ class ReplayClient:
             self._refresh()
 
     def update_priorities(self, ids: Any, priorities: Any) -> None:
-        """Sends each id's new priority to its shard without waiting (errors surface at the next call)."""
+        """New priorities for sampled ids, without waiting: each shard's share rides with the next sample
+        request to that shard (a learner step costs one round trip), or goes on its own at ``flush()``,
+        ``close()`` or past UPDATE_ROWS_HELD rows. A backup gets its copy at once (best effort).
+        Errors surface at a later call; updates for a shard that is down are counted as dropped."""
         self._check_open()
         require_prioritized(self._buffer_type, "update_priorities")
         for k, shard_ids, values in split_ids(ids, priorities, len(self._shards)):
             if not self._health.worth_trying(k):
                 self.dropped_priority_updates += len(shard_ids)
                 continue
-            refs = [replica.update_priorities.remote(shard_ids, values) for replica in self._replicas(k)]
-            self._pending.append(_Pending(k, refs, ids=shard_ids))
+            self._held_updates[k].append((shard_ids, values))
+            if self._backups:
+                self._pending.append(_Pending(k, [self._backups[k].update_priorities.remote(shard_ids, values)], ids=shard_ids, backup=True))
+        if sum(len(i) for held in self._held_updates for i, _ in held) > UPDATE_ROWS_HELD:
+            self._send_held_updates()
         self._reap()
+
+    def _take_updates(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        held, self._held_updates[k] = self._held_updates[k], []
+        if not held:
+            return None
+        if len(held) == 1:
+            return held[0]
+        return np.concatenate([i for i, _ in held]), np.concatenate([v for _, v in held])
+
+    def _send_held_updates(self) -> None:
+        for k in range(len(self._shards)):
+            updates = self._take_updates(k)
+            if updates is not None:
+                self._pending.append(_Pending(k, [self._shards[k].update_priorities.remote(*updates)], ids=updates[0]))
 
     # -- state and lifetime ------------------------------------------------------------------------
 
@@ -396,9 +443,9 @@ class ReplayClient:
         """Flushes everything, drops prefetched batches; raises any error still pending. Idempotent."""
         if self._closed:
             return
-        self._rounds.clear()
-        self._rows_in_flight = 0
         try:
+            while self._rounds:
+                self._discard_round()
             self.flush()
         finally:
             self._closed = True

@@ -40,6 +40,15 @@ from ray_replay.distributed.coordinator import ReplayCoordinator
 __all__ = ["DistributedReplay"]
 
 _DATA = ("add", "add_batch", "sample", "update_priorities")
+_NONE: dict[str, Any] = {}  # one ObjectRef of None per Ray job (the result of every write), not a put per call
+
+
+def _none_ref() -> Any:
+    job = ray.get_runtime_context().get_job_id()
+    if job not in _NONE:
+        _NONE.clear()
+        _NONE[job] = ray.put(None)
+    return _NONE[job]
 
 
 class _Method:
@@ -116,7 +125,8 @@ class DistributedReplay:
 
     def _data_remote(self, name: str) -> Callable[..., Any]:
         def remote(*args: Any, **kwargs: Any) -> Any:
-            return ray.put(getattr(self.client, name)(*args, **kwargs))
+            result = getattr(self.client, name)(*args, **kwargs)
+            return _none_ref() if result is None else ray.put(result)
         return remote
 
     def flush(self) -> None:

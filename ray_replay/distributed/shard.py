@@ -103,12 +103,17 @@ class ReplayShardImpl:
         if self._checkpoints is not None:
             self._checkpoints.changed(self.buffer, rows_added)
 
-    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
+    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False,
+               updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
         """(rows or None, snapshot); batch_size 0 only reports the snapshot.
 
+        ``updates``: (global ids, priorities) of earlier samples, applied first (as update_priorities),
+        so a learner's update rides with its next sample request: one round trip per step.
         Prioritized rows carry global "ids" and their masses m_i (instead of local weights and
         probabilities, which the caller recomputes over all shards).
         """
+        if updates is not None:
+            self.update_priorities(*updates)
         if batch_size == 0:
             return None, self.snapshot()
         if self.buffer.buffer_type == "fifo" and partial and len(self.buffer) == 0:
