@@ -88,7 +88,7 @@ class Actor:
         self.env_ids = index * config.envs_per_actor + np.arange(config.envs_per_actor)
         self._stop = threading.Event()
         self._version = 0
-        self._learner_sampled = 0
+        self._replay_counts = (0, 0, 0)  # replay adds and samples (the rate limiter's counters) at the last refresh, own inserts then
         self.env_steps = 0
         self.inserted = 0
         self.episodes = 0
@@ -104,7 +104,7 @@ class Actor:
         from ray_replay.apex.networks import set_weights
 
         latest = ray.get(self.learner.latest.remote())
-        self._learner_sampled = latest["sampled"]
+        self._replay_counts = (latest["replay_adds"], latest["replay_samples"], self.inserted)
         if latest["version"] != self._version:
             set_weights(self.net, ray.get(latest["weights"][0]))
             self._version = latest["version"]
@@ -118,19 +118,27 @@ class Actor:
     def stop(self) -> None:
         self._stop.set()
 
-    def _allowed_inserts(self) -> float:
-        """This actor's share of the inserts the learner's sampling allows (Reverb's two-sided ratio)."""
+    def _ahead(self) -> bool:
+        """True while the replay holds more inserts than the learner's sampling allows for (Reverb's
+        two-sided ratio). It uses the very counters of the replay's rate limiter (as the learner last saw
+        them, plus this actor's inserts since), so the two sides can never both wait: the learner waits
+        while samples > samples_per_insert * adds + error_buffer - batch, the actors while
+        samples_per_insert * adds > samples + error_buffer. (A restarted shard's counters restart too,
+        on both sides alike.)"""
         cfg = self.config
-        total = max(cfg.min_size_to_sample + cfg.batch_size * cfg.updates_per_sample, (self._learner_sampled + cfg.error_buffer) / cfg.samples_per_insert)
-        return total / cfg.num_actors
+        adds, samples, inserted_then = self._replay_counts
+        adds += self.inserted - inserted_then
+        if adds <= cfg.min_size_to_sample + cfg.batch_size * cfg.updates_per_sample:
+            return False
+        return cfg.samples_per_insert * adds > samples + cfg.error_buffer
 
     def _pace(self) -> None:
-        if self.inserted <= self._allowed_inserts():
+        if not self._ahead():
             return
         started = time.monotonic()
         while not self._stop.is_set():
             self.refresh()
-            if self.inserted <= self._allowed_inserts():
+            if not self._ahead():
                 break
             time.sleep(0.005)
         self.paused_s += time.monotonic() - started

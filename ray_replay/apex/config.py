@@ -23,7 +23,7 @@ class ApexConfig:
 
     Rate control is Reverb's two-sided ratio: the learner may sample at most
     ``samples_per_insert * inserts + error_buffer`` rows (the replay's rate limiter) and the actors
-    pause while they are more than ``error_buffer / samples_per_insert`` inserts ahead of that, so
+    pause while ``samples_per_insert * inserts > samples + error_buffer`` (the same counters), so
     neither side spends the shared CPUs on work the other cannot use.
     """
 
@@ -93,11 +93,6 @@ class ApexConfig:
         """The importance-sampling exponent after ``updates`` learner updates (linear to beta_final)."""
         frac = min(1.0, updates / max(self.beta_anneal_updates, 1))
         return self.beta + frac * (self.beta_final - self.beta)
-
-    @property
-    def max_actor_lead(self) -> float:
-        """Inserts (over all actors) the actors may run ahead of the learner's samples / samples_per_insert."""
-        return self.error_buffer / self.samples_per_insert
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

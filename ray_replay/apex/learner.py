@@ -138,9 +138,15 @@ class Learner:
                             "replay_size": size, "time": time.monotonic()}
 
     def latest(self) -> dict[str, Any]:
-        """{"version", "weights": [ObjectRef of {name: array}], "updates", "sampled", "replay_size", "time"}."""
+        """{"version", "weights": [ObjectRef of {name: array}], "updates", "sampled", "replay_size", "time"}, and
+        the replay's row counters as the rate limiter sees them now ("replay_adds", "replay_samples": the
+        learner's latest shard snapshots, refreshed while it waits too), which the actors pace on."""
+        snapshots = self.client.snapshots
         with self._lock:
-            return dict(self._latest)
+            out = dict(self._latest)
+        out["replay_adds"] = sum(s.adds for s in snapshots)
+        out["replay_samples"] = sum(s.samples for s in snapshots)
+        return out
 
     def stop(self) -> None:
         self._stop.set()
