@@ -6,6 +6,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+__version__: str
+
 class BufferFullError(RuntimeError): ...
 
 class NativeReplayBuffer:
@@ -42,6 +44,7 @@ class NativeReplayBuffer:
         beta: float | None = None,
         out: dict[str, np.ndarray] | None = None,
         partial: bool = False,
+        masses: bool = False,
     ) -> dict[str, np.ndarray]: ...
     def update_priorities(self, ids: npt.ArrayLike, priorities: npt.ArrayLike) -> None: ...
     def __len__(self) -> int: ...

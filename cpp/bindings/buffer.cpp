@@ -228,7 +228,7 @@ class NativeBuffer {
     add_rows(columns.pointers(), rows, priorities.empty() ? nullptr : priorities.data(), streams.empty() ? nullptr : streams.data());
   }
 
-  py::dict sample(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial) {
+  py::dict sample(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial, bool masses) {
     if (batch_size <= 0) throw py::value_error("batch_size must be > 0, got " + std::to_string(batch_size));
     // Uniform, prioritized and lock-free sampling is with replacement: any batch_size >= 1 (as numpy,
     // cpprb, TorchRL, RLlib and Reverb allow). A fifo read keeps its queue contract (checked by the engine).
@@ -259,6 +259,12 @@ class NativeBuffer {
       result[weights_key] = weights;
       result[ids_key] = ids;
       result[probabilities_key] = probabilities;
+      if (masses) {  // p_i^alpha as read under the same lock as the draw: for callers that renormalize over shards
+        static const py::handle masses_key = interned("masses");
+        py::array mass_array = out_array(out, masses_key, py::dtype::of<double>(), {batch_size});
+        request.masses = static_cast<double*>(mass_array.mutable_data());
+        result[masses_key] = mass_array;
+      }
     }
     std::size_t produced = 0;
     {
@@ -648,7 +654,7 @@ void bind_buffer(py::module_& m) {
            py::arg("next_state") = "store", py::arg("frame_stack_axis") = py::none(), py::arg("storage_dir") = py::none(),
            py::arg("prefault") = false)
       .def("sample", &Guarded<&NativeBuffer::sample>::call, py::arg("batch_size"), py::kw_only(), py::arg("beta") = py::none(),
-           py::arg("out") = py::none(), py::arg("partial") = false)
+           py::arg("out") = py::none(), py::arg("partial") = false, py::arg("masses") = false)
       .def("update_priorities", &Guarded<&NativeBuffer::update_priorities>::call, py::arg("ids"), py::arg("priorities"))
       .def("__len__", &Guarded<&NativeBuffer::size>::call)
       .def_property_readonly("capacity", &Guarded<&NativeBuffer::capacity>::call)

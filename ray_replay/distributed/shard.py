@@ -1,8 +1,9 @@
 """One shard of a distributed replay: a local ReplayBuffer that answers every call with a Snapshot.
 
-``ReplayShardImpl`` is the plain class (testable without Ray); ``ReplayShard`` is the Ray actor over it.
-The actor runs one call at a time (Ray's default), so the Snapshot sent back is consistent with the
-rows of the same reply: the masses of a sample and the shard's total mass S_k come from one state.
+``ReplayShardImpl`` is the plain class (testable without Ray); ``ReplayShard`` is the Ray actor over it,
+with one thread for writes and one for samples and priority updates (see ReplayShard). A sample's
+masses m_i are read under the buffer's lock with the draw itself; the Snapshot sent with it is taken
+just after (a write on the other thread may have landed in between: the next reply reports it).
 
 Durability: with ``checkpoint_path`` the shard checkpoints itself (see checkpoint.Checkpointer) and,
 when Ray restarts it (``max_restarts``), starts from its latest checkpoint. Each process running the
@@ -14,6 +15,7 @@ callers treat like an unavailable shard (they write elsewhere).
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 import warnings
 from collections import OrderedDict
@@ -64,6 +66,7 @@ class ReplayShardImpl:
         self.updates_for_lost_rows = 0
         self._fenced = False
         self._applied: OrderedDict[str, None] = OrderedDict()
+        self._bookkeeping = threading.Lock()  # checkpoint bookkeeping, shared by the actor's two threads
         self._prioritized = buffer_type == "prioritized"
 
     def snapshot(self) -> Snapshot:
@@ -101,7 +104,8 @@ class ReplayShardImpl:
 
     def _changed(self, rows_added: int) -> None:
         if self._checkpoints is not None:
-            self._checkpoints.changed(self.buffer, rows_added)
+            with self._bookkeeping:  # the reads and writes threads of the actor both get here
+                self._checkpoints.changed(self.buffer, rows_added)
 
     def sample(self, batch_size: int, beta: float | None = None, partial: bool = False,
                updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
@@ -120,12 +124,13 @@ class ReplayShardImpl:
             return None, self.snapshot()
         if len(self.buffer) == 0:
             raise StalePlanError(f"shard {self.shard_index} holds no rows (it restarted); plan the sample again")
-        batch = self.buffer.sample(batch_size, beta=beta, partial=partial)  # with replacement: any batch_size
+        # With replacement: any batch_size. Masses come from the draw itself (under the buffer's lock), so
+        # they stay exact while the writes thread adds rows between the draw and the snapshot.
+        batch = self.buffer.sample(batch_size, beta=beta, partial=partial, masses=self._prioritized)
         self._changed(0)
         snapshot = self.snapshot()
         if self._prioritized:
-            batch.pop("weights")
-            batch["masses"] = batch.pop("probabilities") * snapshot.mass
+            del batch["weights"], batch["probabilities"]
             batch["ids"] = encode_ids(self.shard_index, batch["ids"])
         return batch, snapshot
 
@@ -202,9 +207,14 @@ class ReplayShardImpl:
         self._checkpoints.checkpoint_now(self.buffer)
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"writes": 1, "reads": 1})
 class ReplayShard(ReplayShardImpl):
     """The Ray actor hosting one shard; created by ReplayCoordinator (with ``shard_options``).
+
+    Two threads: writes (add, add_batch, replica copies, checkpoints) run on one, samples and priority
+    updates on the other, so a learner's sample never queues behind the writers' calls; the native
+    buffer takes its own lock and releases the GIL for the copies, so the two overlap. Control calls
+    (stats, health, fence, ...) run on Ray's default group.
 
     With ``metrics_name`` set, it exports its stats as Ray metrics tagged with that name (see
     ray_replay.monitoring), at most once a second.
@@ -226,6 +236,45 @@ class ReplayShard(ReplayShardImpl):
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "restarts": self._restarts, "pid": os.getpid(), "incarnation": self.incarnation,
                 "node_id": self.node_id()}
+
+    @ray.method(concurrency_group="writes")
+    def add(self, *fields: Any, **named: Any) -> Snapshot:
+        return super().add(*fields, **named)
+
+    @ray.method(concurrency_group="writes")
+    def add_batch(self, *columns: Any, batch_id: str | None = None, **named: Any) -> Snapshot:
+        return super().add_batch(*columns, batch_id=batch_id, **named)
+
+    # Fencing and replica copies run on the writes thread, so a write in progress finishes before the
+    # fence (or the copy) and none slips between the copy and the fence.
+    @ray.method(concurrency_group="writes")
+    def fence(self, fenced: bool = True) -> None:
+        super().fence(fenced)
+
+    @ray.method(concurrency_group="writes")
+    def replica_state(self) -> dict[str, Any]:
+        return super().replica_state()
+
+    @ray.method(concurrency_group="writes")
+    def set_replica_state(self, state: Mapping[str, Any]) -> Snapshot:
+        return super().set_replica_state(state)
+
+    @ray.method(concurrency_group="writes")
+    def checkpoint(self) -> None:
+        super().checkpoint()
+
+    @ray.method(concurrency_group="writes")
+    def close(self) -> None:
+        super().close()
+
+    @ray.method(concurrency_group="reads")
+    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False,
+               updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
+        return super().sample(batch_size, beta, partial, updates)
+
+    @ray.method(concurrency_group="reads")
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:
+        return super().update_priorities(ids, priorities)
 
     def node_id(self) -> str:
         """The Ray node this shard lives on (to check placement)."""
