@@ -167,6 +167,18 @@ def test_open_episode_rows_arrive_with_later_chunks() -> None:
     assert len(buffer) == length + 1
 
 
+def test_sampling_more_items_than_the_buffer_holds_is_with_replacement() -> None:
+    """As RLlib's own buffers: sample(num_items=1000) from a buffer of 100 timesteps draws with replacement."""
+    buffer = NativeEpisodeReplayBuffer(100, n_step=1, seed=0)
+    source = Source(seed=5, num_episodes=20)
+    buffer.add(source.chunks())
+    held = len(buffer)
+    assert 0 < held <= 100
+    episodes = buffer.sample(num_items=1000, n_step=1, gamma=GAMMA)
+    assert len(episodes) == 1000
+    assert len({(int(e.get_observations(0)[0]), int(e.get_observations(0)[1])) for e in episodes}) <= held
+
+
 def test_priorities_reach_the_native_buffer_and_state_round_trips() -> None:
     buffer = NativeEpisodeReplayBuffer(1000, n_step=3, seed=0)
     buffer.add(Source(seed=5).chunks())
