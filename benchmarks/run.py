@@ -220,6 +220,7 @@ def main() -> int:
             ("scaling", 360, script("distributed.py", "--cluster", "--seconds", "10", "--prefill", "200000", "--repeats", "1", out="distributed.json")),
             ("durability", 240, script("distributed.py", "--durability", "--seconds", "10", "--prefill", "200000", "--repeats", "2", out="distributed.json")),
             ("rllib", 3600, script("rllib_dqn.py", out="")),
+            ("apex", 3600, script("apex.py", out="")),
         ]
     elif name == "smoke":  # RLlib's training has its own test (tests/test_rllib.py)
         plan += [

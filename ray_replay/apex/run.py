@@ -87,7 +87,8 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
     """Trains on the running Ray until the evaluation return reaches ``config.target_return`` or
     ``seconds`` of training pass; returns the summary (:data:`SUMMARY_KEYS`, the curve, the replay's
     counters, time and env steps to the target). ``kill_shard_at_s`` kills shard 0 (Ray restarts it)
-    that many seconds into training, to show that learning goes on."""
+    that many seconds into training, to show that learning goes on: then only an evaluation after
+    the kill ends the run."""
     import torch
 
     from ray_replay.apex.actor import Actor, evaluate
@@ -143,7 +144,7 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
                 if on_eval is not None:
                     on_eval(point)
                 next_eval = time.monotonic() + config.eval_every_s
-                if ret >= config.target_return:
+                if ret >= config.target_return and killed:  # with a shard kill, only a return reached after it counts
                     solved_at = point
             last_eval = curve[-1]["eval_return"] if curve else float("nan")
             line.show(f"  t={elapsed:5.0f}s  env steps {env_steps:>8,} ({rates[0]:>6,.0f}/s)  updates {latest['updates']:>7,} "
