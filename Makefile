@@ -67,7 +67,7 @@ test-python: install
 	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest $(ARGS) $(addprefix --ignore=,$(OWN_RAY_TESTS))
 	for module in $(OWN_RAY_TESTS); do PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest $(ARGS) $$module || exit 1; done
 
-test: install test-cpp test-asan test-tsan test-python
+test: install test-cpp test-asan test-tsan test-python test-wheel
 
 # `make test` (RUNS times in a row, default 1) while one busy loop per core (HOGS, default all of
 # them) keeps the machine loaded; stops at the first failing run. The loops' pids are recorded and
@@ -103,3 +103,48 @@ bench: install
 
 clean:
 	rm -rf build $(VENV)
+
+# Wheels. `make wheel`: a wheel of this checkout in dist/ (built without isolation by the venv's build
+# tools, reusing build/<wheel tag>, so after `make install` it takes seconds). It is a plain
+# linux_x86_64 wheel for this machine; the distributed manylinux wheels (x86_64, aarch64, CPython
+# 3.10-3.13) are built by cibuildwheel in CI from [tool.cibuildwheel] in pyproject.toml, which needs
+# docker and the manylinux images and so does not run here.
+# `make test-wheel`: that wheel installed with its dependencies into a fresh venv (build/wheel-venv, on
+# the .venv's Python) and the smoke tests (tests/smoke, no Ray started) run against it from outside
+# the source tree, as cibuildwheel's test step does.
+.PHONY: wheel test-wheel test-pythons
+WHEEL_VENV := build/wheel-venv
+wheel: $(VENV)/.build-tools
+	rm -f dist/ray_replay-*.whl
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) wheel --quiet --no-deps --no-build-isolation -w dist/ .
+	@ls dist/ray_replay-*.whl
+
+test-wheel: wheel
+	rm -rf $(WHEEL_VENV)
+	$(PY) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check dist/ray_replay-*.whl "pytest>=7"
+	cd $(WHEEL_VENV) && RAY_REPLAY_SMOKE_SITE=$(abspath $(WHEEL_VENV)) bin/pytest -q -p no:cacheprovider $(abspath tests/smoke)
+
+# The smoke tests and the local-buffer suite (no Ray started: -m "not ray") on other Pythons, each from
+# scratch: a clean venv in build/py<version>, the build tools, a wheel built in build/py<version>/build
+# and installed, numpy, pytest, scipy, hypothesis and plain Ray (test_dedup.py imports
+# ray_replay.distributed; no Ray process starts; the [default] extras and the RLlib and atheris test
+# dependencies are left out). Pythons are found in pyenv's versions or on PATH as python<version>; one
+# not found is reported and skipped. The full Ray and RLlib suites run on the .venv's Python (make test).
+TEST_PYTHON_VERSIONS ?= 3.10 3.12 3.13
+PYENV_ROOT ?= $(HOME)/.pyenv
+LOCAL_TESTS := tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py tests/test_sampling.py
+test-pythons:
+	@for version in $(TEST_PYTHON_VERSIONS); do \
+		python=$$(ls -d $(PYENV_ROOT)/versions/$$version.*/bin/python$$version 2>/dev/null | sort -V | tail -n 1); \
+		[ -n "$$python" ] || python=$$(command -v python$$version || true); \
+		if [ -z "$$python" ]; then echo "test-pythons: no Python $$version here; skipped"; continue; fi; \
+		venv=build/py$$version; start=$$(date +%s); \
+		echo "test-pythons: Python $$version ($$python) in $$venv"; \
+		rm -rf $$venv && $$python -m venv $$venv || exit 1; \
+		$$venv/bin/python -m pip install --quiet --disable-pip-version-check "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja numpy "pytest>=7" "scipy>=1.10" "hypothesis>=6" "ray>=2.9" || exit 1; \
+		CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $$venv/bin/python -m pip wheel --quiet --disable-pip-version-check --no-build-isolation --no-deps --config-settings=build-dir=$$venv/build -w $$venv/dist . || exit 1; \
+		$$venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $$venv/dist/ray_replay-*.whl || exit 1; \
+		(cd $$venv && RAY_REPLAY_SMOKE_SITE=$(CURDIR)/$$venv bin/pytest -q -p no:cacheprovider -m "not ray" $(CURDIR)/tests/smoke $(addprefix $(CURDIR)/,$(LOCAL_TESTS))) || exit 1; \
+		echo "test-pythons: Python $$version passed in $$(( $$(date +%s) - start )) s"; \
+	done

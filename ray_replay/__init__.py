@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ray_replay._core import BufferFullError
+from ray_replay._core import __version__ as _core_version
 from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +31,7 @@ __all__ = [
     "init_ray",
 ]
 
-__version__ = "0.1.0"
+__version__: str = _core_version  # written once, in cpp/include/replay_buffer/version.hpp (see tests/test_version.py)
 
 _DISTRIBUTED = {"DistributedReplay", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ShardUnavailableError", "init_ray"}
 

@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include "replay_buffer/core/buffer_interface.hpp"
+#include "replay_buffer/version.hpp"
 
 namespace py = pybind11;
 
@@ -11,6 +12,7 @@ void bind_buffer(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "Native replay buffers of ray_replay (private: use the ray_replay package)";
+  m.attr("__version__") = REPLAY_BUFFER_VERSION_STRING;  // from version.hpp, the one source of the version
   py::register_exception<replay_buffer::core::BufferFullError>(m, "BufferFullError", PyExc_RuntimeError);
   replay_buffer::bindings::bind_buffer(m);
 }
