@@ -21,9 +21,19 @@ __all__ = ["main"]
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def _installed(relative: str) -> Path:
+    """``relative`` under the first folder of the package that has it: a wheel or normal install puts
+    the C++ package beside the modules; an editable install keeps the modules in the source tree and
+    puts it in site-packages (another entry of ``ray_replay.__path__``)."""
+    import ray_replay
+
+    folders = [Path(p) for p in ray_replay.__path__] + [_PACKAGE_DIR]
+    return next((folder / relative for folder in folders if (folder / relative).exists()), _PACKAGE_DIR / relative)
+
+
 def cmake_dir() -> Path:
     """Folder holding ReplayBufferConfig.cmake, for ``-DReplayBuffer_DIR=...``."""
-    return _PACKAGE_DIR / "share" / "cmake" / "ReplayBuffer"
+    return _installed("share/cmake/ReplayBuffer")
 
 
 def benchmark_runner(start: Path) -> Path | None:
@@ -65,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(cmake_dir())
         return 0
     if args.include_dir:
-        print(_PACKAGE_DIR / "include")
+        print(_installed("include"))
         return 0
     if args.command == "demo":
         from ray_replay import demo as demo_module
