@@ -20,7 +20,7 @@ from ray_replay.persistence import CorruptFileError, read_state, write_state
 __all__ = ["BUFFER_TYPES", "BufferType", "ReplayBuffer"]
 
 BufferType = Literal["fifo", "uniform", "prioritized", "lockfree"]
-BUFFER_TYPES: tuple[str, ...] = ("fifo", "uniform", "prioritized", "lockfree")
+BUFFER_TYPES: tuple[BufferType, ...] = ("fifo", "uniform", "prioritized", "lockfree")
 _METADATA = "buffer.meta"  # a storage_dir buffer's state, written by flush()
 _REOPENING: ContextVar[bool] = ContextVar("_REOPENING", default=False)
 

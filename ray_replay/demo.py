@@ -31,7 +31,7 @@ def _local(seconds: float) -> int:
 
     rng = np.random.default_rng(0)
     n = 100_000
-    rows = {
+    rows: dict[str, np.ndarray] = {
         "state": rng.standard_normal((n, 8), dtype=np.float32),
         "action": rng.integers(0, 4, n),
         "reward": rng.standard_normal(n, dtype=np.float32),
@@ -161,7 +161,7 @@ def _distributed(address: str | None, seconds: float) -> int:
         print(f"joined the Ray cluster at {address}")
     actors: list[Any] = []
     try:
-        replay = ReplayCoordinator.remote(
+        replay = ReplayCoordinator.remote(  # type: ignore[attr-defined]  # @ray.remote's ActorClass
             capacity=CAPACITY, num_shards=NUM_SHARDS, buffer_type="prioritized", alpha=0.6, beta=0.4, seed=0,
             min_size_to_sample=SAMPLE_BATCH, sample_timeout_s=2.0,
         )

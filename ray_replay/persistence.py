@@ -96,7 +96,7 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
         offset = _align(_PREAMBLE.size + len(json.dumps(header).encode()))
         sections.clear()
         for name, array in arrays:
-            sections.append({"name": name, "offset": offset, "nbytes": array.nbytes, "crc32": zlib.crc32(array) if array.nbytes else 0})
+            sections.append({"name": name, "offset": offset, "nbytes": array.nbytes, "crc32": zlib.crc32(array.data) if array.nbytes else 0})
             offset = _align(offset + array.nbytes)
     encoded = json.dumps(header).encode()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -108,7 +108,7 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
             for section, (_, array) in zip(sections, arrays):
                 file.write(b"\0" * (section["offset"] - file.tell()))
                 if array.nbytes:  # memoryview cannot cast an empty array
-                    file.write(memoryview(array).cast("B"))
+                    file.write(array.data.cast("B"))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -198,7 +198,7 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
         _require(isinstance(held, int) and rows <= held <= capacity and not external, f"{path}: increment of {rows!r} rows for size {held!r}")
         state["newest_rows"], state["size"] = rows, held
     masses_rows = held if state["buffer_type"] == "prioritized" else 0
-    columns = {}
+    columns: dict[str, np.ndarray] = {}
     for section, name, field_bytes in zip(sections, expected_names, ([] if external else row_bytes) + [8, 8]):
         _require(section["name"] == name, f"{path}: section {section['name']!r} where {name!r} was expected")
         expected_nbytes = (masses_rows if name == "__masses__" else rows) * field_bytes

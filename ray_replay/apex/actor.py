@@ -31,6 +31,7 @@ def make_vector_env(env_id: str, num_envs: int, seed: int) -> Any:
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
     env = SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)], autoreset_mode=AutoresetMode.SAME_STEP)
+    obs: np.ndarray
     obs, _ = env.reset(seed=[seed + j for j in range(num_envs)])
     env.action_space.seed(seed)
     return env, obs
@@ -58,7 +59,8 @@ def initial_priorities(net: Any, rows: dict[str, np.ndarray], eps: float) -> np.
     n = len(rows["action"])
     q_sa = q[np.arange(n), rows["action"]]
     y = rows["reward"] + rows["discount"] * q[n:].max(axis=1)
-    return np.abs(y - q_sa).astype(np.float64) + eps
+    priorities: np.ndarray = np.abs(y - q_sa).astype(np.float64) + eps
+    return priorities
 
 
 @ray.remote(num_cpus=0)
@@ -146,7 +148,7 @@ class Actor:
     def _write(self) -> None:
         if not self._pending:
             return
-        rows = {k: np.concatenate([p[k] for p in self._pending]) for k in self._pending[0]}
+        rows: dict[str, Any] = {k: np.concatenate([p[k] for p in self._pending]) for k in self._pending[0]}  # Any: else mypy matches **rows against add_batch's wait: bool
         self._pending, self._pending_rows = [], 0
         priorities = initial_priorities(self.net, rows, self.config.priority_eps)
         streams = self.env_ids[rows.pop("env")]

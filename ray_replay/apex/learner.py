@@ -81,7 +81,7 @@ class DQNCore:
         loss, td = td_loss(self.online, self.target, self.tensors(batch), huber_delta=self.config.huber_delta,
                            double_q=self.config.double_q)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.config.grad_clip)
         self.optimizer.step()

@@ -47,13 +47,15 @@ class QNetwork(nn.Module):
         self.num_actions = num_actions
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs)
+        q: torch.Tensor = self.net(obs)
+        return q
 
     @torch.no_grad()
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q-values of a batch of numpy observations, as numpy (for actors and evaluation)."""
         device = next(self.parameters()).device
-        return self(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        q: np.ndarray = self(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        return q
 
 
 def get_weights(net: nn.Module) -> dict[str, np.ndarray]:

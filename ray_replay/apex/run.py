@@ -40,7 +40,7 @@ def make_replay(config: ApexConfig, obs_size: int) -> Any:
     durability: dict[str, Any] = {}
     if config.checkpoint_dir:
         durability = {"checkpoint_dir": config.checkpoint_dir, "checkpoint_every_s": config.checkpoint_every_s}
-    return ReplayCoordinator.remote(
+    return ReplayCoordinator.remote(  # type: ignore[attr-defined]  # @ray.remote's ActorClass
         capacity=config.capacity, num_shards=config.num_shards, buffer_type="prioritized", alpha=config.alpha, beta=config.beta,
         seed=config.seed, min_size_to_sample=config.min_size_to_sample, samples_per_insert=config.samples_per_insert,
         error_buffer=config.error_buffer, sample_timeout_s=config.sample_timeout_s, schema=replay_schema(obs_size),
@@ -56,7 +56,7 @@ def _spaces(env_id: str) -> tuple[int, int]:
     try:
         return check_spaces(env.observation_space, env.action_space)
     finally:
-        env.close()
+        env.close()  # type: ignore[no-untyped-call]  # untyped in gymnasium
 
 
 class _Line:
@@ -98,8 +98,10 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
     torch.set_num_threads(1)
     obs_size, num_actions = _spaces(config.env_id)
     replay = make_replay(config, obs_size)
-    learner = Learner.options(max_concurrency=4).remote(replay, config, obs_size, num_actions)
-    actors = [Actor.options(max_concurrency=2).remote(replay, learner, config, i) for i in range(config.num_actors)]
+    learner = Learner.options(max_concurrency=4).remote(  # type: ignore[attr-defined]  # @ray.remote's ActorClass
+        replay, config, obs_size, num_actions)
+    actors = [Actor.options(max_concurrency=2).remote(replay, learner, config, i)  # type: ignore[attr-defined]  # @ray.remote's ActorClass
+              for i in range(config.num_actors)]
     handles = [replay, learner, *actors]
     net = QNetwork(obs_size, num_actions, config.hidden)
     line = _Line(progress)
@@ -130,7 +132,7 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
                 rates = ((env_steps - last[1]) / dt, (latest["updates"] - last[2]) / dt,
                          (latest["updates"] - last[2]) * config.batch_size / dt)
                 last = (now, env_steps, latest["updates"], inserted)
-            if not killed and elapsed >= kill_shard_at_s:
+            if not killed and kill_shard_at_s is not None and elapsed >= kill_shard_at_s:
                 shard = ray.get(replay.shard_handles.remote())[0]
                 ray.kill(shard, no_restart=False)
                 events.append(f"shard 0 killed at {elapsed:.1f} s ({env_steps} env steps, {latest['updates']} updates)")

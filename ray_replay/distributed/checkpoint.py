@@ -160,8 +160,10 @@ class Checkpointer:
             if full:
                 self._write_full(state)
             else:
+                chain_id = self._chain_id
+                assert chain_id is not None  # an increment is only started after a full checkpoint began the chain
                 self._chain_length += 1
-                write_state({**state, "checkpoint_id": self._chain_id}, self._increment_path(self._chain_id, self._chain_length))
+                write_state({**state, "checkpoint_id": chain_id}, self._increment_path(chain_id, self._chain_length))
                 if self._chain_length >= self._compact_every:
                     self._compact()
         except Exception as error:  # reported in stats; the chain on disk still restores to the last checkpoint
@@ -188,7 +190,8 @@ class Checkpointer:
     def _read_chain(self) -> tuple[dict[str, Any], str | None, int]:
         """(the state the files on disk restore to, the chain's id, its number of increments)."""
         base = read_state(self.path)
-        chain_id, increments = base.get("checkpoint_id"), []
+        chain_id: str | None = base.get("checkpoint_id")
+        increments: list[dict[str, Any]] = []
         while chain_id is not None and (path := self._increment_path(chain_id, len(increments) + 1)).exists():
             increments.append(read_state(path))
         return apply_increments(base, increments), chain_id, len(increments)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,7 +200,7 @@ class ReplayClient:
     def _send(self, columns: tuple[Any, ...], named: dict[str, Any], rows: int, handed: bool = False) -> None:
         """Sends a batch as runs over the shards (see writes.Router); one cut over shards is validated
         here first, so a bad row leaves no run written. ``handed``: the rows were counted when staged."""
-        plan = self._router.plan(rows, self._writable(), self._sizes()) or [(None, 0, rows)]
+        plan: Sequence[tuple[int | None, int, int]] = self._router.plan(rows, self._writable(), self._sizes()) or [(None, 0, rows)]
         if len(plan) > 1:
             columns, named = (), validated(columns, named, self._schema, rows)
         if not handed:
@@ -306,7 +307,8 @@ class ReplayClient:
         if self._buffer_type == "fifo":
             self._send_staged()
             self._reap(wait_all=True)
-            return ray.get(self._coordinator.sample.remote(batch_size, beta, partial))
+            popped: dict[str, np.ndarray] = ray.get(self._coordinator.sample.remote(batch_size, beta, partial))
+            return popped
         batch_size = check_batch_size(batch_size)
         beta = check_beta(beta, self._beta)
         while self._rounds and self._rounds[0][:2] != (batch_size, beta):

@@ -32,16 +32,16 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray
 from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
+from ray_replay.buffer import BUFFER_TYPES, BufferType, ReplayBuffer
 from ray_replay.distributed.health import ACKED, ALIVE, DEAD, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, split_capacity, split_ids
 from ray_replay.distributed.shard import ReplayShard, StalePlanError
@@ -89,7 +89,7 @@ class ReplayCoordinator:
         self,
         capacity: int,
         num_shards: int = 2,
-        buffer_type: str = "uniform",
+        buffer_type: BufferType = "uniform",
         *,
         alpha: float = 0.6,
         beta: float = 0.4,
@@ -152,7 +152,7 @@ class ReplayCoordinator:
         self._sample_latency = SampleLatencyHistogram(metrics_name) if metrics_name else None
         self._recent_sample_s: deque[float] = deque(maxlen=1000)  # for the p50/p99 of stats()
         self._previous_totals: tuple[float, int, int] | None = None  # (time, adds, samples) at the last stats()
-        durability = {}
+        durability: dict[str, Any] = {}
         if checkpoint_dir is not None:
             durability = {"checkpoint_every_s": checkpoint_every_s, "checkpoint_every_adds": checkpoint_every_adds}
         self._replicas: dict[str, list[Any]] = {}
@@ -164,7 +164,7 @@ class ReplayCoordinator:
                     actor_options.update(name=self._shard_name(role, k), namespace=self._namespace, lifetime="detached", get_if_exists=True)
                 if checkpoint_dir is not None:
                     durability["checkpoint_path"] = str(Path(checkpoint_dir) / f"{self._name or 'replay'}-{role}-{k}.rrb")
-                self._replicas[role].append(ReplayShard.options(**actor_options).remote(
+                self._replicas[role].append(ReplayShard.options(**actor_options).remote(  # type: ignore[attr-defined]  # @ray.remote's ActorClass
                     k, cap, buffer_type, alpha=alpha, beta=beta, seed=s, metrics_name=metrics_name if role == "shard" else None,
                     **durability, **buffer_kwargs))
         self._shards = self._replicas["shard"]
@@ -200,7 +200,8 @@ class ReplayCoordinator:
         if replication == 1:
             groups = [([bundle] * num_shards, "SPREAD", "placement")]
         else:
-            nodes = sum(1 for node in ray.nodes() if node["Alive"])
+            cluster: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]  # untyped in Ray
+            nodes = sum(1 for node in cluster if node["Alive"])
             groups = [([bundle, bundle], "STRICT_SPREAD" if nodes >= 2 else "PACK", f"placement-{k}") for k in range(num_shards)]
         made = []
         for bundles, strategy, label in groups:
@@ -371,7 +372,7 @@ class ReplayCoordinator:
         here whole first, so a bad row leaves no run written."""
         rows = rows_of(columns, named)
         self._rows_relayed += rows
-        plan = self._router.plan(rows, self._writable_shards(), self._sizes()) or [(None, 0, rows)]
+        plan: Sequence[tuple[int | None, int, int]] = self._router.plan(rows, self._writable_shards(), self._sizes()) or [(None, 0, rows)]
         if len(plan) > 1:
             columns, named = (), validated(columns, named, self._schema, rows)
         runs = [Write.new(*((columns, named) if len(plan) == 1 else slice_rows(columns, named, start, stop, rows)), stop - start,
@@ -380,7 +381,7 @@ class ReplayCoordinator:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return int(results[0])
+        return int(cast(int, results[0]))  # not an exception: those were raised above
 
     async def _write_run(self, write: Write, k: int | None) -> int:
         """One run to one shard (and its backup), with the bounded retry of writes.Write; returns the shard."""
@@ -609,6 +610,7 @@ class ReplayCoordinator:
     async def _replica_stats(self, role: str, k: int) -> dict[str, Any]:
         """A replica's stats with its "state"; for one that does not answer, what is known of it."""
         health = self._health[role]
+        s: dict[str, Any]
         try:
             s = await self._call(role, k, "stats")
         except SHARD_FAILURES:

@@ -55,7 +55,7 @@ def watch(address: str, name: str, namespace: str | None, interval: float, once:
     init_ray(address, namespace=namespace, logging_level="ERROR", log_to_driver=False)
     try:
         try:
-            coordinator = ray.get_actor(name, namespace=namespace)
+            coordinator: Any = ray.get_actor(name, namespace=namespace)  # ActorHandle types its methods as Never
         except ValueError:
             print(f"no ReplayCoordinator named {name!r} in namespace {namespace!r}", file=sys.stderr)
             return 1

@@ -34,6 +34,7 @@ from typing import Any
 
 import ray
 
+from ray_replay.buffer import BufferType
 from ray_replay.distributed.client import ReplayClient
 from ray_replay.distributed.coordinator import ReplayCoordinator
 
@@ -76,9 +77,10 @@ class DistributedReplay:
             max_in_flight, prefetch, seed).
     """
 
-    def __init__(self, capacity: int, num_shards: int = 2, buffer_type: str = "uniform", *, actor_options: Mapping[str, Any] | None = None,
+    def __init__(self, capacity: int, num_shards: int = 2, buffer_type: BufferType = "uniform", *, actor_options: Mapping[str, Any] | None = None,
                  client_options: Mapping[str, Any] | None = None, **coordinator_options: Any) -> None:
-        actor = ReplayCoordinator.options(**dict(actor_options or {})).remote(capacity, num_shards, buffer_type, **coordinator_options)
+        actor = ReplayCoordinator.options(**dict(actor_options or {})).remote(  # type: ignore[attr-defined]  # @ray.remote's ActorClass
+            capacity, num_shards, buffer_type, **coordinator_options)
         self._bind(actor, dict(client_options or {}))
         try:
             ray.get(actor.client_config.remote())

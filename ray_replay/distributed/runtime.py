@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ray
 
@@ -46,7 +46,7 @@ def _loopback_kept() -> Iterator[None]:
     For the duration of this ray.init call a loopback address is kept as given ("localhost" as
     127.0.0.1). Without that function (another Ray) nothing is changed."""
     try:
-        from ray._common.network_utils import is_localhost
+        from ray._common.network_utils import is_localhost  # type: ignore[attr-defined]  # re-exported from ray._raylet without __all__
         from ray._private import services
 
         original = services.resolve_ip_for_localhost
@@ -57,7 +57,7 @@ def _loopback_kept() -> Iterator[None]:
     def keep_loopback(host: str) -> str:
         if host and is_localhost(host):
             return LOOPBACK if host == "localhost" else host
-        return original(host)
+        return cast(str, original(host))  # an untyped Ray function
 
     services.resolve_ip_for_localhost = keep_loopback
     try:

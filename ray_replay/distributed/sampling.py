@@ -113,16 +113,17 @@ def split_ids(ids: Any, priorities: Any, num_shards: int) -> list[tuple[int, np.
 
 def local_ids(global_ids: np.ndarray) -> np.ndarray:
     """The shard-local part of global ids."""
-    return np.bitwise_and(global_ids, _LOCAL_MASK)
+    local: np.ndarray = np.bitwise_and(global_ids, _LOCAL_MASK)
+    return local
 
 
 def multinomial_counts(rng: np.random.Generator, batch_size: int, masses: Sequence[float]) -> np.ndarray:
     """Counts per shard ~ Multinomial(batch_size, masses / sum(masses))."""
-    masses = np.asarray(masses, dtype=np.float64)
-    total = masses.sum()
+    mass_array = np.asarray(masses, dtype=np.float64)
+    total = mass_array.sum()
     if not total > 0:
         raise ValueError("cannot sample from an empty buffer")
-    return rng.multinomial(batch_size, masses / total)
+    return rng.multinomial(batch_size, mass_array / total)
 
 
 def fifo_counts(batch_size: int, sizes: Sequence[int]) -> np.ndarray:
@@ -132,20 +133,20 @@ def fifo_counts(batch_size: int, sizes: Sequence[int]) -> np.ndarray:
     proportion to their sizes: each shard pops its share (largest remainder), capped by what it holds,
     and any shortfall is taken from the shards that still have rows.
     """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    total = int(sizes.sum())
+    size_array = np.asarray(sizes, dtype=np.int64)
+    total = int(size_array.sum())
     take = min(batch_size, total)
     if take == 0:
-        return np.zeros_like(sizes)
-    exact = sizes * (take / total)
-    counts = np.minimum(np.floor(exact).astype(np.int64), sizes)
+        return np.zeros_like(size_array)
+    exact = size_array * (take / total)
+    counts: np.ndarray = np.minimum(np.floor(exact).astype(np.int64), size_array)
     for k in np.argsort(-(exact - counts), kind="stable"):
         if counts.sum() >= take:
             break
-        if counts[k] < sizes[k]:
+        if counts[k] < size_array[k]:
             counts[k] += 1
     while counts.sum() < take:  # only when rounding met a cap
-        k = int(np.argmax(sizes - counts))
+        k = int(np.argmax(size_array - counts))
         counts[k] += 1
     return counts
 
@@ -155,7 +156,8 @@ def global_weights(masses: np.ndarray, min_mass: float, beta: float) -> np.ndarr
     floor = min(min_mass, float(masses.min())) if masses.size else min_mass
     if not floor > 0:
         return np.ones(masses.shape, dtype=np.float32)
-    return np.power(masses / floor, -beta).astype(np.float32)
+    weights: np.ndarray = np.power(masses / floor, -beta).astype(np.float32)
+    return weights
 
 
 class ShardTable:

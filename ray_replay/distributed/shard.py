@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from ray_replay.buffer import ReplayBuffer
+from ray_replay.buffer import BufferType, ReplayBuffer
 from ray_replay.distributed.checkpoint import Checkpointer
 from ray_replay.monitoring import ShardMetrics
 from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, encode_ids, local_ids
@@ -54,7 +54,7 @@ class ReplayShardImpl:
             shard starts from the file at checkpoint_path when there is one.
     """
 
-    def __init__(self, shard_index: int, capacity: int, buffer_type: str = "uniform", *, checkpoint_path: str | None = None,
+    def __init__(self, shard_index: int, capacity: int, buffer_type: BufferType = "uniform", *, checkpoint_path: str | None = None,
                  checkpoint_every_s: float | None = None, checkpoint_every_adds: int | None = None, **buffer_kwargs: Any) -> None:
         self.shard_index = int(shard_index)
         self._checkpoints = Checkpointer(checkpoint_path, checkpoint_every_s, checkpoint_every_adds) if checkpoint_path else None
@@ -207,7 +207,7 @@ class ReplayShardImpl:
         self._checkpoints.checkpoint_now(self.buffer)
 
 
-@ray.remote(concurrency_groups={"writes": 1, "reads": 1})
+@ray.remote(concurrency_groups={"writes": 1, "reads": 1})  # type: ignore[call-overload]  # Ray's overloads omit this actor option
 class ReplayShard(ReplayShardImpl):
     """The Ray actor hosting one shard; created by ReplayCoordinator (with ``shard_options``).
 
@@ -220,7 +220,7 @@ class ReplayShard(ReplayShardImpl):
     ray_replay.monitoring), at most once a second.
     """
 
-    def __init__(self, shard_index: int, capacity: int, buffer_type: str = "uniform", *, metrics_name: str | None = None,
+    def __init__(self, shard_index: int, capacity: int, buffer_type: BufferType = "uniform", *, metrics_name: str | None = None,
                  **buffer_kwargs: Any) -> None:
         super().__init__(shard_index, capacity, buffer_type, **buffer_kwargs)
         with warnings.catch_warnings():  # Ray 2.60's property calls one of its own deprecated APIs
@@ -245,26 +245,27 @@ class ReplayShard(ReplayShardImpl):
     def add_batch(self, *columns: Any, batch_id: str | None = None, **named: Any) -> Snapshot:
         return super().add_batch(*columns, batch_id=batch_id, **named)
 
+    # (mypy types a @ray.method as a remote-method object, not a method: hence the override ignores.)
     # Fencing and replica copies run on the writes thread, so a write in progress finishes before the
     # fence (or the copy) and none slips between the copy and the fence.
     @ray.method(concurrency_group="writes")
-    def fence(self, fenced: bool = True) -> None:
+    def fence(self, fenced: bool = True) -> None:  # type: ignore[override]
         super().fence(fenced)
 
     @ray.method(concurrency_group="writes")
-    def replica_state(self) -> dict[str, Any]:
+    def replica_state(self) -> dict[str, Any]:  # type: ignore[override]
         return super().replica_state()
 
     @ray.method(concurrency_group="writes")
-    def set_replica_state(self, state: Mapping[str, Any]) -> Snapshot:
+    def set_replica_state(self, state: Mapping[str, Any]) -> Snapshot:  # type: ignore[override]
         return super().set_replica_state(state)
 
     @ray.method(concurrency_group="writes")
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> None:  # type: ignore[override]
         super().checkpoint()
 
     @ray.method(concurrency_group="writes")
-    def close(self) -> None:
+    def close(self) -> None:  # type: ignore[override]
         super().close()
 
     @ray.method(concurrency_group="reads")
@@ -273,7 +274,7 @@ class ReplayShard(ReplayShardImpl):
         return super().sample(batch_size, beta, partial, updates)
 
     @ray.method(concurrency_group="reads")
-    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:  # type: ignore[override]
         return super().update_priorities(ids, priorities)
 
     def node_id(self) -> str:

@@ -100,7 +100,7 @@ def require_prioritized(buffer_type: str, what: str) -> None:
 
 def rows_of(columns: Sequence[Any], named: Mapping[str, Any]) -> int:
     """The leading length of a batch's first field (0 when it has none or it is not sized)."""
-    first = columns[0] if columns else next((v for k, v in named.items() if k not in ("priorities", "streams")), None)
+    first: Any = columns[0] if columns else next((v for k, v in named.items() if k not in ("priorities", "streams")), None)
     return len(first) if hasattr(first, "__len__") else 0
 
 
@@ -201,7 +201,7 @@ def water_fill(base: np.ndarray, limit: np.ndarray, amount: int, order: Sequence
             low = middle
         else:
             high = middle
-    x = np.minimum(np.maximum(low - base, 0), room)
+    x: np.ndarray = np.minimum(np.maximum(low - base, 0), room)
     left = amount - int(x.sum())
     for k in order:  # one more row each to the shards at the level that still have room
         if left == 0:

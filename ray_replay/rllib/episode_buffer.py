@@ -146,7 +146,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
     def get_sampled_timesteps(self, module_id: ModuleID | None = None) -> int:
         return self._counts["steps_sampled"]
 
-    def add(self, episodes: Any, weight: float | None = None) -> None:
+    def add(self, episodes: Any, weight: float | None = None) -> None:  # type: ignore[override]  # RLlib's own signature
         """Stores the chunks' timesteps; ``weight`` is their initial priority (default: the largest so far)."""
         batches: list[dict[str, np.ndarray]] = []
         infos: list[list[Any] | None] = []
@@ -232,7 +232,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         while self._info_rows and self._info_rows[0] < start - self.capacity:
             self._infos.pop(self._info_rows.popleft(), None)
 
-    def sample(
+    def sample(  # type: ignore[override]  # returns episodes, as RLlib's does, whose annotation says a batch
         self,
         num_items: int | None = None,
         *,
@@ -304,7 +304,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._storage.update_priorities(self._last_ids, np.maximum(values, self._eps))
         self._last_ids = None
 
-    def get_metrics(self) -> ResultDict:
+    def get_metrics(self) -> ResultDict[str, Any]:
         """Adds, samples and storage size since the last report, plus the native buffer's counters.
 
         RLlib calls this after every sample and aggregates the replies per training iteration, so

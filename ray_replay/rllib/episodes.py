@@ -110,7 +110,7 @@ class EpisodeFactory:
     def _struct(self, space: Any) -> Any:
         key = id(space)
         if key not in self._structs:
-            self._structs[key] = get_base_struct_from_space(space)
+            self._structs[key] = get_base_struct_from_space(space)  # type: ignore[no-untyped-call]  # untyped in RLlib
         return self._structs[key]
 
     def _fast_path_agrees(self, observation_space: Any, action_space: Any, obs: np.ndarray, next_obs: np.ndarray, actions: np.ndarray, rewards: list[float], extra_items: list[tuple[str, list[Any]]]) -> bool:

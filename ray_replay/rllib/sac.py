@@ -18,7 +18,7 @@ class SACConfig(rllib_sac.SACConfig):
     """``ray.rllib.algorithms.sac.SACConfig`` that also accepts ``"ray_replay.rllib.*"`` buffer types."""
 
     def __init__(self, algo_class: type | None = None) -> None:
-        super().__init__(algo_class=algo_class or SAC)
+        super().__init__(algo_class=algo_class or SAC)  # type: ignore[no-untyped-call]  # untyped in RLlib
 
     def validate(self) -> None:
         buffer_config = self.replay_buffer_config
@@ -38,5 +38,5 @@ class SAC(rllib_sac.SAC):
     """RLlib's SAC whose default config is :class:`SACConfig`."""
 
     @classmethod
-    def get_default_config(cls) -> SACConfig:
+    def get_default_config(cls) -> SACConfig:  # type: ignore[override]  # as RLlib's SAC over DQN
         return SACConfig()

@@ -83,7 +83,8 @@ class ShardedStorage:
         self.capacity = int(stats["capacity"])
 
     def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None) -> None:
-        self._client.add_batch(**columns, priorities=priorities)
+        named: dict[str, Any] = columns  # (as Any: mypy would match **columns against add_batch's wait: bool)
+        self._client.add_batch(**named, priorities=priorities)
 
     def sample(self, size: int, beta: float) -> dict[str, np.ndarray]:
         self._client.flush()
