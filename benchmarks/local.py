@@ -41,8 +41,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
-from common import SCHEMA  # noqa: E402
 from baselines import cpprb_buffer, deque_buffer, numpy_ring, numpy_sum_tree, torchrl_buffer  # noqa: E402
+from common import SCHEMA  # noqa: E402
 
 ALPHA, BETA, EPS = 0.6, 0.4, 1e-6
 ADD_BATCH = 1000

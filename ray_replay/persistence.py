@@ -167,7 +167,8 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     _require(isinstance(capacity, int) and 0 < capacity < 1 << 48, f"{path}: capacity {capacity!r} is out of range")
     if "checkpoint_id" in header:
         checkpoint_id = header["checkpoint_id"]
-        _require(isinstance(checkpoint_id, str) and 0 < len(checkpoint_id) <= 64 and checkpoint_id.isalnum(), f"{path}: checkpoint_id {checkpoint_id!r}")
+        _require(isinstance(checkpoint_id, str) and 0 < len(checkpoint_id) <= 64 and checkpoint_id.isalnum(),
+                 f"{path}: checkpoint_id {checkpoint_id!r}")
         state["checkpoint_id"] = checkpoint_id
     schema = []
     row_bytes = []

@@ -177,8 +177,9 @@ def test_demo_json_summary_has_every_key(ray_local: None, tmp_path: object) -> N
 
 
 def test_demo_refuses_image_observations(capsys: pytest.CaptureFixture[str]) -> None:
-    from ray_replay.apex.networks import check_spaces
     from gymnasium import spaces
+
+    from ray_replay.apex.networks import check_spaces
 
     with pytest.raises(ValueError, match="flat vector observations"):
         check_spaces(spaces.Box(0, 255, (84, 84, 4), np.uint8), spaces.Discrete(6))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import helpers
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import helpers
 from ray_replay import BUFFER_TYPES, BufferFullError, ReplayBuffer
 from ray_replay.distributed import ReplayShardImpl
 

@@ -19,7 +19,6 @@ from ray_replay.distributed import ReplayClient, ReplayCoordinator, ShardFencedE
 from ray_replay.distributed.checkpoint import Checkpointer
 from ray_replay.distributed.health import ACKED, REROUTE, RETRY_SAME, write_outcome
 
-
 # -- pure pieces ----------------------------------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from helpers import assert_same_contents
 
 from ray_replay import BUFFER_TYPES, ReplayBuffer

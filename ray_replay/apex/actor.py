@@ -148,7 +148,8 @@ class Actor:
     def _write(self) -> None:
         if not self._pending:
             return
-        rows: dict[str, Any] = {k: np.concatenate([p[k] for p in self._pending]) for k in self._pending[0]}  # Any: else mypy matches **rows against add_batch's wait: bool
+        # (values as Any: else mypy matches **rows against add_batch's wait: bool)
+        rows: dict[str, Any] = {k: np.concatenate([p[k] for p in self._pending]) for k in self._pending[0]}
         self._pending, self._pending_rows = [], 0
         priorities = initial_priorities(self.net, rows, self.config.priority_eps)
         streams = self.env_ids[rows.pop("env")]

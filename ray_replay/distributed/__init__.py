@@ -23,5 +23,5 @@ from ray_replay.distributed.runtime import init_ray
 from ray_replay.distributed.sampling import RateLimiter, ShardTable, Snapshot
 from ray_replay.distributed.shard import ReplayShard, ReplayShardImpl, ShardFencedError
 
-__all__ = ["DistributedReplay", "RateLimiter", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ReplayShardImpl", "ShardFencedError", "ShardTable",
-           "ShardUnavailableError", "Snapshot", "init_ray"]
+__all__ = ["DistributedReplay", "RateLimiter", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ReplayShardImpl", "ShardFencedError",
+           "ShardTable", "ShardUnavailableError", "Snapshot", "init_ray"]

@@ -34,8 +34,20 @@ import ray
 
 from ray_replay.distributed.health import ACKED, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, split_capacity, split_ids
-from ray_replay.distributed.writes import (RETRY_PAUSE_S, Router, Stager, Write, check_batch_size, check_beta, check_priorities,
-                                           check_priority, require_prioritized, rows_of, slice_rows, validated)
+from ray_replay.distributed.writes import (
+    RETRY_PAUSE_S,
+    Router,
+    Stager,
+    Write,
+    check_batch_size,
+    check_beta,
+    check_priorities,
+    check_priority,
+    require_prioritized,
+    rows_of,
+    slice_rows,
+    validated,
+)
 
 __all__ = ["ReplayClient"]
 

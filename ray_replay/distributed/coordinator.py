@@ -45,8 +45,19 @@ from ray_replay.buffer import BUFFER_TYPES, BufferType, ReplayBuffer
 from ray_replay.distributed.health import ACKED, ALIVE, DEAD, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, split_capacity, split_ids
 from ray_replay.distributed.shard import ReplayShard, StalePlanError
-from ray_replay.distributed.writes import (RETRY_PAUSE_S, Router, Stager, Write, check_batch_size, check_beta, check_priority,
-                                           require_prioritized, rows_of, slice_rows, validated)
+from ray_replay.distributed.writes import (
+    RETRY_PAUSE_S,
+    Router,
+    Stager,
+    Write,
+    check_batch_size,
+    check_beta,
+    check_priority,
+    require_prioritized,
+    rows_of,
+    slice_rows,
+    validated,
+)
 from ray_replay.monitoring import SampleLatencyHistogram
 
 __all__ = ["ReplayCoordinator", "check_batch_size", "check_beta"]

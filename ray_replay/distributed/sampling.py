@@ -69,7 +69,8 @@ def split_capacity(capacity: int, num_shards: int) -> list[int]:
 
 def encode_ids(shard: int, local_ids: np.ndarray) -> np.ndarray:
     """Global ids: shard << 48 | local id, so an id alone routes a priority update back."""
-    return np.bitwise_or(np.asarray(local_ids, dtype=np.int64), np.int64(shard) << LOCAL_ID_BITS)
+    global_ids: np.ndarray = np.bitwise_or(np.asarray(local_ids, dtype=np.int64), np.int64(shard) << LOCAL_ID_BITS)
+    return global_ids
 
 
 def split_ids(ids: Any, priorities: Any, num_shards: int) -> list[tuple[int, np.ndarray, np.ndarray]]:

@@ -27,8 +27,8 @@ import ray
 
 from ray_replay.buffer import BufferType, ReplayBuffer
 from ray_replay.distributed.checkpoint import Checkpointer
-from ray_replay.monitoring import ShardMetrics
 from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, encode_ids, local_ids
+from ray_replay.monitoring import ShardMetrics
 
 __all__ = ["ReplayShard", "ReplayShardImpl", "ShardFencedError", "StalePlanError"]
 

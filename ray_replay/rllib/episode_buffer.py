@@ -27,7 +27,7 @@ from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import Prioritize
 from ray.rllib.utils.typing import ModuleID, ResultDict
 
 from ray_replay.rllib.episodes import EpisodeFactory
-from ray_replay.rllib.nstep import EXTRA_PREFIX, END_NONE, END_TERMINATED, END_TRUNCATED, Segment, assemble, draw_n_steps, max_n_step
+from ray_replay.rllib.nstep import END_NONE, END_TERMINATED, END_TRUNCATED, EXTRA_PREFIX, Segment, assemble, draw_n_steps, max_n_step
 from ray_replay.rllib.storage import Storage, make_storage
 
 __all__ = ["NativeEpisodeReplayBuffer"]

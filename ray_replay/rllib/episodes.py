@@ -113,7 +113,8 @@ class EpisodeFactory:
             self._structs[key] = get_base_struct_from_space(space)  # type: ignore[no-untyped-call]  # untyped in RLlib
         return self._structs[key]
 
-    def _fast_path_agrees(self, observation_space: Any, action_space: Any, obs: np.ndarray, next_obs: np.ndarray, actions: np.ndarray, rewards: list[float], extra_items: list[tuple[str, list[Any]]]) -> bool:
+    def _fast_path_agrees(self, observation_space: Any, action_space: Any, obs: np.ndarray, next_obs: np.ndarray, actions: np.ndarray,
+                          rewards: list[float], extra_items: list[tuple[str, list[Any]]]) -> bool:
         self._fast = True
         kwargs: dict[str, Any] = dict(
             obs=obs[:1], next_obs=next_obs[:1], actions=actions[:1], rewards=np.asarray(rewards[:1]),
