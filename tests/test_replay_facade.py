@@ -48,14 +48,16 @@ class Writer:
 
 
 def test_writes_and_samples_take_one_hop_from_any_process(make):
-    replay = make(3000, 3, "prioritized", client_options={"batch_rows": 256})
+    # Room for every row wherever the two concurrent writers put theirs (they route independently).
+    replay = make(6000, 3, "prioritized", client_options={"batch_rows": 256})
     writers = [Writer.remote(replay) for _ in range(2)]
     counts = ray.get([w.write.remote(1000 * i, 1000) for i, w in enumerate(writers)])
     assert [c["rows_acknowledged"] for c in counts] == [1000, 1000] and all(c["rows_failed"] == 0 for c in counts)
     ray.get(replay.add_batch.remote(**transitions(1000, 2000)))
     assert replay.size() == 3000  # read-your-writes: the facade flushes this process's rows first
     stats = replay.stats()
-    assert [s["size"] for s in stats["shards"]] == [1000, 1000, 1000] and stats["total"]["evictions"] == 0
+    assert sum(s["size"] for s in stats["shards"]) == 3000 and stats["total"]["evictions"] == 0
+    assert min(s["size"] for s in stats["shards"]) >= 500  # spread, within about a batch per writer
     assert stats["total"]["rows_relayed_by_coordinator"] == 0
     batch = ray.get(writers[0].sample.remote(1000))  # with replacement, from a writer's process
     assert batch["weights"].shape == (1000,)

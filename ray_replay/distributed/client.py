@@ -116,7 +116,8 @@ class ReplayClient:
         self._prefetch = prefetch if self._buffer_type != "fifo" else 0
         self._rng = np.random.default_rng(seed)
         self._stager = Stager(batch_rows, self._schema)
-        self._router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)))
+        self._router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)),
+                              tie_order=self._rng.permutation(len(self._shards)).tolist())
         self._pending: list[_Pending] = []
         self._held_updates: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in self._shards]  # ride with the next sample
         self._riding: dict[Any, int] = {}  # sample requests carrying updates -> their rows

@@ -222,8 +222,12 @@ class Router:
         min_run_rows: runs shorter than this are merged into another run where that fits.
     """
 
-    def __init__(self, capacities: Sequence[int], min_run_rows: int = DEFAULT_MIN_RUN_ROWS) -> None:
+    def __init__(self, capacities: Sequence[int], min_run_rows: int = DEFAULT_MIN_RUN_ROWS, tie_order: Sequence[int] | None = None) -> None:
         self.capacities = np.asarray(capacities, dtype=np.int64)
+        # Among shards equally full, the one earliest in tie_order comes first. Writers that start
+        # together would all pick shard 0 first and stay in step; a random order per writer spreads them.
+        self._rank = np.empty(len(capacities), dtype=np.int64)
+        self._rank[np.asarray(tie_order if tie_order is not None else range(len(capacities)), dtype=np.int64)] = np.arange(len(capacities))
         self.sent = np.zeros(len(capacities), dtype=np.int64)  # rows on their way, not yet acknowledged
         self.min_run_rows = int(min_run_rows)
         self._cursor = 0  # round robin once the replay is full
@@ -250,14 +254,16 @@ class Router:
             return []
         held = (np.asarray(sizes, dtype=np.int64) + self.sent)[live]
         room = np.maximum(self.capacities[live] - held, 0)
-        emptiest = int(np.argmin(held / self.capacities[live]))
+        rank = self._rank[live]
+        by_level = np.lexsort((rank, held / self.capacities[live]))  # emptiest first, ties in tie_order
+        emptiest = int(by_level[0])
         x = np.zeros(len(live), dtype=np.int64)
         if rows <= min(room[emptiest], self.max_run_rows):
             x[emptiest] = rows  # the common case: the whole batch to the emptiest shard, one call
         else:
             into_room = min(rows, int(room.sum()))
             if into_room:
-                x += water_fill(held, held + room, into_room, order=np.argsort(held, kind="stable").tolist())
+                x += water_fill(held, held + room, into_room, order=by_level.tolist())
             beyond = rows - into_room
             if beyond:  # the replay is full: every row evicts one, so spread evenly, round robin
                 runs = min(len(live), -(-beyond // self.max_run_rows))
@@ -267,7 +273,7 @@ class Router:
                     x[(first + j) % len(live)] += beyond // runs + (1 if j < beyond % runs else 0)
             x = self._merge_short_runs(x, room)
         plan, start = [], 0
-        for j in np.argsort(held, kind="stable"):  # the emptiest shard takes the batch's first rows
+        for j in by_level:  # the emptiest shard takes the batch's first rows
             if x[j]:
                 plan.append((live[j], start, start + int(x[j])))
                 start += int(x[j])
@@ -299,7 +305,7 @@ class Router:
         candidates = [k for k in range(self.num_shards) if writable[k] and k not in exclude]
         if not candidates:
             return None
-        return min(candidates, key=lambda k: (sizes[k] + self.sent[k]) / self.capacities[k])
+        return min(candidates, key=lambda k: ((sizes[k] + self.sent[k]) / self.capacities[k], self._rank[k]))
 
 
 # -- one run in flight --------------------------------------------------------------------------------
