@@ -195,6 +195,7 @@ def stored_actions(replay) -> np.ndarray:
 # How long a shard's restart or a coordinator's takeover may take on a busy machine (a new worker
 # process starts and restores its checkpoint): generous, since every wait returns as soon as it is done.
 RECOVERY_TIMEOUT_S = 120
+SHARD_TIMEOUT_S = 5.0
 
 
 def all_alive(replay) -> bool:
@@ -256,7 +257,7 @@ def test_with_every_shard_dead_writes_fail_after_the_bounded_retry(ray_local):
 @pytest.mark.parametrize("through", ["client", "coordinator"])
 def test_with_replication_a_killed_shard_loses_no_acknowledged_row_and_sampling_resumes(ray_local, through):
     replay = ReplayCoordinator.remote(capacity=40_000, num_shards=2, buffer_type="prioritized", schema=SCHEMA, seed=0,
-                                      replication_factor=2, shard_timeout_s=5.0, health_check_interval_s=0.2)
+                                      replication_factor=2, shard_timeout_s=SHARD_TIMEOUT_S, health_check_interval_s=0.2)
     acknowledged: list[int] = []
     sampled_at: list[float] = []
     stop = threading.Event()
@@ -302,8 +303,14 @@ def test_with_replication_a_killed_shard_loses_no_acknowledged_row_and_sampling_
     for thread in threads:
         thread.join(timeout=120)
     assert not errors, errors
+    # The contract, not a speed: the learner never saw an error (above), and its first sample after the
+    # kill came back within shard_timeout_s, the bound after which the client gives up on a shard; so it
+    # was served by failing over, not by waiting the shard out. How fast that is, is a figure, not an
+    # assertion (measured 1.1-1.5 s here on a quiet machine, 2.3 s under two busy loops: most of it is
+    # Ray's own wait for a dead actor's death notice, timeout_ms_task_wait_for_death_info = 1 s).
     resumed = [t for t in sampled_at if t > killed_at]
-    assert resumed and resumed[0] - killed_at < 2.0, "sampling did not resume within 2 s"
+    assert resumed, "the learner sampled nothing after the kill"
+    assert resumed[0] - killed_at < SHARD_TIMEOUT_S, f"sampling resumed {resumed[0] - killed_at:.2f} s after the kill, past shard_timeout_s"
     wait_for(lambda: all_alive(replay), RECOVERY_TIMEOUT_S, "the restarted shard to rejoin")
     stats = ray.get(replay.stats.remote())
     assert stats["shards"][0]["restarts"] >= 1
