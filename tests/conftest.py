@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +154,24 @@ def ray_stopped(_session_ray: _SessionRay) -> None:
     """No Ray running in this process (for tests that start their own Cluster or Ray, right after)."""
     prepare_ray_start()
     _session_ray.stop()
+
+
+@pytest.fixture
+def coordinators(ray_local: None) -> Iterator[Callable[..., Any]]:
+    """``make(**options)``: a ReplayCoordinator.remote(**options) for the test; every one made is shut
+    down (its shards with it) and killed after the test, whether it passed or not."""
+    import ray
+
+    from ray_replay.distributed import ReplayCoordinator
+
+    made: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        replay = ReplayCoordinator.remote(**options)
+        made.append(replay)
+        return replay
+
+    yield make
+    for replay in made:
+        ray.get(replay.shutdown.remote())
+        ray.kill(replay)

@@ -185,28 +185,23 @@ def test_plain_shard_routes_priorities_and_counts_stale_ids():
 # -- on a local Ray ---------------------------------------------------------------------------------
 
 
-def make_replay(capacity: int, num_shards: int, buffer_type: str = "prioritized", **kwargs):
+def replay_options(capacity: int, num_shards: int, buffer_type: str = "prioritized", **kwargs) -> dict:
     kwargs.setdefault("seed", 7)
     if buffer_type == "prioritized":
         kwargs.setdefault("alpha", ALPHA)
         kwargs.setdefault("beta", BETA)
-    return ReplayCoordinator.remote(capacity=capacity, num_shards=num_shards, buffer_type=buffer_type, schema=SCHEMA, **kwargs)
+    return {"capacity": capacity, "num_shards": num_shards, "buffer_type": buffer_type, "schema": SCHEMA, **kwargs}
+
+
+def make_replay(*args, **kwargs):
+    return ReplayCoordinator.remote(**replay_options(*args, **kwargs))
 
 
 @pytest.fixture
-def replays(ray_local):
-    """Creates coordinators and shuts their shards and themselves down after the test."""
-    made = []
-
-    def make(*args, **kwargs):
-        replay = make_replay(*args, **kwargs)
-        made.append(replay)
-        return replay
-
-    yield make
-    for replay in made:
-        ray.get(replay.shutdown.remote())
-        ray.kill(replay)
+def replays(coordinators):
+    """make(capacity, num_shards, buffer_type="prioritized", **options): coordinators with this module's
+    defaults, shut down after the test (conftest's ``coordinators``)."""
+    return lambda *args, **kwargs: coordinators(**replay_options(*args, **kwargs))
 
 
 def fill_uneven(replay, groups: list[np.ndarray]) -> None:

@@ -74,7 +74,7 @@ def test_the_coordinator_handle_still_works_and_is_counted_as_relayed(make):
     replay = make(1000, 2, "uniform")
     ray.get(replay.actor.add_batch.remote(**transitions(100)))
     assert replay.stats()["total"]["rows_relayed_by_coordinator"] == 100
-    assert replay.size.remote is not None and ray.get(replay.size.remote()) == 100  # control calls, Ray style too
+    assert ray.get(replay.size.remote()) == 100  # control calls, Ray style too
     assert len(replay) == 100
 
 

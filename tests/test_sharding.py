@@ -20,8 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from ray_replay.distributed import ReplayClient, ReplayCoordinator
+from ray_replay.distributed import ReplayClient
 from ray_replay.distributed.writes import Router, Stager, check_batch_size, slice_rows, validated, water_fill
+
+SHARD_TIMEOUT_S = 5.0  # the failover tests' shard_timeout_s: the bound after which a client gives up on a shard
 
 # -- the routing rule, without Ray ----------------------------------------------------------------
 
@@ -138,19 +140,10 @@ def test_batch_size_is_any_positive_int():
 
 
 @pytest.fixture
-def replays(ray_local):
-    made = []
-
-    def make(capacity: int, num_shards: int, buffer_type: str = "prioritized", **kwargs):
-        replay = ReplayCoordinator.remote(capacity=capacity, num_shards=num_shards, buffer_type=buffer_type, schema=SCHEMA,
-                                          seed=3, metrics=False, **kwargs)
-        made.append(replay)
-        return replay
-
-    yield make
-    for replay in made:
-        ray.get(replay.shutdown.remote())
-        ray.kill(replay)
+def replays(coordinators):
+    """make(capacity, num_shards, buffer_type="prioritized", **options), shut down after the test."""
+    return lambda capacity, num_shards, buffer_type="prioritized", **kwargs: coordinators(
+        capacity=capacity, num_shards=num_shards, buffer_type=buffer_type, schema=SCHEMA, seed=3, metrics=False, **kwargs)
 
 
 def shard_stats(replay) -> list[dict]:
@@ -225,7 +218,7 @@ def test_sampling_with_replacement_from_a_small_distributed_replay(replays, thro
 
 
 def test_a_shard_lost_without_replication_leaves_the_others_serving(replays):
-    replay = replays(20_000, 2, health_check_interval_s=0.2, shard_timeout_s=5.0)
+    replay = replays(20_000, 2, health_check_interval_s=0.2, shard_timeout_s=SHARD_TIMEOUT_S)
     ray.get(replay.add_batch.remote(**transitions(10_000)))
     sizes = [s["size"] for s in shard_stats(replay)]
     assert sizes == [5_000, 5_000]
@@ -234,16 +227,14 @@ def test_a_shard_lost_without_replication_leaves_the_others_serving(replays):
     victim = shard_stats(replay)[0]
     killed_at = time.monotonic()
     os.kill(victim["pid"], signal.SIGKILL)
-    while True:  # the next samples: at once from the surviving shard
-        try:
-            batch = client.sample(64)
-            break
-        except Exception as error:  # noqa: BLE001 - only until the deadline
-            assert time.monotonic() - killed_at < 2.5, f"sampling did not resume within 2.5 s: {error!r}"
-    assert time.monotonic() - killed_at < 2.5
+    # The next sample raises nothing and comes from the surviving shard, well before shard_timeout_s
+    # (when the client would give up): failover, not waiting the shard out. How fast is a figure, not
+    # an assertion (about 1.1 s here, mostly Ray's 1 s wait for the dead actor's death notice).
+    batch = client.sample(64)
+    assert time.monotonic() - killed_at < SHARD_TIMEOUT_S
     assert (batch["action"] >= 0).all()
     coordinator_batch = ray.get(replay.sample.remote(64))
-    assert time.monotonic() - killed_at < 10 and len(coordinator_batch["action"]) == 64
+    assert time.monotonic() - killed_at < 2 * SHARD_TIMEOUT_S and len(coordinator_batch["action"]) == 64
     # The shard restarts empty (no checkpoint): its rows are counted as lost, not silently gone.
     lost = lambda: ray.get(replay.stats.remote())["total"]["rows_lost"]  # noqa: E731
     wait_for(lambda: lost() == 5_000, 30, lambda: f"rows_lost to count the shard's 5,000 rows (it says {lost()})")

@@ -1,5 +1,11 @@
 """ReplayCoordinator: the Ray actor that owns the shards, routes adds and samples globally over them.
 
+A plain class, ReplayCoordinatorImpl (tested without Ray in tests/test_coordinator_impl.py, its shards
+behind fake handles), and its actor, ReplayCoordinator, as for the shards. The rooms it uses:
+placement.py (where shards run), shard_set.py (the replicas' health, snapshots, monitor and refill),
+writes.py (validation, staging, routing and write retry, shared with ReplayClient), sampling.py (the
+global sampling maths, shared too), totals.py (the replay-wide stats).
+
 It is an *async* actor: every call is I/O-bound (route, then await shard replies), so one event loop
 interleaves adds, samples and priority updates without threads, without locks around the cached
 shard snapshots and without GIL contention between handler threads. Ray runs up to 1000 calls of an
@@ -31,20 +37,20 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import ray
-from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ray_replay.buffer import BUFFER_TYPES, BufferType, ReplayBuffer
-from ray_replay.distributed.health import ACKED, ALIVE, DEAD, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
-from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, split_capacity, split_ids
-from ray_replay.distributed.shard import ReplayShard, StalePlanError
+from ray_replay.distributed.health import ACKED, RETRY_SAME, SHARD_FAILURES, ShardUnavailableError
+from ray_replay.distributed.placement import PLACEMENTS, ROLES, bundle_options, make_placement, remove_placement, shard_actor_name
+from ray_replay.distributed.sampling import RateLimiter, split_capacity, split_ids
+from ray_replay.distributed.shard import ReplayShard
+from ray_replay.distributed.shard_set import ShardSet
+from ray_replay.distributed.totals import Totals
 from ray_replay.distributed.writes import (
     RETRY_PAUSE_S,
     Router,
@@ -60,14 +66,10 @@ from ray_replay.distributed.writes import (
 )
 from ray_replay.monitoring import SampleLatencyHistogram
 
-__all__ = ["ReplayCoordinator", "check_batch_size", "check_beta"]
-
-PLACEMENTS = ("spread", "pack")
-ROLES = ("shard", "backup")  # primary, then replica
+__all__ = ["ReplayCoordinator", "ReplayCoordinatorImpl", "check_batch_size", "check_beta"]
 
 
-@ray.remote
-class ReplayCoordinator:
+class ReplayCoordinatorImpl:
     """A replay of ``capacity`` rows in ``num_shards`` ReplayShard actors spread over the cluster.
 
     Args:
@@ -148,46 +150,31 @@ class ReplayCoordinator:
         seeds = np.random.SeedSequence(seed)
         shard_seeds = [int(s.generate_state(1, np.uint64)[0]) for s in seeds.spawn(num_shards)]
         self._rng = np.random.default_rng(seeds.spawn(1)[0])
-        context = ray.get_runtime_context()
-        self._name = context.get_actor_name()
-        self._namespace = context.namespace
-        self._roles = ROLES[:replication_factor]
+        self._name, self._namespace = self._identity()
+        roles = ROLES[:replication_factor]
         self._timeout_s = float(shard_timeout_s)
-        self._health_interval_s = float(health_check_interval_s)
         options = dict(shard_options or {})
         options.setdefault("max_restarts", -1)
-        restartable = options["max_restarts"] != 0
-        self._health = {role: ShardHealth(num_shards, restartable, retry_after_s=health_check_interval_s) for role in self._roles}
-        self._placement_groups = self._make_placement(placement, options, num_shards, replication_factor)
+        self._placement_groups = self._place(placement, options, num_shards, replication_factor)
         metrics_name = (self._name or "replay") if metrics else None
         self._sample_latency = SampleLatencyHistogram(metrics_name) if metrics_name else None
-        self._recent_sample_s: deque[float] = deque(maxlen=1000)  # for the p50/p99 of stats()
-        self._previous_totals: tuple[float, int, int] | None = None  # (time, adds, samples) at the last stats()
+        self._totals = Totals()
         durability: dict[str, Any] = {}
         if checkpoint_dir is not None:
             durability = {"checkpoint_every_s": checkpoint_every_s, "checkpoint_every_adds": checkpoint_every_adds}
-        self._replicas: dict[str, list[Any]] = {}
-        for role in self._roles:
-            self._replicas[role] = []
+        replicas: dict[str, list[Any]] = {}
+        for role in roles:
+            replicas[role] = []
             for k, (cap, s) in enumerate(zip(capacities, shard_seeds)):
-                actor_options = {**options, **self._bundle(k, role)}
-                if self._name:  # outlives this coordinator; a successor with this name finds it
-                    actor_options.update(name=self._shard_name(role, k), namespace=self._namespace, lifetime="detached", get_if_exists=True)
                 if checkpoint_dir is not None:
                     durability["checkpoint_path"] = str(Path(checkpoint_dir) / f"{self._name or 'replay'}-{role}-{k}.rrb")
-                self._replicas[role].append(ReplayShard.options(**actor_options).remote(  # type: ignore[attr-defined]  # @ray.remote's ActorClass
-                    k, cap, buffer_type, alpha=alpha, beta=beta, seed=s, metrics_name=metrics_name if role == "shard" else None,
-                    **durability, **buffer_kwargs))
-        self._shards = self._replicas["shard"]
-        self._table = ShardTable(num_shards, buffer_type)
+                replicas[role].append(self._spawn(role, k, options, (k, cap, buffer_type), {
+                    "alpha": alpha, "beta": beta, "seed": s, "metrics_name": metrics_name if role == "shard" else None,
+                    **durability, **buffer_kwargs}))
+        self._set = ShardSet(replicas, buffer_type, restartable=options["max_restarts"] != 0, timeout_s=self._timeout_s,
+                             health_interval_s=float(health_check_interval_s))
         self._dropped_updates = 0
-        self._rows_lost = 0
         self._rows_relayed = 0  # rows whose payload passed through this actor (add/add_batch on its handle)
-        self._held_at_failure = [0] * num_shards  # each primary's last known size when it failed
-        self._last_nodes: dict[tuple[str, int], str | None] = {}  # where each replica last answered from
-        self._monitor: asyncio.Task[None] | None = None
-        self._started: asyncio.Task[None] | None = None
-        self._resyncing: set[int] = set()
         self._router = Router(capacities)
         self._stager: Stager | None = None  # single-row adds, made once the schema is known
         self._staging_rows = staging_rows
@@ -195,187 +182,25 @@ class ReplayCoordinator:
         self._flusher: asyncio.Task[None] | None = None
         self._flush_error: BaseException | None = None
 
-    def _shard_name(self, role: str, k: int) -> str:
-        return f"{self._name}/{role}-{k}"
+    # -- where the shards run (the Ray-specific part; a test without Ray overrides these three) --------
 
-    def _make_placement(self, placement: str, options: dict[str, Any], num_shards: int, replication: int) -> list[Any]:
-        """Placement groups: one SPREAD group over the shards, or with replication one pair per shard
-        (STRICT_SPREAD: primary and backup on two nodes, when the cluster has two)."""
-        if (placement != "spread" and replication == 1) or "scheduling_strategy" in options:
-            return []
-        # The GCS places all bundles of a group with a whole-cluster view, which spreads shards over
-        # nodes reliably (SPREAD scheduling of single actors does not).
-        options.setdefault("num_cpus", 0.01)  # a bundle must hold something; shards mostly wait on I/O
-        bundle = {"CPU": options["num_cpus"], **options.get("resources", {})}
-        lifetime = {"lifetime": "detached"} if self._name else {}
-        if replication == 1:
-            groups = [([bundle] * num_shards, "SPREAD", "placement")]
-        else:
-            cluster: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]  # untyped in Ray
-            nodes = sum(1 for node in cluster if node["Alive"])
-            groups = [([bundle, bundle], "STRICT_SPREAD" if nodes >= 2 else "PACK", f"placement-{k}") for k in range(num_shards)]
-        made = []
-        for bundles, strategy, label in groups:
-            name = f"{self._name}/{label}" if self._name else ""
-            try:
-                made.append(get_placement_group(name) if name else None)
-            except ValueError:  # no group of that name yet
-                made.append(None)
-            if made[-1] is None:
-                made[-1] = placement_group(bundles, strategy=strategy, name=name, **lifetime)
-        return made
+    def _identity(self) -> tuple[str | None, str | None]:
+        """This actor's name (None when unnamed) and namespace."""
+        context = ray.get_runtime_context()
+        return context.get_actor_name(), context.namespace
 
-    def _bundle(self, k: int, role: str) -> dict[str, Any]:
-        if not self._placement_groups:
-            return {}
-        if len(self._placement_groups) == 1:
-            group, index = self._placement_groups[0], k
-        else:
-            group, index = self._placement_groups[k], ROLES.index(role)
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)}
+    def _place(self, placement: str, options: dict[str, Any], num_shards: int, replication: int) -> list[Any]:
+        return make_placement(self._name, placement, options, num_shards, replication)
 
-    # -- shard calls, failures and the monitor --------------------------------------------------------
-
-    async def _call(self, role: str, k: int, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A shard method's result. A failure of the shard's process marks it down; a sample planned from a
-        stale snapshot clears the snapshot; both are re-raised."""
-        try:
-            return await asyncio.wait_for(getattr(self._replicas[role][k], method).remote(*args, **kwargs), self._timeout_s)
-        except PROCESS_FAILURES:
-            self._mark_down(role, k)
-            raise
-        except StalePlanError:
-            self._forget(k)
-            raise
-
-    def _mark_down(self, role: str, k: int) -> None:
-        was_alive = self._health[role].alive(k)
-        self._health[role].mark_down(k)
-        if role == "shard":
-            self._forget(k)  # plans give it no rows until it is back
-            if was_alive and self._health[role].states[k] == DEAD and len(self._roles) == 1:
-                self._count_lost(k, 0)  # it will not come back: its rows are gone
-
-    def _forget(self, k: int) -> None:
-        """Clears shard k's cached snapshot, keeping the size it had for counting lost rows."""
-        if not self._held_at_failure[k]:
-            self._held_at_failure[k] = self._table.snapshots[k].size
-        self._table.update(k, EMPTY_SNAPSHOT)
-
-    def _count_lost(self, k: int, size_now: int) -> None:
-        """Without a replica, a shard that restarted (or died for good) lost the rows it held beyond what
-        its checkpoint restored: counted in stats()["total"]["rows_lost"]."""
-        before = max(self._held_at_failure[k], self._table.snapshots[k].size)
-        self._rows_lost += max(before - size_now, 0)
-        self._held_at_failure[k] = 0
-
-    def _writable(self, k: int) -> bool:
-        """Shard k takes writes: its primary answers and no replica copy is under way."""
-        return self._health["shard"].alive(k) and k not in self._resyncing
-
-    async def _ensure_started(self) -> None:
-        """Once: waits for every replica's first answer (a new worker process can take seconds, which
-        must not count as a failure), then starts the monitor."""
-        if self._monitor is not None and not self._monitor.done():
-            return
-        if self._started is None:
-            self._started = asyncio.get_running_loop().create_task(self._first_contact())
-        await asyncio.shield(self._started)
-        if self._monitor is None or self._monitor.done():
-            self._monitor = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _first_contact(self) -> None:
-        for role in self._roles:
-            replies = await asyncio.gather(*[shard.health.remote() for shard in self._replicas[role]], return_exceptions=True)
-            for k, info in enumerate(replies):
-                if isinstance(info, BaseException):
-                    self._mark_down(role, k)
-                else:
-                    self._health[role].observe(k, info["incarnation"], info["pid"])
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self._health_interval_s)
-            try:
-                await self._check_shards()
-            except Exception:  # noqa: BLE001 - a monitor round must never end the monitor
-                pass
-
-    async def _check_shards(self) -> None:
-        """Probes every shard at once, so one that hangs until shard_timeout_s delays no other's check."""
-        await asyncio.gather(*[self._check_shard(k) for k in range(len(self._shards))], return_exceptions=True)
-
-    async def _check_shard(self, k: int) -> None:
-        """Probes shard k's replicas. One that answers again rejoins; with replication, one that
-        restarted or missed writes while it was down is first refilled from its peer."""
-        replicated = len(self._roles) > 1
-        restarted, missed = [], []  # replicas that lost their rows / may have missed writes
-        for role in self._roles:
-            try:
-                info = await self._call(role, k, "health")
-            except SHARD_FAILURES:
-                continue
-            if self._health[role].observe(k, info["incarnation"], info["pid"]):
-                restarted.append(role)
-                if not replicated:
-                    self._count_lost(k, info["size"])
-            else:
-                if role == "shard":
-                    self._held_at_failure[k] = 0  # the same process: it kept its rows
-                if not self._health[role].alive(k):
-                    missed.append(role)
-            if not replicated or role not in restarted + missed:
-                self._health[role].mark_alive(k)
-        stale = restarted + missed
-        if replicated and stale:
-            for role in stale:
-                self._mark_down(role, k)  # no writes or samples until it is refilled
-            if await self._resync(k, restarted, missed):
-                for role in stale:
-                    self._health[role].mark_alive(k)
-        if self._health["shard"].alive(k) and k not in self._resyncing:
-            try:
-                self._table.update(k, (await self._call("shard", k, "sample", 0))[1])
-            except SHARD_FAILURES:
-                pass
-
-    async def _resync(self, k: int, restarted: list[str], missed: list[str]) -> bool:
-        """Copies shard k to its stale replica from the best other one (running all along, else one that
-        kept its process but was unreachable for a while), both fenced meanwhile. True when the stale
-        replicas may rejoin: copied, or nothing to copy from because every replica restarted (each from
-        its own checkpoint) or the others are dead for good. A restarted replica whose peer is only
-        unreachable waits for it: rejoining empty would later overwrite the peer's rows."""
-        healthy = [role for role in self._roles if role not in restarted + missed and self._health[role].alive(k)]
-        sources = healthy or missed
-        if not sources:
-            return all(role in restarted or self._health[role].states[k] == DEAD for role in self._roles)
-        if not restarted and not healthy:  # all merely unreachable: each kept its rows
-            return True
-        source = sources[0]
-        target = next(role for role in self._roles if role != source)
-        self._resyncing.add(k)
-        try:
-            await asyncio.gather(*[self._call(role, k, "fence", True) for role in (source, target)])
-            state = await self._call(source, k, "replica_state")
-            await self._call(target, k, "set_replica_state", state)
-            return True
-        except SHARD_FAILURES:
-            return False  # the next monitor round tries again
-        finally:
-            for role in self._roles:
-                try:
-                    await self._call(role, k, "fence", False)
-                except SHARD_FAILURES:
-                    pass
-            self._resyncing.discard(k)
+    def _spawn(self, role: str, k: int, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Starts replica (role, k) (or, named, finds the one a previous coordinator of this name left)."""
+        actor_options = {**options, **bundle_options(self._placement_groups, k, role)}
+        if self._name:  # outlives this coordinator; a successor with this name finds it
+            actor_options.update(name=shard_actor_name(self._name, role, k), namespace=self._namespace, lifetime="detached",
+                                 get_if_exists=True)
+        return ReplayShard.options(**actor_options).remote(*args, **kwargs)  # type: ignore[attr-defined]  # @ray.remote's ActorClass
 
     # -- writing (the rules are writes.py's, shared with ReplayClient) ---------------------------------
-
-    def _writable_shards(self) -> list[bool]:
-        return [self._writable(k) for k in range(len(self._shards))]
-
-    def _sizes(self) -> list[int]:
-        return [snapshot.size for snapshot in self._table.snapshots]
 
     async def _write(self, columns: tuple[Any, ...], named: dict[str, Any]) -> int:
         """Writes a batch as runs over the shards (writes.Router), each to its shard and backup, all at
@@ -383,7 +208,7 @@ class ReplayCoordinator:
         here whole first, so a bad row leaves no run written."""
         rows = rows_of(columns, named)
         self._rows_relayed += rows
-        plan: Sequence[tuple[int | None, int, int]] = self._router.plan(rows, self._writable_shards(), self._sizes()) or [(None, 0, rows)]
+        plan: Sequence[tuple[int | None, int, int]] = self._router.plan(rows, self._set.writable(), self._set.sizes()) or [(None, 0, rows)]
         if len(plan) > 1:
             columns, named = (), validated(columns, named, self._schema, rows)
         runs = [Write.new(*((columns, named) if len(plan) == 1 else slice_rows(columns, named, start, stop, rows)), stop - start,
@@ -402,27 +227,27 @@ class ReplayCoordinator:
                     raise ShardUnavailableError(f"no shard accepted the write within {self._timeout_s} s")
                 await asyncio.sleep(RETRY_PAUSE_S)
                 write.tried.clear()
-                k = self._router.pick(self._writable_shards(), write.tried, self._sizes())
+                k = self._router.pick(self._set.writable(), write.tried, self._set.sizes())
             write.shard = k
             self._router.sending(k, write.rows)
-            roles = [role for role in self._roles if self._health[role].alive(k)]
-            results = await asyncio.gather(*[self._call(role, k, "add_batch", *write.columns, **write.named) for role in roles],
+            roles = self._set.live_roles(k)
+            results = await asyncio.gather(*[self._set.call(role, k, "add_batch", *write.columns, **write.named) for role in roles],
                                            return_exceptions=True)
             self._router.acknowledged(k, write.rows)
             if roles and roles[0] == "shard" and not isinstance(results[0], BaseException):
-                self._table.update(k, results[0])
+                self._set.table.update(k, results[0])
             outcome = write.settle(results)  # raises the shard's ValueError/TypeError for a bad batch
             if outcome == ACKED:
                 return k
             if outcome == RETRY_SAME:
                 await asyncio.sleep(RETRY_PAUSE_S)
             else:
-                k = self._router.pick(self._writable_shards(), write.tried, self._sizes())
+                k = self._router.pick(self._set.writable(), write.tried, self._set.sizes())
 
     async def add(self, *fields: Any, priority: Any = None, stream: Any = 0, **named: Any) -> None:
         """One transition: validated now (same errors as a local buffer), written within flush_interval_s.
         ``stream``: the writer's stream, for observation dedup (see ReplayBuffer)."""
-        await self._ensure_started()
+        await self._set.ensure_started()
         value = None
         if priority is not None:
             require_prioritized(self._buffer_type, "priority")
@@ -445,15 +270,15 @@ class ReplayCoordinator:
     async def add_batch(self, *columns: Any, priorities: Any = None, **named: Any) -> int:
         """Rows along the leading axis, spread over the shards by writes.Router (validated whole, by the
         shard when the batch lands on one, here when it is cut); returns the shard of its first rows."""
-        await self._ensure_started()
+        await self._set.ensure_started()
         kwargs = named if priorities is None else {**named, "priorities": priorities}
         return await self._write(columns, kwargs)
 
     async def _create_stager(self) -> None:
         if self._schema is None:
-            for k in self._health["shard"].live():
+            for k in self._set.live():
                 try:
-                    schema = await self._call("shard", k, "schema")
+                    schema = await self._set.call("shard", k, "schema")
                 except SHARD_FAILURES:
                     continue
                 if schema:
@@ -480,24 +305,17 @@ class ReplayCoordinator:
 
     # -- sampling ----------------------------------------------------------------------------------
 
-    async def _refresh(self) -> None:
-        live = self._health["shard"].live()
-        replies = await asyncio.gather(*[self._call("shard", k, "sample", 0) for k in live], return_exceptions=True)
-        for k, reply in zip(live, replies):
-            if not isinstance(reply, BaseException):
-                self._table.update(k, reply[1])
-
     async def _admit(self, batch_size: int) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._limiter.timeout_s
         delay = 0.001
-        while (reason := self._limiter.blocked(self._table, batch_size)) is not None:
+        while (reason := self._limiter.blocked(self._set.table, batch_size)) is not None:
             if loop.time() >= deadline:
                 raise TimeoutError(f"sample({batch_size}) not allowed after {self._limiter.timeout_s} s: {reason}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
             await self._flush()
-            await self._refresh()
+            await self._set.refresh()
 
     async def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> dict[str, np.ndarray]:
         """One batch over all shards; prioritized adds global "weights", "ids" and "probabilities".
@@ -506,11 +324,11 @@ class ReplayCoordinator:
         fifo: pops the oldest rows of each shard, in proportion to the shard sizes (see fifo_counts);
         ``partial`` as for the local fifo buffer.
         """
-        await self._ensure_started()
+        await self._set.ensure_started()
         start = time.perf_counter()
         batch = await self._sample(batch_size, beta, partial)
         elapsed = time.perf_counter() - start
-        self._recent_sample_s.append(elapsed)
+        self._totals.observe_sample(elapsed)
         if self._sample_latency is not None:
             self._sample_latency.observe(elapsed)
         return batch
@@ -523,15 +341,15 @@ class ReplayCoordinator:
         # One round trip per sample: every shard answers each round (rows or just its snapshot), so
         # the cached masses plan the next round. Only fifo (exact sizes matter) or a cache that says
         # "empty" (rows may have come straight from clients) costs a refresh first.
-        if self._buffer_type == "fifo" or self._table.total_mass == 0:
-            await self._refresh()
+        if self._buffer_type == "fifo" or self._set.table.total_mass == 0:
+            await self._set.refresh()
         await self._admit(batch_size)
         if self._buffer_type == "fifo":
             return await self._pop(batch_size, partial)
-        for _ in range(len(self._shards)):  # a round that loses a shard is planned again without it
-            counts = self._table.plan(self._rng, batch_size)
-            live = self._health["shard"].live()
-            replies = await asyncio.gather(*[self._call("shard", k, "sample", int(counts[k])) for k in live], return_exceptions=True)
+        for _ in range(len(self._set)):  # a round that loses a shard is planned again without it
+            counts = self._set.table.plan(self._rng, batch_size)
+            live = self._set.live()
+            replies = await asyncio.gather(*[self._set.call("shard", k, "sample", int(counts[k])) for k in live], return_exceptions=True)
             failed = [r for r in replies if isinstance(r, BaseException)]
             for r in failed:
                 if not isinstance(r, SHARD_FAILURES):
@@ -539,24 +357,24 @@ class ReplayCoordinator:
             if not failed:
                 break
         else:
-            raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._shards)} rounds")
-        parts: list[dict[str, np.ndarray] | None] = [None] * len(self._shards)
+            raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._set)} rounds")
+        parts: list[dict[str, np.ndarray] | None] = [None] * len(self._set)
         for k, reply in zip(live, replies):
             if not isinstance(reply, BaseException):
                 parts[k] = reply[0]
-                self._table.update(k, reply[1])
-        return self._table.merge(parts, beta)
+                self._set.table.update(k, reply[1])
+        return self._set.table.merge(parts, beta)
 
     async def _await_live(self) -> None:
         """Waits up to shard_timeout_s for a live shard (the monitor brings restarted ones back)."""
         deadline = time.monotonic() + self._timeout_s
-        while not self._health["shard"].live():
+        while not self._set.live():
             if time.monotonic() >= deadline:
                 raise ShardUnavailableError(f"no shard has been alive for {self._timeout_s} s (all restarting or dead)")
             await asyncio.sleep(0.05)
 
     async def _pop(self, batch_size: int, partial: bool) -> dict[str, np.ndarray]:
-        held = self._table.size
+        held = self._set.table.size
         if held == 0:
             raise ValueError("cannot sample from an empty buffer")
         if held < batch_size and not partial:
@@ -564,9 +382,9 @@ class ReplayCoordinator:
         parts: list[dict[str, np.ndarray] | None] = []
         wanted = batch_size
         for _ in range(2):  # a second round only when other consumers popped rows meanwhile
-            counts = self._table.plan(self._rng, wanted)
-            live = [k for k in self._health["shard"].live() if k not in self._resyncing]
-            replies = await asyncio.gather(*[self._call("shard", k, "sample", int(counts[k]), None, True) for k in live],
+            counts = self._set.table.plan(self._rng, wanted)
+            live = [k for k in self._set.live() if k not in self._set.resyncing]
+            replies = await asyncio.gather(*[self._set.call("shard", k, "sample", int(counts[k]), None, True) for k in live],
                                            return_exceptions=True)
             mirrors = []
             for k, reply in zip(live, replies):
@@ -575,27 +393,27 @@ class ReplayCoordinator:
                         raise reply
                     continue
                 part, snapshot = reply
-                self._table.update(k, snapshot)
+                self._set.table.update(k, snapshot)
                 if part is not None:
                     parts.append(part)
                     taken = len(next(iter(part.values())))
                     wanted -= taken
-                    if "backup" in self._roles and self._health["backup"].alive(k):  # the backup pops the same rows
-                        mirrors.append(self._call("backup", k, "sample", taken, None, True))
+                    if "backup" in self._set.roles and self._set.health["backup"].alive(k):  # the backup pops the same rows
+                        mirrors.append(self._set.call("backup", k, "sample", taken, None, True))
             await asyncio.gather(*mirrors, return_exceptions=True)
-            if wanted == 0 or self._table.size == 0:
+            if wanted == 0 or self._set.table.size == 0:
                 break
-        return self._table.merge(parts, 0.0)
+        return self._set.table.merge(parts, 0.0)
 
     async def update_priorities(self, ids: Any, priorities: Any) -> None:
         """Sends each id to the shard it came from; stale ids are ignored and counted there."""
-        await self._ensure_started()
-        groups = split_ids(ids, priorities, len(self._shards))
+        await self._set.ensure_started()
+        groups = split_ids(ids, priorities, len(self._set))
         calls, targets = [], []
         for k, shard_ids, values in groups:
-            for role in self._roles:
-                if self._health[role].alive(k):
-                    calls.append(self._call(role, k, "update_priorities", shard_ids, values))
+            for role in self._set.roles:
+                if self._set.health[role].alive(k):
+                    calls.append(self._set.call(role, k, "update_priorities", shard_ids, values))
                     targets.append((role, k))
                 elif role == "shard":
                     self._dropped_updates += len(shard_ids)  # its shard is down: counted in stats()
@@ -604,7 +422,7 @@ class ReplayCoordinator:
             if role != "shard":
                 continue  # the backup's priorities are best effort (it may lag while it is being refilled)
             if not isinstance(result, BaseException):
-                self._table.update(k, result)
+                self._set.table.update(k, result)
             elif isinstance(result, SHARD_FAILURES):
                 self._dropped_updates += len(groups[[g[0] for g in groups].index(k)][1])
             else:
@@ -613,86 +431,48 @@ class ReplayCoordinator:
     # -- inspection and lifetime -------------------------------------------------------------------
 
     async def size(self) -> int:
-        await self._ensure_started()
+        await self._set.ensure_started()
         await self._flush()
-        await self._refresh()
-        return self._table.size
-
-    async def _replica_stats(self, role: str, k: int) -> dict[str, Any]:
-        """A replica's stats with its "state"; for one that does not answer, what is known of it."""
-        health = self._health[role]
-        s: dict[str, Any]
-        try:
-            s = await self._call(role, k, "stats")
-        except SHARD_FAILURES:
-            s = {"shard": k, "pid": health.pids[k], "node_id": self._last_nodes.get((role, k)), "size": 0}
-        else:  # (restarts are the monitor's to see: it refills a restarted replica before it rejoins)
-            self._last_nodes[(role, k)] = s["node_id"]
-        s["state"] = health.states[k]
-        s["restarts"] = health.restarts[k]
-        s["failures"] = health.failures[k]
-        return s
+        await self._set.refresh()
+        return self._set.table.size
 
     async def stats(self) -> dict[str, Any]:
         """{"shards": [per-shard stats with "state" ("alive", "restarting", "dead"), "node_id", "pid",
         "size", "restarts" and, replicated, "backup": the backup's], "total": summed counters of the
         shards that answered, global masses, inserts/s and samples/s since the previous stats() call,
         the p50/p99 of the latest 1,000 sample() calls as callers saw them (``sample_latency_p50_ms``,
-        ``_p99_ms``), "live_shards", "dropped_priority_updates"}."""
-        await self._ensure_started()
+        ``_p99_ms``), "live_shards", "dropped_priority_updates", "rows_lost",
+        "rows_relayed_by_coordinator"} (see totals.Totals)."""
+        await self._set.ensure_started()
         await self._flush()
-        everything = await asyncio.gather(*[self._replica_stats(role, k) for role in self._roles for k in range(len(self._shards))])
-        shard_stats = everything[: len(self._shards)]
-        for k, backup in enumerate(everything[len(self._shards):]):
-            shard_stats[k]["backup"] = backup
-        answered = [s for s in shard_stats if "adds" in s]
-        total: dict[str, Any] = {"buffer_type": self._buffer_type, "num_shards": len(self._shards),
-                                 "live_shards": sum(s["state"] == ALIVE for s in shard_stats),
-                                 "replication_factor": len(self._roles), "dropped_priority_updates": self._dropped_updates,
-                                 "rows_lost": self._rows_lost, "rows_relayed_by_coordinator": self._rows_relayed}
-        for key in ("size", "capacity", "adds", "samples", "sample_calls", "evictions", "rejected", "bytes_held", "bytes_reserved"):
-            total[key] = sum(s[key] for s in answered)
-        if self._buffer_type == "prioritized":
-            for key in ("priority_updates", "stale_priority_updates"):
-                total[key] = sum(s[key] for s in answered)
-            total["total_priority"] = math.fsum(s["total_priority"] for s in answered)
-            positive = [s["min_priority"] for s in answered if s["min_priority"] > 0]
-            total["min_priority"] = min(positive) if positive else 0.0
-            total["max_priority"] = max((s["max_priority"] for s in answered), default=0.0)
-        total["restarts"] = sum(s["restarts"] for s in everything)
-        now = time.monotonic()
-        if self._previous_totals is not None and now > self._previous_totals[0]:
-            then, adds, samples = self._previous_totals
-            total["inserts_per_second"] = (total["adds"] - adds) / (now - then)
-            total["samples_per_second"] = (total["samples"] - samples) / (now - then)
-        self._previous_totals = (now, total["adds"], total["samples"])
-        if self._recent_sample_s:
-            p50, p99 = np.percentile(np.fromiter(self._recent_sample_s, float), [50, 99]) * 1e3
-            total["sample_latency_p50_ms"], total["sample_latency_p99_ms"] = float(p50), float(p99)
+        shard_stats = await self._set.all_stats()
+        total = self._totals(shard_stats, self._buffer_type, replication_factor=len(self._set.roles),
+                             dropped_priority_updates=self._dropped_updates, rows_lost=self._set.rows_lost,
+                             rows_relayed_by_coordinator=self._rows_relayed)
         return {"shards": shard_stats, "total": total}
 
     def shard_handles(self) -> list[Any]:
-        return list(self._shards)
+        return list(self._set.primaries)
 
     def backup_handles(self) -> list[Any]:
         """The backups (replication_factor=2), shard k's at index k; empty otherwise."""
-        return list(self._replicas.get("backup", []))
+        return list(self._set.replicas.get("backup", []))
 
     async def client_config(self) -> dict[str, Any]:
         """What a ReplayClient needs to work without this coordinator: shard map, type, limits, schema."""
-        await self._ensure_started()
+        await self._set.ensure_started()
         await self._flush()
-        await self._refresh()
+        await self._set.refresh()
         return {
-            "shards": list(self._shards),
-            "backups": list(self._replicas.get("backup", [])),
+            "shards": list(self._set.primaries),
+            "backups": list(self._set.replicas.get("backup", [])),
             "timeout_s": self._timeout_s,
             "buffer_type": self._buffer_type,
             "capacity": self._capacity,
             "capacities": list(self._router.capacities.tolist()),
             "beta": self._beta,
             "limiter": self._limiter,
-            "snapshots": list(self._table.snapshots),
+            "snapshots": list(self._set.table.snapshots),
             "schema": self._schema,
         }
 
@@ -700,22 +480,25 @@ class ReplayCoordinator:
         """Flushes staged rows, closes every replica's checkpoint writer (waiting up to
         ``grace_period_s`` for a write in progress), then kills the shards and backups (their rows
         are gone; checkpoint files stay) and removes their placement groups; the coordinator stays up."""
-        for task in (self._flusher, self._monitor):
-            if task is not None:
-                task.cancel()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self._set.stop()
         try:
             await self._flush()
         except ShardUnavailableError:
             pass  # nothing left to flush to
-        replicas = [shard for role in self._roles for shard in self._replicas[role]]
+        replicas = [shard for role in self._set.roles for shard in self._set.replicas[role]]
         if replicas and grace_period_s > 0:
             await asyncio.wait([asyncio.ensure_future(shard.close.remote()) for shard in replicas], timeout=grace_period_s)
-        for replicas in self._replicas.values():
-            for shard in replicas:
-                ray.kill(shard)
-        self._replicas = {role: [] for role in self._roles}
-        self._shards = []
-        for group in self._placement_groups:
-            remove_placement_group(group)
+        for shard in replicas:
+            ray.kill(shard)
+        for role in self._set.roles:
+            self._set.replicas[role].clear()  # (primaries is the "shard" list: emptied too)
+        remove_placement(self._placement_groups)
         self._placement_groups = []
 
+
+@ray.remote
+class ReplayCoordinator(ReplayCoordinatorImpl):
+    """ReplayCoordinatorImpl as a Ray actor. An *async* actor (every method that awaits shards is a
+    coroutine), so one event loop interleaves adds, samples and priority updates without threads."""

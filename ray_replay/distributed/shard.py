@@ -117,7 +117,7 @@ class ReplayShardImpl:
         probabilities, which the caller recomputes over all shards).
         """
         if updates is not None:
-            self.update_priorities(*updates)
+            self._apply_updates(*updates)  # the snapshot below covers them
         if batch_size == 0:
             return None, self.snapshot()
         if self.buffer.buffer_type == "fifo" and partial and len(self.buffer) == 0:
@@ -136,6 +136,10 @@ class ReplayShardImpl:
 
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:
         """Takes global ids of this shard; stale ones are ignored and counted by the local buffer."""
+        self._apply_updates(ids, priorities)
+        return self.snapshot()
+
+    def _apply_updates(self, ids: np.ndarray, priorities: np.ndarray) -> None:
         ids = np.asarray(ids)
         if ids.dtype.kind in "iu" and ids.ndim == 1 and ids.size:
             shards = ids.astype(np.int64, copy=False) >> LOCAL_ID_BITS
@@ -154,7 +158,6 @@ class ReplayShardImpl:
                     ids, priorities = ids[issued], priorities[issued]
         self.buffer.update_priorities(ids, priorities)
         self._changed(0)
-        return self.snapshot()
 
     def schema(self) -> dict[str, tuple[tuple[int, ...], Any]] | None:
         """The buffer's schema once known (given, or inferred from the first add), else None."""
