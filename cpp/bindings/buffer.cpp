@@ -20,6 +20,7 @@
 #include "replay_buffer/concurrency/seqlock_ring_buffer.hpp"
 #include "replay_buffer/core/fifo_buffer.hpp"
 #include "replay_buffer/core/ring_buffer.hpp"
+#include "replay_buffer/prioritization/prioritized_ring.hpp"
 #include "replay_buffer/dedup/dedup_buffer.hpp"
 #include "array_pool.hpp"
 #include "gil.hpp"

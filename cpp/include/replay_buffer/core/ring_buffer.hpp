@@ -1,4 +1,6 @@
-// A ring of `capacity` rows in columnar storage, sampled by a Selector (uniform or prioritized).
+// A ring of `capacity` rows in columnar storage, sampled by a Selector (core/selector.hpp: uniform
+// here, prioritized in prioritization/; the selector chooses slots and describes them, the ring owns
+// rows, ids and counters).
 //
 // When full, each new row overwrites the oldest (an eviction). Every row gets an id: its insertion
 // sequence number. Row `id` lives in slot id % capacity, and is live exactly while
@@ -21,11 +23,10 @@
 #include "replay_buffer/core/buffer_interface.hpp"
 #include "replay_buffer/core/selector.hpp"
 #include "replay_buffer/memory/column_store.hpp"
-#include "replay_buffer/prioritization/prioritized_selector.hpp"
 
 namespace replay_buffer::core {
 
-template <class Selector>
+template <Selector S>
 class RingBuffer final : public ReplayBufferInterface {
  public:
   template <class... SelectorArgs>
@@ -49,18 +50,12 @@ class RingBuffer final : public ReplayBufferInterface {
     } else {
       store_.write_ring(first_slot, kept, sources);
     }
-    if constexpr (Selector::kPrioritized) {
-      slots_.resize(kept);
-      priorities_.resize(kept);
-      for (std::size_t i = 0; i < kept; ++i) {
-        slots_[i] = wrap(first_slot + i);
-        priorities_[i] = priorities != nullptr ? priorities[skipped + i] : max_priority_;
-      }
-      if (priorities != nullptr) {
-        for (std::size_t i = 0; i < count; ++i) max_priority_ = std::max(max_priority_, priorities[i]);
-      }
-      selector_.insert(slots_.data(), priorities_.data(), kept);
+    if (priorities != nullptr && skipped > 0) {  // rows never stored still raise the default priority
+      double highest = selector_.max_priority();
+      for (std::size_t i = 0; i < skipped; ++i) highest = std::max(highest, priorities[i]);
+      selector_.set_max_priority(highest);
     }
+    selector_.insert_run(first_slot, kept, priorities != nullptr ? priorities + skipped : nullptr, cap);
     const std::size_t new_size = std::min<std::size_t>(size_ + count, cap);
     counters_.evictions += size_ + count - new_size;
     size_ = new_size;
@@ -84,30 +79,14 @@ class RingBuffer final : public ReplayBufferInterface {
         request.ids[i] = static_cast<std::int64_t>(oldest + wrap(slots_[i] + cap - oldest_slot));
       }
     }
-    if constexpr (Selector::kPrioritized) {
-      const double total = selector_.total();
-      // Weights are float32, so the power is taken in float (exp2f/log2f cost half of exp/log); the
-      // ratio is formed in double, so masses below float's range do not underflow to 0.
-      const double min_mass = selector_.min_positive();
-      const auto beta = static_cast<float>(request.beta);
-      for (std::size_t i = 0; i < n; ++i) {
-        const double mass = selector_.mass(slots_[i]);
-        if (request.masses != nullptr) request.masses[i] = mass;
-        if (request.probabilities != nullptr) request.probabilities[i] = mass / total;
-        // w_i = (N * P(i))^-beta / max_j (N * P(j))^-beta = (mass_i / min_mass)^-beta.
-        if (request.weights != nullptr) {
-          const auto ratio = static_cast<float>(mass / min_mass);  // >= 1; inf when beyond float's range
-          request.weights[i] = beta == 0.0f ? 1.0f : std::exp2(-beta * std::log2(ratio));
-        }
-      }
-    }
+    selector_.describe(request, slots_.data(), n);
     counters_.samples += n;
     ++counters_.sample_calls;
     return n;
   }
 
   PriorityUpdateResult update_priorities(const std::int64_t* ids, const double* priorities, std::size_t count) override {
-    if constexpr (!Selector::kPrioritized) {
+    if constexpr (!S::kUpdatable) {
       return ReplayBufferInterface::update_priorities(ids, priorities, count);
     } else {
       std::lock_guard lock(mutex_);
@@ -120,7 +99,6 @@ class RingBuffer final : public ReplayBufferInterface {
         if (id < oldest) continue;  // its slot has been overwritten since it was sampled
         slots_.push_back(id % store_.capacity());
         priorities_.push_back(priorities[i]);
-        max_priority_ = std::max(max_priority_, priorities[i]);
       }
       selector_.update(slots_.data(), priorities_.data(), slots_.size());
       PriorityUpdateResult result{slots_.size(), count - slots_.size()};
@@ -145,12 +123,7 @@ class RingBuffer final : public ReplayBufferInterface {
     std::lock_guard lock(mutex_);
     BufferStats s;
     fill_common(s, size_, store_, counters_);
-    if constexpr (Selector::kPrioritized) {
-      s.total_priority = selector_.total();
-      const double min_mass = selector_.min_positive();
-      s.min_priority = std::isfinite(min_mass) ? min_mass : 0.0;
-      s.max_priority = max_priority_;
-    }
+    selector_.fill_stats(s);
     return s;
   }
 
@@ -160,14 +133,10 @@ class RingBuffer final : public ReplayBufferInterface {
     const std::uint64_t oldest = counters_.total_adds - size_;
     const std::size_t exported = std::min(newest_rows, size_);
     if (destinations != nullptr) store_.read_ring(static_cast<std::size_t>((oldest + size_ - exported) % cap), exported, destinations);
-    BufferState state{counters_, max_priority_, rng_.state(), {}, {}, static_cast<std::size_t>(oldest % cap)};
-    if constexpr (Selector::kPrioritized) {
-      // Two contiguous runs of leaves where the ring wraps (an increment copies them all: keep it a copy).
+    BufferState state{counters_, selector_.max_priority(), rng_.state(), {}, {}, static_cast<std::size_t>(oldest % cap)};
+    if constexpr (S::kUpdatable) {  // (an increment copies them all: keep it a copy)
       state.priorities.resize(size_);
-      const std::size_t first = static_cast<std::size_t>(oldest % cap);
-      const std::size_t before_wrap = std::min(size_, cap - first);
-      selector_.read_masses(first, before_wrap, state.priorities.data());
-      selector_.read_masses(0, size_ - before_wrap, state.priorities.data() + before_wrap);
+      selector_.export_masses(static_cast<std::size_t>(oldest % cap), size_, cap, state.priorities.data());
     }
     return state;
   }
@@ -179,7 +148,7 @@ class RingBuffer final : public ReplayBufferInterface {
       throw std::invalid_argument("state holds " + std::to_string(rows) + " rows but its add count implies " +
                                   std::to_string(std::min<std::uint64_t>(state.counters.total_adds, cap)));
     }
-    if (Selector::kPrioritized && state.priorities.size() != rows) {
+    if (S::kUpdatable && state.priorities.size() != rows) {
       throw std::invalid_argument("state must hold one priority per row");
     }
     const std::uint64_t oldest = state.counters.total_adds - rows;
@@ -188,16 +157,11 @@ class RingBuffer final : public ReplayBufferInterface {
     }
     std::lock_guard lock(mutex_);
     if (sources != nullptr) store_.write_ring(static_cast<std::size_t>(oldest % cap), rows, sources);
-    if constexpr (Selector::kPrioritized) {
-      selector_.clear();
-      slots_.resize(rows);
-      for (std::size_t i = 0; i < rows; ++i) slots_[i] = (oldest + i) % cap;
-      selector_.set_masses(slots_.data(), state.priorities.data(), rows);
-    }
+    if constexpr (S::kUpdatable) selector_.import_masses(static_cast<std::size_t>(oldest % cap), rows, cap, state.priorities.data());
     size_ = rows;
     counters_ = state.counters;
     next_slot_ = static_cast<std::size_t>(counters_.total_adds % cap);
-    max_priority_ = state.max_priority;
+    selector_.set_max_priority(state.max_priority);
     rng_.set_state(state.random);
   }
 
@@ -211,8 +175,6 @@ class RingBuffer final : public ReplayBufferInterface {
     std::lock_guard lock(mutex_);
     store_.sync();
   }
-
-  const Selector& selector() const noexcept { return selector_; }
 
  private:
   // x % capacity for x < 2 * capacity, without a division (one costs ~15 ns, as much as a whole row).
@@ -229,12 +191,11 @@ class RingBuffer final : public ReplayBufferInterface {
 
   mutable std::mutex mutex_;
   memory::ColumnStore store_;
-  Selector selector_;
+  S selector_;
   Random rng_;
   std::size_t size_ = 0;
   std::size_t next_slot_ = 0;  // total_adds % capacity, kept so that an add divides by nothing
   BufferCounters counters_;
-  double max_priority_ = 1.0;  // priority of rows added without one: the largest seen so far
   // Scratch space reused across calls (guarded by mutex_), so steady-state calls do not allocate.
   std::vector<std::uint64_t> slots_;
   std::vector<double> priorities_;
@@ -242,6 +203,8 @@ class RingBuffer final : public ReplayBufferInterface {
 };
 
 using UniformBuffer = RingBuffer<UniformSelector>;
-using PrioritizedBuffer = RingBuffer<prioritization::PrioritizedSelector>;
+// (PrioritizedBuffer, RingBuffer<prioritization::PrioritizedSelector>, is declared in
+// prioritization/prioritized_selector.hpp, under this namespace's name: core includes nothing of
+// prioritization/.)
 
 }  // namespace replay_buffer::core

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "replay_buffer/core/experience.hpp"
-#include "replay_buffer/core/ring_buffer.hpp"
+#include "replay_buffer/prioritization/prioritized_ring.hpp"
 
 namespace replay_buffer::prioritization {
 

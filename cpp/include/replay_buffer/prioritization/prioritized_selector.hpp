@@ -5,6 +5,8 @@
 // Sampling is stratified by default (the total mass cut into batch_size equal segments, one draw in
 // each, as in the PER paper) or plainly proportional.
 //
+// The Selector interface (core/selector.hpp) with its costs and contracts. Rows inserted without a
+// priority get the largest priority seen so far (max_priority()), so a new row is sampled soon.
 // Concurrency contract: not synchronized; the owning RingBuffer calls every method under its mutex.
 #pragma once
 
@@ -32,7 +34,7 @@ struct PriorityOptions {
 
 class PrioritizedSelector {
  public:
-  static constexpr bool kPrioritized = true;
+  static constexpr bool kUpdatable = true;
 
   PrioritizedSelector(std::size_t capacity, PriorityOptions options) : options_(options), tree_(capacity) {
     if (!(options.alpha >= 0.0) || !std::isfinite(options.alpha)) throw std::invalid_argument("alpha must be a finite number >= 0");
@@ -49,11 +51,20 @@ class PrioritizedSelector {
     return std::pow(p, options_.alpha);
   }
 
-  // O(n log8 N)
-  void insert(const std::uint64_t* slots, const double* priorities, std::size_t n) { update(slots, priorities, n); }
+  // Rows written to slots first.. (mod capacity); priorities null: max_priority() each. O(n log8 N)
+  void insert_run(std::size_t first, std::size_t count, const double* priorities, std::size_t capacity) {
+    run_slots_.resize(count);
+    run_priorities_.resize(count);
+    for (std::size_t i = 0, slot = first; i < count; ++i, slot = slot + 1 == capacity ? 0 : slot + 1) {
+      run_slots_[i] = slot;
+      run_priorities_[i] = priorities != nullptr ? priorities[i] : max_priority_;
+    }
+    update(run_slots_.data(), run_priorities_.data(), count);
+  }
 
-  // O(n log8 N)
+  // New priorities for live slots; raises max_priority() to the largest. O(n log8 N)
   void update(const std::uint64_t* slots, const double* priorities, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) max_priority_ = std::max(max_priority_, priorities[i]);
     masses_.resize(n);
     for (std::size_t i = 0; i < n; ++i) {
       // Rows added without a priority all get the same one (the largest so far): one pow for a run.
@@ -81,21 +92,61 @@ class PrioritizedSelector {
     tree_.find(targets_.data(), n, slots);
   }
 
-  // Restores masses exactly as read_masses() reported them (checkpoints). O(n log8 N)
-  void set_masses(const std::uint64_t* slots, const double* masses, std::size_t n) { tree_.set(slots, masses, n); }
+  // For sampled slots: m_i, P(i) = m_i / total and w_i = (N P(i))^-beta / max_j (N P(j))^-beta
+  // = (m_i / min_mass)^-beta, each where the request asks for it. O(n)
+  void describe(const core::SampleRequest& request, const std::uint64_t* slots, std::size_t n) const {
+    const double total = tree_.total();
+    // Weights are float32, so the power is taken in float (exp2f/log2f cost half of exp/log); the
+    // ratio is formed in double, so masses below float's range do not underflow to 0.
+    const double min_mass = tree_.min_positive();
+    const auto beta = static_cast<float>(request.beta);
+    for (std::size_t i = 0; i < n; ++i) {
+      const double mass = tree_.value(slots[i]);
+      if (request.masses != nullptr) request.masses[i] = mass;
+      if (request.probabilities != nullptr) request.probabilities[i] = mass / total;
+      if (request.weights != nullptr) {
+        const auto ratio = static_cast<float>(mass / min_mass);  // >= 1; inf when beyond float's range
+        request.weights[i] = beta == 0.0f ? 1.0f : std::exp2(-beta * std::log2(ratio));
+      }
+    }
+  }
 
-  double mass(std::uint64_t slot) const noexcept { return tree_.value(slot); }
-  // The masses of slots [first, first + count) into out. O(count).
-  void read_masses(std::size_t first, std::size_t count, double* out) const noexcept { tree_.read_values(first, count, out); }
-  double total() const noexcept { return tree_.total(); }
-  double min_positive() const noexcept { return tree_.min_positive(); }
-  void clear() noexcept { tree_.clear(); }
+  void fill_stats(core::BufferStats& stats) const noexcept {
+    stats.total_priority = tree_.total();
+    const double min_mass = tree_.min_positive();
+    stats.min_priority = std::isfinite(min_mass) ? min_mass : 0.0;
+    stats.max_priority = max_priority_;
+  }
+
+  // The masses of `count` slots from `first` on (mod capacity), in that order: two contiguous runs of
+  // leaves where the ring wraps. O(count)
+  void export_masses(std::size_t first, std::size_t count, std::size_t capacity, double* out) const noexcept {
+    const std::size_t before_wrap = std::min(count, capacity - first);
+    tree_.read_values(first, before_wrap, out);
+    tree_.read_values(0, count - before_wrap, out + before_wrap);
+  }
+
+  // Clears every mass, then restores those of `count` slots from `first` on exactly as export_masses
+  // reported them (checkpoints). O(N + count log8 N)
+  void import_masses(std::size_t first, std::size_t count, std::size_t capacity, const double* masses) {
+    tree_.clear();
+    run_slots_.resize(count);
+    for (std::size_t i = 0, slot = first; i < count; ++i, slot = slot + 1 == capacity ? 0 : slot + 1) run_slots_[i] = slot;
+    tree_.set(run_slots_.data(), masses, count);
+  }
+
+  double max_priority() const noexcept { return max_priority_; }
+  void set_max_priority(double p) noexcept { max_priority_ = p; }
+
 
  private:
   PriorityOptions options_;
   SumTree tree_;
   std::vector<double> masses_;
   std::vector<double> targets_;
+  std::vector<std::uint64_t> run_slots_;
+  std::vector<double> run_priorities_;
+  double max_priority_ = 1.0;  // priority of rows added without one: the largest seen so far
   double memo_priority_ = std::numeric_limits<double>::quiet_NaN();  // equal to no priority at first
   double memo_mass_ = 0.0;                                           // mass_of(memo_priority_)
 };
