@@ -22,6 +22,7 @@ from ray_replay.distributed.sampling import (
     split_capacity,
     split_ids,
 )
+from ray_replay.distributed.shard import StalePlanError
 
 ALPHA, BETA = 0.6, 0.4
 
@@ -182,6 +183,22 @@ def test_plain_shard_routes_priorities_and_counts_stale_ids():
     assert shard.sample(0) == (None, shard.snapshot())
 
 
+def test_one_shard_call_serves_several_rounds_with_the_updates_applied_first():
+    shard = ReplayShardImpl(0, 100, "prioritized", schema=SCHEMA, seed=0)
+    with pytest.raises(StalePlanError):  # empty: the caller plans again
+        shard.sample_rounds([3, 2])
+    shard.add_batch(**transitions(100))
+    first, _ = shard.sample(10)
+    parts, snapshot = shard.sample_rounds([7, 0, 5], updates=(first["ids"], np.zeros(10)))
+    assert [None if p is None else len(p["action"]) for p in parts] == [7, None, 5]
+    assert shard.stats()["priority_updates"] == 10 and snapshot.size == 100
+    masked = set(first["action"].tolist())  # priority 0: never drawn again
+    assert not masked & set(np.concatenate([parts[0]["action"], parts[2]["action"]]).tolist())
+    for part in (parts[0], parts[2]):
+        assert_rows_consistent({k: v for k, v in part.items() if k in SCHEMA})
+        assert (part["ids"] >> LOCAL_ID_BITS == 0).all() and "masses" in part and "weights" not in part
+
+
 # -- on a local Ray ---------------------------------------------------------------------------------
 
 
@@ -211,13 +228,14 @@ def fill_uneven(replay, groups: list[np.ndarray]) -> None:
         start += len(p)
 
 
-def test_prioritized_sampling_over_shards_has_the_distribution_of_one_buffer(replays):
+@pytest.mark.parametrize("rounds_per_call", [1, 2])
+def test_prioritized_sampling_over_shards_has_the_distribution_of_one_buffer(replays, rounds_per_call):
     groups = uneven_priorities(10, 3)
     replay = replays(3000, 3)
     fill_uneven(replay, groups)
     mass = expected_masses(groups)
     reference = reference_weights(local_reference(groups), len(mass))
-    client = ReplayClient(replay, prefetch=2, seed=3)
+    client = ReplayClient(replay, prefetch=2, rounds_per_call=rounds_per_call, seed=3)
     actions = []
     for i in range(120):  # 120,000 draws: 20 through the coordinator, 100 through the client
         batch = ray.get(replay.sample.remote(1000)) if i < 20 else client.sample(1000)
@@ -346,6 +364,19 @@ def test_bad_input_through_the_remote_api_raises_and_writes_nothing(shared_repla
     assert total["size"] == 4 and total["adds"] == 4
 
 
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"batch_rows": 0}, ValueError, "batch_rows must be >= 1"),
+    ({"batch_rows": 1.5}, TypeError, "batch_rows must be an int"),
+    ({"prefetch": -1}, ValueError, "prefetch must be >= 0"),
+    ({"prefetch": 2, "rounds_per_call": 3}, ValueError, "rounds_per_call must be <= prefetch"),
+    ({"rounds_per_call": 0}, ValueError, "rounds_per_call must be >= 1"),
+    ({"flush_interval_s": 0}, ValueError, "flush_interval_s"),
+])
+def test_bad_client_options_name_the_option(shared_replay, options, error, message):
+    with pytest.raises(error, match=message):
+        ReplayClient(shared_replay, **options)
+
+
 def test_bad_input_through_the_client_raises_at_once_and_sends_nothing(replays):
     replay = replays(100, 2, "uniform")
     client = ReplayClient(replay, batch_rows=8)
@@ -385,7 +416,7 @@ def test_many_writers_with_a_concurrent_learner(replays):
     writers = [Writer.remote(replay, i) for i in range(6)]
     done = [w.write.remote(20, 100) for w in writers]
     single = [replay.add.remote(**{k: v[0] for k, v in transitions(1, 900_000 + i).items()}) for i in range(200)]
-    learner = ReplayClient(replay, prefetch=2, seed=1, max_in_flight=8)
+    learner = ReplayClient(replay, prefetch=4, rounds_per_call=2, seed=1, max_in_flight=8)  # updates ride with shared calls
     deadline, sampled = time.monotonic() + 60, 0
     while ray.wait(done, num_returns=len(done), timeout=0)[1] and time.monotonic() < deadline:
         try:

@@ -65,6 +65,38 @@ class _Pending:
     backup: bool = False  # a backup's copy of an update (best effort: its verdict is not counted)
 
 
+class _Call:
+    """A shard call that serves several prefetched rounds (shard.sample_rounds): fetched once, kept for
+    the rounds that share it."""
+
+    __slots__ = ("error", "ref", "reply")
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+        self.reply: tuple[list[dict[str, np.ndarray] | None], Snapshot] | None = None
+        self.error: BaseException | None = None
+
+    def get(self, timeout_s: float) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
+        if self.reply is None and self.error is None:
+            try:
+                self.reply = ray.get(self.ref, timeout=timeout_s)
+            except Exception as error:  # noqa: BLE001 - kept, and raised for every round of the call
+                self.error = error
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+class _Share:
+    """Round ``index`` of a _Call: what a round holds per shard instead of an ObjectRef."""
+
+    __slots__ = ("call", "index")
+
+    def __init__(self, call: _Call, index: int) -> None:
+        self.call, self.index = call, index
+
+
 class ReplayClient:
     """A writer's or learner's handle on a ReplayCoordinator's shards (one per process; not shareable).
 
@@ -77,6 +109,9 @@ class ReplayClient:
         max_in_flight: bound on outstanding writes and priority updates; a call past it waits for one.
         prefetch: sample rounds kept in flight after each ``sample`` (0: none). Prefetched batches do
             not see priority updates made after they were requested, as in Ape-X.
+        rounds_per_call: prefetched rounds asked of each shard in one call (at most ``prefetch``):
+            fewer calls per sampled row; the rounds in flight then range from
+            ``prefetch - rounds_per_call + 1`` to ``prefetch`` (e.g. prefetch=4, rounds_per_call=2).
         seed: seeds the client's multinomial draws.
     """
 
@@ -88,15 +123,19 @@ class ReplayClient:
         flush_interval_s: float = 0.05,
         max_in_flight: int = 4,
         prefetch: int = 2,
+        rounds_per_call: int = 1,
         seed: int | None = None,
     ) -> None:
-        for name, value, low in (("batch_rows", batch_rows, 1), ("max_in_flight", max_in_flight, 1), ("prefetch", prefetch, 0)):
+        for name, value, low in (("batch_rows", batch_rows, 1), ("max_in_flight", max_in_flight, 1), ("prefetch", prefetch, 0),
+                                 ("rounds_per_call", rounds_per_call, 1)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         if not flush_interval_s > 0:
             raise ValueError(f"flush_interval_s must be > 0, got {flush_interval_s!r}")
+        if rounds_per_call > max(prefetch, 1):
+            raise ValueError(f"rounds_per_call must be <= prefetch ({prefetch}): the rounds of a call are prefetched, got {rounds_per_call}")
         config = ray.get(coordinator.client_config.remote())
         self._coordinator = coordinator
         self._shards: list[Any] = config["shards"]
@@ -114,6 +153,7 @@ class ReplayClient:
         self._flush_interval_s = flush_interval_s
         self._max_in_flight = max_in_flight
         self._prefetch = prefetch if self._buffer_type != "fifo" else 0
+        self._rounds_per_call = rounds_per_call if self._prefetch else 1
         self._rng = np.random.default_rng(seed)
         self._stager = Stager(batch_rows, self._schema)
         self._router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)),
@@ -326,13 +366,15 @@ class ReplayClient:
         beta = check_beta(beta, self._beta)
         while self._rounds and self._rounds[0][:2] != (batch_size, beta):
             self._discard_round()  # asked for another shape
+        group = self._rounds_per_call
         if not self._rounds:
             self._admit(batch_size)
-            self._issue(batch_size, beta)
+            self._issue(batch_size, beta, rounds=group)
         n, _, refs = self._rounds.popleft()
         self._rows_in_flight -= n
-        while len(self._rounds) < self._prefetch and self._limiter.blocked(self._table, batch_size + self._rows_in_flight) is None:
-            self._issue(batch_size, beta)
+        while (len(self._rounds) + group <= self._prefetch
+               and self._limiter.blocked(self._table, group * batch_size + self._rows_in_flight) is None):
+            self._issue(batch_size, beta, rounds=group)
         for _ in range(len(self._shards)):
             parts = self._collect(refs)
             if parts is not None:
@@ -351,7 +393,11 @@ class ReplayClient:
         for k, ref in refs.items():
             riding = self._riding.pop(ref, 0)
             try:
-                part, snapshot = ray.get(ref, timeout=self._timeout_s)
+                if isinstance(ref, _Share):
+                    parts_of_call, snapshot = ref.call.get(self._timeout_s)
+                    part = parts_of_call[ref.index]
+                else:
+                    part, snapshot = ray.get(ref, timeout=self._timeout_s)
             except SHARD_FAILURES as error:
                 if isinstance(error, PROCESS_FAILURES):
                     self._health.mark_down(k)
@@ -363,21 +409,28 @@ class ReplayClient:
             parts[k] = part
         return parts if complete else None
 
-    def _issue(self, batch_size: int, beta: float, queue: bool = True) -> dict[int, Any]:
-        """Asks every shard worth asking for its planned rows (a down one, after a while, for 0: a probe),
-        each request carrying the priority updates held for that shard."""
-        counts = self._table.plan(self._rng, batch_size)
-        refs = {}
+    def _issue(self, batch_size: int, beta: float, queue: bool = True, rounds: int = 1) -> dict[int, Any]:
+        """Asks every shard worth asking for its planned rows of ``rounds`` rounds in one call (a down
+        one, after a while, for 0: a probe), each request carrying the priority updates held for that
+        shard; queues the rounds (or not) and returns the first round's {shard: ref or _Share}."""
+        plans = [self._table.plan(self._rng, batch_size) for _ in range(rounds)]
+        issued: list[dict[int, Any]] = [{} for _ in range(rounds)]
         for k in range(len(self._shards)):
             if self._health.worth_trying(k):
                 updates = self._take_updates(k)
-                refs[k] = self._shards[k].sample.remote(int(counts[k]), None, False, updates)
+                if rounds == 1:
+                    issued[0][k] = self._shards[k].sample.remote(int(plans[0][k]), None, False, updates)
+                else:
+                    call = _Call(self._shards[k].sample_rounds.remote([int(counts[k]) for counts in plans], None, updates))
+                    for j in range(rounds):
+                        issued[j][k] = _Share(call, j)
                 if updates is not None:
-                    self._riding[refs[k]] = len(updates[0])
+                    self._riding[issued[0][k]] = len(updates[0])  # (counted once, with the call's first round)
         if queue:
-            self._rounds.append((batch_size, beta, refs))
-            self._rows_in_flight += batch_size
-        return refs
+            for refs in issued:
+                self._rounds.append((batch_size, beta, refs))
+                self._rows_in_flight += batch_size
+        return issued[0]
 
     def _discard_round(self) -> None:
         """Drops the oldest prefetched round; its requests that carried priority updates are waited for,

@@ -19,7 +19,7 @@ import threading
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,17 +122,29 @@ class ReplayShardImpl:
             return None, self.snapshot()
         if self.buffer.buffer_type == "fifo" and partial and len(self.buffer) == 0:
             return None, self.snapshot()
+        batch = self._draw(batch_size, beta, partial)
+        return batch, self.snapshot()
+
+    def sample_rounds(self, counts: Sequence[int], beta: float | None = None,
+                      updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
+        """Several prefetched rounds in one call (not fifo): the rows of each count (None for a count of
+        0), then one snapshot; ``updates`` as for sample. Saves a round trip per extra round."""
+        if updates is not None:
+            self._apply_updates(*updates)
+        parts = [self._draw(int(n), beta, False) if n else None for n in counts]
+        return parts, self.snapshot()
+
+    def _draw(self, batch_size: int, beta: float | None, partial: bool) -> dict[str, np.ndarray]:
         if len(self.buffer) == 0:
             raise StalePlanError(f"shard {self.shard_index} holds no rows (it restarted); plan the sample again")
         # With replacement: any batch_size. Masses come from the draw itself (under the buffer's lock), so
         # they stay exact while the writes thread adds rows between the draw and the snapshot.
         batch = self.buffer.sample(batch_size, beta=beta, partial=partial, masses=self._prioritized)
         self._changed(0)
-        snapshot = self.snapshot()
         if self._prioritized:
             del batch["weights"], batch["probabilities"]
             batch["ids"] = encode_ids(self.shard_index, batch["ids"])
-        return batch, snapshot
+        return batch
 
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:
         """Takes global ids of this shard; stale ones are ignored and counted by the local buffer."""
@@ -275,6 +287,11 @@ class ReplayShard(ReplayShardImpl):
     def sample(self, batch_size: int, beta: float | None = None, partial: bool = False,
                updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
         return super().sample(batch_size, beta, partial, updates)
+
+    @ray.method(concurrency_group="reads")
+    def sample_rounds(self, counts: Sequence[int], beta: float | None = None,
+                      updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
+        return super().sample_rounds(counts, beta, updates)
 
     @ray.method(concurrency_group="reads")
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:  # type: ignore[override]
