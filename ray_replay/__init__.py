@@ -12,28 +12,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ray_replay._core import BufferFullError
 from ray_replay._core import __version__ as _core_version
 from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
+from ray_replay.errors import BufferFullError, CorruptFileError, ShardFencedError, ShardUnavailableError, StalePlanError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ray_replay.distributed import DistributedReplay, ReplayClient, ReplayCoordinator, ReplayShard, ShardUnavailableError, init_ray
+    from ray_replay.distributed import DistributedReplay, ReplayClient, ReplayCoordinator, ReplayShard, init_ray
 
 __all__ = [
     "BUFFER_TYPES",
     "BufferFullError",
+    "CorruptFileError",
     "DistributedReplay",
     "ReplayBuffer",
     "ReplayClient",
     "ReplayCoordinator",
     "ReplayShard",
+    "ShardFencedError",
     "ShardUnavailableError",
+    "StalePlanError",
     "init_ray",
 ]
 
 __version__: str = _core_version  # written once, in cpp/include/replay_buffer/version.hpp (see tests/test_version.py)
 
-_DISTRIBUTED = {"DistributedReplay", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ShardUnavailableError", "init_ray"}
+_DISTRIBUTED = {"DistributedReplay", "ReplayClient", "ReplayCoordinator", "ReplayShard", "init_ray"}
 
 
 def __getattr__(name: str) -> Any:

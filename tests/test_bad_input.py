@@ -173,3 +173,20 @@ def test_out_must_be_a_dict():
     buf = filled("uniform")
     with pytest.raises(TypeError, match="out must be a dict"):
         buf.sample(2, out=[np.empty(2)])
+
+
+def test_every_exception_of_ray_replay_is_importable_from_the_package_without_importing_ray(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, ray_replay\n"
+        "from ray_replay import BufferFullError, CorruptFileError, ShardFencedError, ShardUnavailableError, StalePlanError\n"
+        "assert 'ray' not in sys.modules, 'import ray_replay imported Ray'\n"
+        "from ray_replay.distributed import ShardUnavailableError as a, ShardFencedError as b, StalePlanError as c\n"
+        "assert (a, b, c) == (ShardUnavailableError, ShardFencedError, StalePlanError)\n"
+        "assert issubclass(CorruptFileError, ValueError) and issubclass(BufferFullError, RuntimeError)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from ray_replay.distributed.client import ReplayClient
 from ray_replay.distributed.coordinator import ReplayCoordinator
-from ray_replay.distributed.health import ShardUnavailableError
 from ray_replay.distributed.replay import DistributedReplay
 from ray_replay.distributed.runtime import init_ray
 from ray_replay.distributed.sampling import RateLimiter, ShardTable, Snapshot
-from ray_replay.distributed.shard import ReplayShard, ReplayShardImpl, ShardFencedError
+from ray_replay.distributed.shard import ReplayShard, ReplayShardImpl
+from ray_replay.errors import ShardFencedError, ShardUnavailableError, StalePlanError
 
 __all__ = ["DistributedReplay", "RateLimiter", "ReplayClient", "ReplayCoordinator", "ReplayShard", "ReplayShardImpl", "ShardFencedError",
-           "ShardTable", "ShardUnavailableError", "Snapshot", "init_ray"]
+           "ShardTable", "ShardUnavailableError", "Snapshot", "StalePlanError", "init_ray"]

@@ -14,7 +14,7 @@ import time
 
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError
 
-from ray_replay.distributed.shard import ShardFencedError, StalePlanError
+from ray_replay.errors import ShardFencedError, ShardUnavailableError, StalePlanError
 
 __all__ = ["ACKED", "ALIVE", "DEAD", "PROCESS_FAILURES", "RESTARTING", "REROUTE", "RETRY_SAME", "SHARD_FAILURES", "ShardHealth",
            "ShardUnavailableError", "write_outcome"]
@@ -26,10 +26,6 @@ PROCESS_FAILURES: tuple[type[BaseException], ...] = (RayActorError, ObjectLostEr
 # Every error that means "not now, ask elsewhere or again", not "bad input" (Ray wraps the shard's own
 # errors so that they still match): also a fenced shard and a sample planned from a stale snapshot.
 SHARD_FAILURES: tuple[type[BaseException], ...] = (*PROCESS_FAILURES, ShardFencedError, StalePlanError)
-
-
-class ShardUnavailableError(RuntimeError):
-    """No live shard could take a write within the retry bound (every shard is down)."""
 
 
 ACKED, RETRY_SAME, REROUTE = "acked", "retry same shard", "reroute"

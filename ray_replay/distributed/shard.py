@@ -28,19 +28,12 @@ import ray
 from ray_replay.buffer import BufferType, ReplayBuffer
 from ray_replay.distributed.checkpoint import Checkpointer
 from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, encode_ids, local_ids
+from ray_replay.errors import ShardFencedError, StalePlanError
 from ray_replay.monitoring import ShardMetrics
 
 __all__ = ["ReplayShard", "ReplayShardImpl", "ShardFencedError", "StalePlanError"]
 
 APPLIED_BATCHES_KEPT = 65_536  # ids of recent batches, so a batch retried on the same shard applies once
-
-
-class ShardFencedError(RuntimeError):
-    """The shard refuses writes for a moment (a replica is being copied); write to another shard."""
-
-
-class StalePlanError(RuntimeError):
-    """Rows were asked of an empty shard (it restarted since the caller's snapshot); plan again."""
 
 
 class ReplayShardImpl:

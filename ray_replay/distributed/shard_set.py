@@ -16,7 +16,7 @@ from typing import Any
 from ray_replay.buffer import BufferType
 from ray_replay.distributed.health import ALIVE, DEAD, PROCESS_FAILURES, SHARD_FAILURES, ShardHealth
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable
-from ray_replay.distributed.shard import StalePlanError
+from ray_replay.errors import StalePlanError
 
 __all__ = ["ShardSet"]
 
