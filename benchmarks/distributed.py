@@ -162,9 +162,12 @@ class Learner:
     """Samples SAMPLE_BATCH prioritized rows with SAMPLES_IN_FLIGHT calls outstanding and updates the
     priorities of every batch (fire and forget), whichever system."""
 
-    def __init__(self, replay: Any, kind: str, prefetch: int) -> None:
+    def __init__(self, replay: Any, kind: str, prefetch: int, rounds_per_call: int = 1) -> None:
         self.replay, self.kind = replay, kind
-        self.client = ReplayClient(replay, prefetch=prefetch, max_in_flight=8, seed=0) if kind == "ray_replay" else None
+        # With rounds_per_call G > 1 the client keeps prefetch .. prefetch + G - 1 rounds in flight: never
+        # fewer than the peers' calls in flight.
+        self.client = (ReplayClient(replay, prefetch=prefetch + rounds_per_call - 1, rounds_per_call=rounds_per_call, max_in_flight=8, seed=0)
+                       if kind == "ray_replay" else None)
         self.prefetch = prefetch
         self.rng = np.random.default_rng(0)
 
@@ -198,6 +201,8 @@ class Learner:
             rows += SAMPLE_BATCH
         if self.client is not None:
             self.client.close()
+        if not latencies:  # no sample came back within the window (a very loaded machine, a 1 s smoke run)
+            return {"rows": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}
         ms = np.array(latencies) * 1e3
         return {"rows": rows, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
@@ -250,12 +255,12 @@ def close_replay(kind: str, owner: Any) -> None:
 
 
 def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = WRITE_BATCH, prefetch: int = SAMPLES_IN_FLIGHT,
-              num_writers: int = 2, **coordinator_options: Any) -> dict[str, Any]:
+              num_writers: int = 2, rounds_per_call: int = 1, **coordinator_options: Any) -> dict[str, Any]:
     """One DIST-1 run; every actor it creates is killed at the end."""
     owner, replay, pids = create_replay(kind, num_shards, **coordinator_options)
     prefill(replay, kind, prefill_rows)
     writers = [Writer.remote(replay, kind, i, batch_rows) for i in range(num_writers)]
-    learner = Learner.remote(replay, kind, prefetch)
+    learner = Learner.remote(replay, kind, prefetch, rounds_per_call)
     pids += ray.get([a.pid.remote() for a in [*writers, learner]])
     start_at = time.time() + 1.0
     cpu0 = sum(cpu_seconds(p) for p in pids)
@@ -449,6 +454,8 @@ def main() -> int:
     parser.add_argument("--durability", action="store_true", help="plain vs checkpoints vs replication_factor=2")
     parser.add_argument("--batch-rows", type=int, default=WRITE_BATCH,
                         help="ReplayClient batch_rows of the writers (default: one call per 1000-row batch, as the peers)")
+    parser.add_argument("--rounds-per-call", type=int, default=1,
+                        help="ray_replay's learner: prefetched rounds per shard call (ReplayClient rounds_per_call)")
     parser.add_argument("--out", default=str(HERE / "results" / "distributed.json"))
     args = parser.parse_args()
     if args.quick:
@@ -456,7 +463,8 @@ def main() -> int:
     if args.smoke:
         args.seconds, args.prefill, args.repeats = 1.0, 20_000, 1
     single_add_seconds = 2.0 if args.quick else min(args.seconds, 5.0)
-    results: dict[str, Any] = {"machine": machine_info(), "seconds": args.seconds, "prefill": args.prefill, "repeats": args.repeats, "batch_rows": args.batch_rows}
+    results: dict[str, Any] = {"machine": machine_info(), "seconds": args.seconds, "prefill": args.prefill, "repeats": args.repeats, "batch_rows": args.batch_rows,
+                               "rounds_per_call": args.rounds_per_call}
     if args.cluster:
         results["cluster"] = cluster_mode(args)
         write_json(results, Path(args.out).with_name("distributed_cluster.json"))
@@ -485,7 +493,7 @@ def main() -> int:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in kinds}
         for rep in range(args.repeats):  # interleaved, so load spikes fall on all alike
             for name in kinds:
-                r = run_dist1(name, args.seconds, args.prefill, batch_rows=args.batch_rows)
+                r = run_dist1(name, args.seconds, args.prefill, batch_rows=args.batch_rows, rounds_per_call=args.rounds_per_call)
                 r["single_add_per_s"] = single_adds(name, single_add_seconds)
                 runs[name].append(r)
                 print(f"[{rep + 1}/{args.repeats}] {name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items() if isinstance(v, float)), flush=True)
