@@ -24,7 +24,6 @@ Priority updates for a shard that is down are dropped and counted in ``dropped_p
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 import ray
 
 from ray_replay.distributed.health import ACKED, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
+from ray_replay.distributed.rounds import SampleRounds
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, split_capacity, split_ids
 from ray_replay.distributed.writes import (
     RETRY_PAUSE_S,
@@ -63,38 +63,6 @@ class _Pending:
     write: Write | None = None  # None: a priority update
     ids: Any = None  # a priority update's ids
     backup: bool = False  # a backup's copy of an update (best effort: its verdict is not counted)
-
-
-class _Call:
-    """A shard call that serves several prefetched rounds (shard.sample_rounds): fetched once, kept for
-    the rounds that share it."""
-
-    __slots__ = ("error", "ref", "reply")
-
-    def __init__(self, ref: Any) -> None:
-        self.ref = ref
-        self.reply: tuple[list[dict[str, np.ndarray] | None], Snapshot] | None = None
-        self.error: BaseException | None = None
-
-    def get(self, timeout_s: float) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
-        if self.reply is None and self.error is None:
-            try:
-                self.reply = ray.get(self.ref, timeout=timeout_s)
-            except Exception as error:  # noqa: BLE001 - kept, and raised for every round of the call
-                self.error = error
-        if self.error is not None:
-            raise self.error
-        assert self.reply is not None
-        return self.reply
-
-
-class _Share:
-    """Round ``index`` of a _Call: what a round holds per shard instead of an ObjectRef."""
-
-    __slots__ = ("call", "index")
-
-    def __init__(self, call: _Call, index: int) -> None:
-        self.call, self.index = call, index
 
 
 class ReplayClient:
@@ -142,7 +110,7 @@ class ReplayClient:
         self._backups: list[Any] = config["backups"]
         self._timeout_s: float = config["timeout_s"]
         self._health = ShardHealth(len(self._shards), restartable=True)
-        self.dropped_priority_updates = 0
+        self._dropped_updates = 0  # updates of this client's own sends (see also SampleRounds.dropped)
         self._buffer_type: str = config["buffer_type"]
         self._capacity: int = config["capacity"]
         self._beta: float = config["beta"]
@@ -152,17 +120,13 @@ class ReplayClient:
         self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
         self._max_in_flight = max_in_flight
-        self._prefetch = prefetch if self._buffer_type != "fifo" else 0
-        self._rounds_per_call = rounds_per_call if self._prefetch else 1
         self._rng = np.random.default_rng(seed)
         self._stager = Stager(batch_rows, self._schema)
         self._router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)),
                               tie_order=self._rng.permutation(len(self._shards)).tolist())
         self._pending: list[_Pending] = []
-        self._held_updates: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in self._shards]  # ride with the next sample
-        self._riding: dict[Any, int] = {}  # sample requests carrying updates -> their rows
-        self._rounds: deque[tuple[int, float, dict[int, Any]]] = deque()  # (batch_size, beta, {shard: ref})
-        self._rows_in_flight = 0  # sample rows requested by prefetched rounds (for the rate limiter)
+        self._rounds = SampleRounds(self._shards, self._health, self._table, self._limiter, self._rng, self._timeout_s,
+                                    prefetch if self._buffer_type != "fifo" else 0, rounds_per_call)
         self._handed = self._acknowledged = self._failed = 0  # write rows (see stats())
         self._last_error: BaseException | None = None
         self._closed = False
@@ -225,6 +189,12 @@ class ReplayClient:
                 "last_error": None if self._last_error is None else repr(self._last_error),
                 "dropped_priority_updates": self.dropped_priority_updates,
                 "writes_in_flight": sum(entry.write is not None for entry in self._pending), "sample_rounds_in_flight": len(self._rounds)}
+
+    @property
+    def dropped_priority_updates(self) -> int:
+        """Priority updates for a shard that was down when they were sent (or rode with a request that
+        failed): counted, not applied."""
+        return self._dropped_updates + self._rounds.dropped
 
     def _after_stage(self) -> None:
         if len(self._stager) >= self._batch_rows or time.monotonic() - self._stager.since >= self._flush_interval_s:
@@ -330,7 +300,7 @@ class ReplayClient:
         write = entry.write
         if write is None:  # a priority update: the primary's verdict counts; the backup's is best effort
             if isinstance(results[0], SHARD_FAILURES):
-                self.dropped_priority_updates += len(entry.ids)
+                self._dropped_updates += len(entry.ids)
             elif isinstance(results[0], BaseException):
                 raise results[0]
             return
@@ -350,7 +320,8 @@ class ReplayClient:
     # -- sampling ----------------------------------------------------------------------------------
 
     def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> dict[str, np.ndarray]:
-        """One batch over all shards, with the coordinator's semantics (global probabilities and weights).
+        """One batch over all shards, with the coordinator's semantics (global probabilities and weights;
+        see rounds.SampleRounds).
 
         fifo reads go through the coordinator, which orders pops over shards; ``partial`` is for fifo.
         """
@@ -362,107 +333,7 @@ class ReplayClient:
             self._reap(wait_all=True)
             popped: dict[str, np.ndarray] = ray.get(self._coordinator.sample.remote(batch_size, beta, partial))
             return popped
-        batch_size = check_batch_size(batch_size)
-        beta = check_beta(beta, self._beta)
-        while self._rounds and self._rounds[0][:2] != (batch_size, beta):
-            self._discard_round()  # asked for another shape
-        group = self._rounds_per_call
-        if not self._rounds:
-            self._admit(batch_size)
-            self._issue(batch_size, beta, rounds=group)
-        n, _, refs = self._rounds.popleft()
-        self._rows_in_flight -= n
-        while (len(self._rounds) + group <= self._prefetch
-               and self._limiter.blocked(self._table, group * batch_size + self._rows_in_flight) is None):
-            self._issue(batch_size, beta, rounds=group)
-        for _ in range(len(self._shards)):
-            parts = self._collect(refs)
-            if parts is not None:
-                return self._table.merge(parts, beta)
-            # a shard was lost: this round is short of its rows; plan it again over the live shards
-            while self._rounds:
-                self._discard_round()
-            self._admit(batch_size)
-            refs = self._issue(batch_size, beta, queue=False)
-        raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._shards)} rounds")
-
-    def _collect(self, refs: dict[int, Any]) -> list[dict[str, np.ndarray] | None] | None:
-        """The parts of one round in shard order, or None when a shard failed (it is marked down)."""
-        parts: list[dict[str, np.ndarray] | None] = [None] * len(self._shards)
-        complete = True
-        for k, ref in refs.items():
-            riding = self._riding.pop(ref, 0)
-            try:
-                if isinstance(ref, _Share):
-                    parts_of_call, snapshot = ref.call.get(self._timeout_s)
-                    part = parts_of_call[ref.index]
-                else:
-                    part, snapshot = ray.get(ref, timeout=self._timeout_s)
-            except SHARD_FAILURES as error:
-                if isinstance(error, PROCESS_FAILURES):
-                    self._health.mark_down(k)
-                self._table.update(k, EMPTY_SNAPSHOT)  # planned again without its rows until it reports some
-                self.dropped_priority_updates += riding  # the updates that rode with the request
-                complete = False
-                continue
-            self._observe(k, snapshot)
-            parts[k] = part
-        return parts if complete else None
-
-    def _issue(self, batch_size: int, beta: float, queue: bool = True, rounds: int = 1) -> dict[int, Any]:
-        """Asks every shard worth asking for its planned rows of ``rounds`` rounds in one call (a down
-        one, after a while, for 0: a probe), each request carrying the priority updates held for that
-        shard; queues the rounds (or not) and returns the first round's {shard: ref or _Share}."""
-        plans = [self._table.plan(self._rng, batch_size) for _ in range(rounds)]
-        issued: list[dict[int, Any]] = [{} for _ in range(rounds)]
-        for k in range(len(self._shards)):
-            if self._health.worth_trying(k):
-                updates = self._take_updates(k)
-                if rounds == 1:
-                    issued[0][k] = self._shards[k].sample.remote(int(plans[0][k]), None, False, updates)
-                else:
-                    call = _Call(self._shards[k].sample_rounds.remote([int(counts[k]) for counts in plans], None, updates))
-                    for j in range(rounds):
-                        issued[j][k] = _Share(call, j)
-                if updates is not None:
-                    self._riding[issued[0][k]] = len(updates[0])  # (counted once, with the call's first round)
-        if queue:
-            for refs in issued:
-                self._rounds.append((batch_size, beta, refs))
-                self._rows_in_flight += batch_size
-        return issued[0]
-
-    def _discard_round(self) -> None:
-        """Drops the oldest prefetched round; its requests that carried priority updates are waited for,
-        so their updates are applied or counted as dropped, never lost."""
-        n, _, refs = self._rounds.popleft()
-        self._rows_in_flight -= n
-        carrying = {k: ref for k, ref in refs.items() if ref in self._riding}
-        if carrying:
-            self._collect(carrying)
-
-    def _refresh(self) -> None:
-        self._collect({k: self._shards[k].sample.remote(0) for k in range(len(self._shards)) if self._health.worth_trying(k)})
-
-    def _admit(self, batch_size: int) -> None:
-        """Waits (refreshing the snapshots) until the rate limiter allows the sample, or TimeoutError;
-        while no shard answers, up to shard_timeout_s, then ShardUnavailableError."""
-        if self._table.total_mass == 0:
-            self._refresh()
-        deadline = time.monotonic() + self._timeout_s
-        while not self._health.live():
-            if time.monotonic() >= deadline:
-                raise ShardUnavailableError(f"no shard has answered for {self._timeout_s} s (all restarting or dead)")
-            time.sleep(0.05)
-            self._refresh()
-        deadline = time.monotonic() + self._limiter.timeout_s
-        delay = 0.001
-        while (reason := self._limiter.blocked(self._table, batch_size + self._rows_in_flight)) is not None:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"sample({batch_size}) not allowed after {self._limiter.timeout_s} s: {reason}")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-            self._refresh()
+        return self._rounds.sample(check_batch_size(batch_size), check_beta(beta, self._beta))
 
     def update_priorities(self, ids: Any, priorities: Any) -> None:
         """New priorities for sampled ids, without waiting: each shard's share rides with the next sample
@@ -473,26 +344,18 @@ class ReplayClient:
         require_prioritized(self._buffer_type, "update_priorities")
         for k, shard_ids, values in split_ids(ids, priorities, len(self._shards)):
             if not self._health.worth_trying(k):
-                self.dropped_priority_updates += len(shard_ids)
+                self._dropped_updates += len(shard_ids)
                 continue
-            self._held_updates[k].append((shard_ids, values))
+            self._rounds.hold(k, shard_ids, values)
             if self._backups:
                 self._pending.append(_Pending(k, [self._backups[k].update_priorities.remote(shard_ids, values)], ids=shard_ids, backup=True))
-        if sum(len(i) for held in self._held_updates for i, _ in held) > UPDATE_ROWS_HELD:
+        if self._rounds.held_rows() > UPDATE_ROWS_HELD:
             self._send_held_updates()
         self._reap()
 
-    def _take_updates(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        held, self._held_updates[k] = self._held_updates[k], []
-        if not held:
-            return None
-        if len(held) == 1:
-            return held[0]
-        return np.concatenate([i for i, _ in held]), np.concatenate([v for _, v in held])
-
     def _send_held_updates(self) -> None:
         for k in range(len(self._shards)):
-            updates = self._take_updates(k)
+            updates = self._rounds.take_updates(k)
             if updates is not None:
                 self._pending.append(_Pending(k, [self._shards[k].update_priorities.remote(*updates)], ids=updates[0]))
 
@@ -512,8 +375,7 @@ class ReplayClient:
         if self._closed:
             return
         try:
-            while self._rounds:
-                self._discard_round()
+            self._rounds.discard_all()
             self.flush()
         finally:
             self._closed = True

@@ -1,0 +1,217 @@
+"""The learner side of a ReplayClient: sample rounds in flight to the shards, and the priority updates
+held to ride with the next request to each shard.
+
+A round is one global sample: its rows are planned over the shards from the cached snapshots
+(sampling.ShardTable), each shard is asked for its share (a shard with no rows in the plan is asked
+for 0 and reports its snapshot: one round trip refreshes every snapshot), and the parts are merged
+with global probabilities and weights. ``prefetch`` rounds are kept in flight after each sample, so a
+learner usually finds its next batch there; ``rounds_per_call`` of them share one call per shard
+(ReplayShard.sample_rounds). A round that loses a shard is planned again over the live ones.
+
+Held priority updates go out with the next request to their shard, so a learner step costs one round
+trip; an update whose request fails (the shard is down) is counted in ``dropped``, never lost silently.
+
+Not thread-safe: one caller, like the ReplayClient that owns it, which shares its view of the shards
+(``health``, ``table``) with its writes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import ray
+
+from ray_replay.distributed.health import PROCESS_FAILURES, SHARD_FAILURES, ShardHealth
+from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, Snapshot
+from ray_replay.errors import ShardUnavailableError
+
+__all__ = ["SampleRounds"]
+
+Part = dict[str, np.ndarray]
+
+
+class _Call:
+    """A shard call that serves several prefetched rounds (shard.sample_rounds): fetched once, kept for
+    the rounds that share it."""
+
+    __slots__ = ("error", "ref", "reply")
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+        self.reply: tuple[list[Part | None], Snapshot] | None = None
+        self.error: BaseException | None = None
+
+    def get(self, timeout_s: float) -> tuple[list[Part | None], Snapshot]:
+        if self.reply is None and self.error is None:
+            try:
+                self.reply = ray.get(self.ref, timeout=timeout_s)
+            except Exception as error:  # noqa: BLE001 - kept, and raised for every round of the call
+                self.error = error
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+class _Share:
+    """Round ``index`` of a _Call: what a round holds per shard instead of an ObjectRef."""
+
+    __slots__ = ("call", "index")
+
+    def __init__(self, call: _Call, index: int) -> None:
+        self.call, self.index = call, index
+
+
+class SampleRounds:
+    """Args:
+        shards: the primaries' handles; health, table: the owner's view of them (updated here too).
+        limiter: the replay's RateLimiter; rng: the owner's generator (multinomial plans).
+        timeout_s: a shard reply not back this long marks the shard down.
+        prefetch, rounds_per_call: as for ReplayClient (validated there).
+    """
+
+    def __init__(self, shards: list[Any], health: ShardHealth, table: ShardTable, limiter: RateLimiter, rng: np.random.Generator,
+                 timeout_s: float, prefetch: int, rounds_per_call: int) -> None:
+        self._shards, self._health, self._table, self._limiter, self._rng = shards, health, table, limiter, rng
+        self._timeout_s = timeout_s
+        self._prefetch = prefetch
+        self._group = rounds_per_call if prefetch else 1
+        self._held: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in shards]  # ride with the next request
+        self._riding: dict[Any, int] = {}  # requests carrying updates -> their rows
+        self._rounds: deque[tuple[int, float, dict[int, Any]]] = deque()  # (batch_size, beta, {shard: ref or _Share})
+        self._rows_in_flight = 0  # rows requested by prefetched rounds (for the rate limiter)
+        self.dropped = 0  # priority updates whose shard was down
+
+    def __len__(self) -> int:
+        """Rounds in flight."""
+        return len(self._rounds)
+
+    def sample(self, batch_size: int, beta: float) -> Part:
+        """One merged batch (validated arguments). Blocks for the oldest round in flight, or for a new
+        one; raises TimeoutError (rate limiter) or ShardUnavailableError (no shard answers)."""
+        while self._rounds and self._rounds[0][:2] != (batch_size, beta):
+            self._discard_round()  # asked for another shape
+        if not self._rounds:
+            self._admit(batch_size)
+            self._issue(batch_size, beta, rounds=self._group)
+        n, _, refs = self._rounds.popleft()
+        self._rows_in_flight -= n
+        while (len(self._rounds) + self._group <= self._prefetch
+               and self._limiter.blocked(self._table, self._group * batch_size + self._rows_in_flight) is None):
+            self._issue(batch_size, beta, rounds=self._group)
+        for _ in range(len(self._shards)):
+            parts = self._collect(refs)
+            if parts is not None:
+                return self._table.merge(parts, beta)
+            # a shard was lost: this round is short of its rows; plan it again over the live shards
+            self.discard_all()
+            self._admit(batch_size)
+            refs = self._issue(batch_size, beta, queue=False)
+        raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._shards)} rounds")
+
+    def discard_all(self) -> None:
+        """Drops every prefetched round (their riding updates are applied or counted, not lost)."""
+        while self._rounds:
+            self._discard_round()
+
+    # -- priority updates ------------------------------------------------------------------------------
+
+    def hold(self, k: int, ids: np.ndarray, priorities: np.ndarray) -> None:
+        self._held[k].append((ids, priorities))
+
+    def held_rows(self) -> int:
+        return sum(len(ids) for held in self._held for ids, _ in held)
+
+    def take_updates(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Shard k's held updates, concatenated (None when there are none); no longer held."""
+        held, self._held[k] = self._held[k], []
+        if not held:
+            return None
+        if len(held) == 1:
+            return held[0]
+        return np.concatenate([i for i, _ in held]), np.concatenate([v for _, v in held])
+
+    # -- rounds ----------------------------------------------------------------------------------------
+
+    def _collect(self, refs: dict[int, Any]) -> list[Part | None] | None:
+        """The parts of one round in shard order, or None when a shard failed (it is marked down)."""
+        parts: list[Part | None] = [None] * len(self._shards)
+        complete = True
+        for k, ref in refs.items():
+            riding = self._riding.pop(ref, 0)
+            try:
+                if isinstance(ref, _Share):
+                    parts_of_call, snapshot = ref.call.get(self._timeout_s)
+                    part = parts_of_call[ref.index]
+                else:
+                    part, snapshot = ray.get(ref, timeout=self._timeout_s)
+            except SHARD_FAILURES as error:
+                if isinstance(error, PROCESS_FAILURES):
+                    self._health.mark_down(k)
+                self._table.update(k, EMPTY_SNAPSHOT)  # planned again without its rows until it reports some
+                self.dropped += riding  # the updates that rode with the request
+                complete = False
+                continue
+            self._health.mark_alive(k)
+            self._table.update(k, snapshot)
+            parts[k] = part
+        return parts if complete else None
+
+    def _issue(self, batch_size: int, beta: float, queue: bool = True, rounds: int = 1) -> dict[int, Any]:
+        """Asks every shard worth asking for its planned rows of ``rounds`` rounds in one call (a down
+        one, after a while, for 0: a probe), each request carrying the updates held for that shard;
+        queues the rounds (or not) and returns the first round's {shard: ref or _Share}."""
+        plans = [self._table.plan(self._rng, batch_size) for _ in range(rounds)]
+        issued: list[dict[int, Any]] = [{} for _ in range(rounds)]
+        for k in range(len(self._shards)):
+            if self._health.worth_trying(k):
+                updates = self.take_updates(k)
+                if rounds == 1:
+                    issued[0][k] = self._shards[k].sample.remote(int(plans[0][k]), None, False, updates)
+                else:
+                    call = _Call(self._shards[k].sample_rounds.remote([int(counts[k]) for counts in plans], None, updates))
+                    for j in range(rounds):
+                        issued[j][k] = _Share(call, j)
+                if updates is not None:
+                    self._riding[issued[0][k]] = len(updates[0])  # (counted once, with the call's first round)
+        if queue:
+            for refs in issued:
+                self._rounds.append((batch_size, beta, refs))
+                self._rows_in_flight += batch_size
+        return issued[0]
+
+    def _discard_round(self) -> None:
+        """Drops the oldest prefetched round; its requests that carried priority updates are waited for,
+        so their updates are applied or counted as dropped, never lost."""
+        n, _, refs = self._rounds.popleft()
+        self._rows_in_flight -= n
+        carrying = {k: ref for k, ref in refs.items() if ref in self._riding}
+        if carrying:
+            self._collect(carrying)
+
+    def refresh(self) -> None:
+        """New snapshots from every shard worth asking (one ``sample(0)`` each)."""
+        self._collect({k: self._shards[k].sample.remote(0) for k in range(len(self._shards)) if self._health.worth_trying(k)})
+
+    def _admit(self, batch_size: int) -> None:
+        """Waits (refreshing the snapshots) until the rate limiter allows the sample, or TimeoutError;
+        while no shard answers, up to timeout_s, then ShardUnavailableError."""
+        if self._table.total_mass == 0:
+            self.refresh()
+        deadline = time.monotonic() + self._timeout_s
+        while not self._health.live():
+            if time.monotonic() >= deadline:
+                raise ShardUnavailableError(f"no shard has answered for {self._timeout_s} s (all restarting or dead)")
+            time.sleep(0.05)
+            self.refresh()
+        deadline = time.monotonic() + self._limiter.timeout_s
+        delay = 0.001
+        while (reason := self._limiter.blocked(self._table, batch_size + self._rows_in_flight)) is not None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"sample({batch_size}) not allowed after {self._limiter.timeout_s} s: {reason}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            self.refresh()
