@@ -78,6 +78,18 @@ def test_the_coordinator_handle_still_works_and_is_counted_as_relayed(make):
     assert len(replay) == 100
 
 
+@pytest.mark.parametrize("buffer_type", ["uniform", "prioritized"])
+def test_a_process_samples_the_rows_it_just_wrote(make, buffer_type):
+    replay = make(1000, 2, buffer_type)
+    replay.add_batch(**transitions(10))  # fewer than batch_rows: staged, not yet sent
+    batch = replay.sample(64)
+    assert set(batch["action"].tolist()) <= set(range(10)) and len(batch["action"]) == 64
+    replay.add(**{k: v[0] for k, v in transitions(1, 10).items()})
+    assert replay.client_stats()["rows_staged"] == 1
+    replay.sample(1)  # sends the staged row first
+    assert replay.client_stats()["rows_staged"] == 0
+
+
 def test_bad_input_raises_at_the_call_and_writes_nothing(make):
     replay = make(100, 2, "prioritized")
     with pytest.raises(ValueError, match="state"):

@@ -333,7 +333,14 @@ class ReplayClient:
             self._reap(wait_all=True)
             popped: dict[str, np.ndarray] = ray.get(self._coordinator.sample.remote(batch_size, beta, partial))
             return popped
-        return self._rounds.sample(check_batch_size(batch_size), check_beta(beta, self._beta))
+        batch_size, beta = check_batch_size(batch_size), check_beta(beta, self._beta)
+        # This client's own rows are visible to its samples: staged ones are sent now, and while no
+        # shard is known to hold anything, the writes in flight are waited for (costs nothing once
+        # the replay holds rows).
+        self._send_staged()
+        if self._table.total_mass == 0 and self._pending:
+            self._reap(wait_all=True)
+        return self._rounds.sample(batch_size, beta)
 
     def update_priorities(self, ids: Any, priorities: Any) -> None:
         """New priorities for sampled ids, without waiting: each shard's share rides with the next sample
