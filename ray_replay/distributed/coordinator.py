@@ -93,7 +93,8 @@ class ReplayCoordinator:
         shard_timeout_s: a shard call unanswered this long counts as a failure; also how long a write
             waits for some shard to come back when none is live.
         health_check_interval_s: how often the monitor probes the shards.
-        Shards restart when their process dies (``max_restarts=-1`` unless shard_options says otherwise).
+
+    Shards restart when their process dies (``max_restarts=-1`` unless shard_options says otherwise).
     """
 
     def __init__(
