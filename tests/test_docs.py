@@ -6,7 +6,9 @@ page and its line. Fence info strings (docs/contributing.md, "Documentation"):
 
 - ```python             runs;
 - ```python {.ray}      runs, and starts a Ray of its own: the page's test is marked ``ray`` and first
-                        stops the session's Ray (``ray_stopped``), so two Rays never run at once;
+                        stops the session's Ray (``ray_stopped``), so two Rays never run at once
+                        (``make test-python`` runs this module in a pytest process of its own, as
+                        the other modules with a Ray of their own, so no process restarts Ray);
 - ```python {.no-run}   is only compiled (a cluster address, a GPU, minutes of training): keep it rare.
 
 Any other class on a python fence fails the page's test, so a typo cannot silently skip an example.
