@@ -57,8 +57,9 @@ test-tsan: $(VENV)/.build-tools
 
 # All Python tests, the "ray" ones included (the ASan step leaves those out), on the installed package.
 # Tests that start a Ray of their own (a multi-node Cluster; a Ray with a metrics port; the docs'
-# examples, a Ray per page that uses one, in a subprocess) run in pytest processes of their own, so each pytest process starts one Ray and no process restarts Ray while
-# another session's background threads are alive: that can crash the interpreter at exit
+# examples, a Ray per page that uses one, in a subprocess) run in pytest processes of their own, so
+# each pytest process starts one Ray and no process restarts Ray while another session's background
+# threads are alive: that can crash the interpreter at exit
 # (ray-project/ray#31145; seen once here, after every test had passed; conftest also shuts Ray down
 # when the session finishes). PYTHONFAULTHANDLER makes any such crash print where it happened.
 # Ray's startup deadlines are widened for a busy machine in tests/conftest.py.
