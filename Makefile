@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 JOBS ?= 2
 ARGS ?=
 
-.PHONY: all install lint test test-cpp test-asan test-tsan test-python test-under-load demo bench clean
+.PHONY: all install lint docs test test-cpp test-asan test-tsan test-python test-under-load demo bench clean
 
 all: test
 
@@ -22,7 +22,7 @@ $(VENV)/.build-tools: pyproject.toml | $(PY)
 	touch $@
 
 install: $(VENV)/.build-tools
-	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) install --quiet --no-build-isolation ".[test,rllib]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) install --quiet --no-build-isolation ".[test,rllib,docs]"
 
 # C++ tests: plain, then under AddressSanitizer + UBSan, then ThreadSanitizer (build/cpp-<variant>).
 VENV_ABS := $(abspath $(VENV))
@@ -56,13 +56,14 @@ test-tsan: $(VENV)/.build-tools
 	$(call cpp_tests,-tsan,thread,)
 
 # All Python tests, the "ray" ones included (the ASan step leaves those out), on the installed package.
-# Tests that start a Ray of their own (a multi-node Cluster; a Ray with a metrics port) run in pytest
-# processes of their own, so each pytest process starts one Ray and no process restarts Ray while
-# another session's background threads are alive: that can crash the interpreter at exit
+# Tests that start a Ray of their own (a multi-node Cluster; a Ray with a metrics port; the docs'
+# examples, a Ray per page that uses one, in a subprocess) run in pytest processes of their own, so
+# each pytest process starts one Ray and no process restarts Ray while another session's background
+# threads are alive: that can crash the interpreter at exit
 # (ray-project/ray#31145; seen once here, after every test had passed; conftest also shuts Ray down
 # when the session finishes). PYTHONFAULTHANDLER makes any such crash print where it happened.
 # Ray's startup deadlines are widened for a busy machine in tests/conftest.py.
-OWN_RAY_TESTS := tests/test_distributed_cluster.py tests/test_monitoring.py
+OWN_RAY_TESTS := tests/test_distributed_cluster.py tests/test_monitoring.py tests/test_docs.py
 test-python: install
 	PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest $(ARGS) $(addprefix --ignore=,$(OWN_RAY_TESTS))
 	for module in $(OWN_RAY_TESTS); do PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest $(ARGS) $$module || exit 1; done
@@ -82,7 +83,16 @@ lint: install
 	$(VENV)/bin/mypy
 	cd $(VENV) && bin/python -m mypy.stubtest ray_replay._core --allowlist $(abspath tests/stubtest-allowlist.txt)
 
-test: lint install test-cpp test-asan test-tsan test-python test-wheel
+# The documentation site (docs/mkdocs.yml: MkDocs, Material, mkdocstrings; the docs extra, installed by
+# `install`) built into build/docs with warnings as errors: a broken link, a missing anchor, a nav entry
+# to a missing page or a docstring mkdocstrings cannot parse fails it (not --quiet: it hides the warnings
+# from --strict). The API reference reads the package's sources and ray_replay/_core.pyi from the
+# checkout (nothing is imported). A few seconds. The pages' examples run in tests/test_docs.py.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -f docs/mkdocs.yml
+	@echo "docs: built build/docs/index.html"
+
+test: lint install docs test-cpp test-asan test-tsan test-python test-wheel
 
 # `make test` (RUNS times in a row, default 1) while one busy loop per core (HOGS, default all of
 # them) keeps the machine loaded; stops at the first failing run. The loops' pids are recorded and

@@ -95,7 +95,8 @@ class ReplayCoordinatorImpl:
         shard_timeout_s: a shard call unanswered this long counts as a failure; also how long a write
             waits for some shard to come back when none is live.
         health_check_interval_s: how often the monitor probes the shards.
-        Shards restart when their process dies (``max_restarts=-1`` unless shard_options says otherwise).
+
+    Shards restart when their process dies (``max_restarts=-1`` unless shard_options says otherwise).
     """
 
     def __init__(
@@ -500,5 +501,6 @@ class ReplayCoordinatorImpl:
 
 @ray.remote
 class ReplayCoordinator(ReplayCoordinatorImpl):
-    """ReplayCoordinatorImpl as a Ray actor. An *async* actor (every method that awaits shards is a
-    coroutine), so one event loop interleaves adds, samples and priority updates without threads."""
+    """ReplayCoordinatorImpl as a Ray actor: the constructor arguments and methods are
+    ReplayCoordinatorImpl's. An *async* actor (every method that awaits shards is a coroutine), so one
+    event loop interleaves adds, samples and priority updates without threads."""
