@@ -11,7 +11,9 @@ the rows acknowledged (a returned call, or ReplayClient.stats()["rows_acknowledg
 until the last acknowledgement.
 
 * ray_replay: ReplayCoordinator with 2 shards; writers and learner use ReplayClient (the data path of
-  DistributedReplay: every payload straight to or from a shard), one call per 1000-row batch.
+  DistributedReplay: every payload straight to or from a shard), one call per 1000-row batch; the
+  learner's client asks each shard for ``--rounds-per-call`` (default 2) prefetched rounds per call,
+  keeping 2 to 3 rounds in flight (the peers keep 2 calls).
 * coordinator: the same replay driven through the coordinator's own handle (add_batch.remote,
   sample.remote, update_priorities.remote): every payload relayed by the coordinator actor.
 * naive: numpy ring + numpy sum tree (benchmarks/baselines/numpy_sum_tree.py) in one plain Ray
@@ -454,8 +456,8 @@ def main() -> int:
     parser.add_argument("--durability", action="store_true", help="plain vs checkpoints vs replication_factor=2")
     parser.add_argument("--batch-rows", type=int, default=WRITE_BATCH,
                         help="ReplayClient batch_rows of the writers (default: one call per 1000-row batch, as the peers)")
-    parser.add_argument("--rounds-per-call", type=int, default=1,
-                        help="ray_replay's learner: prefetched rounds per shard call (ReplayClient rounds_per_call)")
+    parser.add_argument("--rounds-per-call", type=int, default=2,
+                        help="ray_replay's learner: prefetched rounds per shard call (ReplayClient rounds_per_call; 1: one call per round)")
     parser.add_argument("--out", default=str(HERE / "results" / "distributed.json"))
     args = parser.parse_args()
     if args.quick:
