@@ -22,6 +22,7 @@
 #include "replay_buffer/core/ring_buffer.hpp"
 #include "replay_buffer/dedup/dedup_buffer.hpp"
 #include "array_pool.hpp"
+#include "codecs.hpp"
 #include "gil.hpp"
 #include "schema.hpp"
 
@@ -138,11 +139,11 @@ class NativeBuffer {
  public:
   NativeBuffer(py::ssize_t capacity, const std::string& buffer_type, py::object schema, py::object seed, double alpha, double beta,
                double eps, const std::string& sampling, const std::string& on_full, bool collect_stats, const std::string& next_state,
-               std::optional<py::ssize_t> frame_stack_axis, std::optional<std::string> storage_dir, bool prefault)
+               std::optional<py::ssize_t> frame_stack_axis, std::optional<std::string> storage_dir, bool prefault, py::object compress)
       : type_(parse_buffer_type(buffer_type)), type_name_(buffer_type), alpha_(check_exponent("alpha", alpha)),
         beta_(check_exponent("beta", beta)), eps_(check_exponent("eps", eps)), sampling_(sampling), on_full_(on_full),
         collect_stats_(collect_stats), next_state_(next_state), frame_stack_axis_(frame_stack_axis), storage_dir_(storage_dir),
-        prefault_(prefault) {
+        prefault_(prefault), compress_(parse_compress(compress)) {
     if (storage_dir && next_state == "dedup") throw py::value_error("storage_dir does not combine with next_state='dedup' (frames live in memory)");
     if (next_state != "store" && next_state != "dedup") throw py::value_error("next_state must be 'store' or 'dedup', got '" + next_state + "'");
     if (frame_stack_axis && next_state != "dedup") {
@@ -192,7 +193,7 @@ class NativeBuffer {
     // Releasing the GIL costs ~80 ns, several times a single-row copy under the buffer's mutex, so
     // only the lock-free buffer (built for many threads adding at once) and the dedup buffer (whose
     // rows are whole observations) release it for one row.
-    ReleaseGil release(type_ == BufferType::kLockFree || dedup_ != nullptr);
+    ReleaseGil release(type_ == BufferType::kLockFree || dedup_ != nullptr || compressed_);
     add_rows(columns.pointers(), 1, priority, &stream);
   }
 
@@ -308,6 +309,14 @@ class NativeBuffer {
     return result;
   }
 
+  py::dict codecs() const {
+    py::dict result;
+    for (const Field& field : schema_) {
+      if (field.codec.enabled()) result[field.name.c_str()] = field.codec.name();
+    }
+    return result;
+  }
+
   py::dict stats() const {
     core::BufferStats s;
     if (engine_) {
@@ -326,6 +335,10 @@ class NativeBuffer {
     d["rejected"] = s.rejected;
     d["bytes_held"] = s.bytes_held;
     d["bytes_reserved"] = s.bytes_reserved;
+    std::size_t row_bytes = 0;
+    for (const Field& field : schema_) row_bytes += field.row_bytes;
+    d["bytes_raw"] = s.size * row_bytes;  // the rows held as given: bytes_held is what they take
+    if (engine_) add_compression_stats(d, *engine_, schema_, s.size);
     d["stats_enabled"] = collect_stats_;
     d["add_p50_ns"] = s.add_p50_ns;
     d["add_p99_ns"] = s.add_p99_ns;
@@ -367,6 +380,11 @@ class NativeBuffer {
     py::list fields;
     for (const Field& field : schema_) fields.append(py::make_tuple(field.name, shape_tuple(field.shape), py::str(field.dtype)));
     state["schema"] = fields;
+    py::dict codecs;  // fields with a codec (rows travel decompressed: a state is independent of codecs)
+    for (const Field& field : schema_) {
+      if (field.codec.enabled()) codecs[field.name.c_str()] = field.codec.name();
+    }
+    state["codecs"] = codecs;
     if (!engine_) return state;
     const std::size_t held = engine_->size();
     const std::size_t rows = std::min(newest_rows.value_or(held), held);
@@ -464,8 +482,8 @@ class NativeBuffer {
 
   // streams: null or one per row; only dedup buffers use them (elsewhere they are accepted and moot).
   void add_rows(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
-    if (dedup_ != nullptr) {
-      dedup_->add(sources, count, priorities, streams);
+    if (streams != nullptr) {
+      engine_->add_with_streams(sources, count, priorities, streams);
     } else {
       engine_->add(sources, count, priorities);
     }
@@ -559,19 +577,35 @@ class NativeBuffer {
     return {dedup::ObservationColumns{*state, *next}, dedup::FrameLayout(outer, frames, inner)};
   }
 
+  // The engine over `schema` (dedup, or a plain buffer of the type), for row_bytes (the schema's,
+  // plus any columns a decorator adds after them); the dedup buffer, if any, lands in *dedup.
+  std::unique_ptr<core::ReplayBufferInterface> make_base(const Schema& schema, std::vector<std::size_t> row_bytes, dedup::DedupBuffer** dedup) const {
+    if (next_state_ != "dedup") return make_engine(std::move(row_bytes));
+    auto [observations, layout] = dedup_layout(schema);
+    auto buffer = std::make_unique<dedup::DedupBuffer>(capacity_, row_bytes, observations, std::move(layout),
+                                                       [this](std::vector<std::size_t> inner) { return make_engine(std::move(inner)); });
+    *dedup = buffer.get();
+    return buffer;
+  }
+
+  // Checks the codecs and builds the engine; throws (changing nothing) on a bad combination.
   void create_engine(Schema schema) {
+    const auto codecs = resolve_codecs(schema, compress_, next_state_ == "dedup", storage_dir_.has_value());
+    for (std::size_t i = 0; i < schema.size(); ++i) schema[i].codec = codecs[i];
     std::vector<std::size_t> row_bytes;
     for (const Field& field : schema) row_bytes.push_back(field.row_bytes);
     std::unique_ptr<core::ReplayBufferInterface> engine;
     dedup::DedupBuffer* dedup = nullptr;
-    if (next_state_ == "dedup") {
-      auto [observations, layout] = dedup_layout(schema);
-      auto buffer = std::make_unique<dedup::DedupBuffer>(capacity_, row_bytes, observations, std::move(layout),
-                                                         [this](std::vector<std::size_t> inner) { return make_engine(std::move(inner)); });
-      dedup = buffer.get();
-      engine = std::move(buffer);
+    const bool compressed = any_codec(codecs);
+    if (compressed) {
+      Schema plain;  // the fields the inner buffer keeps as they are (then a sequence column)
+      for (const Field& field : schema) {
+        if (!field.codec.enabled()) plain.push_back(field);
+      }
+      engine = make_compressed(capacity_, row_bytes, codecs,
+                               [&](std::vector<std::size_t> inner) { return make_base(plain, std::move(inner), &dedup); });
     } else {
-      engine = make_engine(std::move(row_bytes));
+      engine = make_base(schema, std::move(row_bytes), &dedup);
     }
     if (storage_dir_ || prefault_) {
       memory::StorageOptions storage{storage_dir_.value_or(""), {}, prefault_};
@@ -585,6 +619,7 @@ class NativeBuffer {
     schema_ = std::move(schema);
     engine_ = std::move(engine);
     dedup_ = dedup;
+    compressed_ = compressed;
   }
 
   BufferType type_;
@@ -600,7 +635,9 @@ class NativeBuffer {
   bool prefault_;
   Schema schema_;
   std::unique_ptr<core::ReplayBufferInterface> engine_;  // created with the schema (given, or inferred at the first add)
-  dedup::DedupBuffer* dedup_ = nullptr;                  // engine_ itself, when observations are deduplicated
+  dedup::DedupBuffer* dedup_ = nullptr;                  // engine_ itself or its inner buffer, when observations are deduplicated
+  std::vector<std::pair<std::string, compression::Codec>> compress_;  // compress=, applied when the schema is known
+  bool compressed_ = false;                              // engine_ is a CompressedBuffer
   std::shared_ptr<ArrayPool> outputs_ = std::make_shared<ArrayPool>();  // memory of large sample() arrays
 };
 
@@ -647,12 +684,12 @@ void add_method(py::handle cls, PyMethodDef* definition) {
 void bind_buffer(py::module_& m) {
   auto cls = py::class_<NativeBuffer>(m, "NativeReplayBuffer")
       .def(py::init<py::ssize_t, const std::string&, py::object, py::object, double, double, double, const std::string&, const std::string&, bool,
-                    const std::string&, std::optional<py::ssize_t>, std::optional<std::string>, bool>(),
+                    const std::string&, std::optional<py::ssize_t>, std::optional<std::string>, bool, py::object>(),
            py::arg("capacity"), py::arg("buffer_type") = "uniform", py::kw_only(), py::arg("schema") = py::none(),
            py::arg("seed") = py::none(), py::arg("alpha") = 0.6, py::arg("beta") = 0.4, py::arg("eps") = 1e-6,
            py::arg("sampling") = "stratified", py::arg("on_full") = "error", py::arg("collect_stats") = true,
            py::arg("next_state") = "store", py::arg("frame_stack_axis") = py::none(), py::arg("storage_dir") = py::none(),
-           py::arg("prefault") = false)
+           py::arg("prefault") = false, py::arg("compress") = py::none())
       .def("sample", &Guarded<&NativeBuffer::sample>::call, py::arg("batch_size"), py::kw_only(), py::arg("beta") = py::none(),
            py::arg("out") = py::none(), py::arg("partial") = false, py::arg("masses") = false)
       .def("update_priorities", &Guarded<&NativeBuffer::update_priorities>::call, py::arg("ids"), py::arg("priorities"))
@@ -660,6 +697,7 @@ void bind_buffer(py::module_& m) {
       .def_property_readonly("capacity", &Guarded<&NativeBuffer::capacity>::call)
       .def_property_readonly("buffer_type", &Guarded<&NativeBuffer::buffer_type>::call)
       .def_property_readonly("schema", &Guarded<&NativeBuffer::schema>::call)
+      .def_property_readonly("codecs", &Guarded<&NativeBuffer::codecs>::call)
       .def_property("collect_stats", &Guarded<&NativeBuffer::collect_stats>::call, &Guarded<&NativeBuffer::set_collect_stats>::call)
       .def("stats", &Guarded<&NativeBuffer::stats>::call)
       .def("_get_state", &Guarded<&NativeBuffer::get_state>::call, py::arg("with_rows") = true, py::arg("newest_rows") = py::none())
