@@ -13,6 +13,10 @@ Layout (all integers little-endian)::
                          masses (float64) of a prioritized buffer, then (next_state="dedup" only)
                          each row's stream id (int64); each section starts 64-byte aligned.
                          Dedup buffers store whole observations here and deduplicate again on load.
+                         Compressed fields ("codecs" in the header: field -> "lz4" or "zstd:<level>")
+                         are stored decompressed too and compressed again on load, so a file
+                         does not depend on the codec libraries, and readers that predate codecs
+                         load it as a plain buffer.
                          The metadata file of a storage_dir buffer ("columns_external": true in the
                          header) has no column sections: its rows stay in the folder's column files.
 
@@ -52,7 +56,8 @@ _MAX_RESERVED_BYTES = 1 << 42
 _ALLOWED_KINDS = {"b", "i", "u", "f"}
 _COUNTERS = ("total_adds", "samples", "sample_calls", "evictions", "rejected", "priority_updates", "stale_priority_updates")
 _CONFIG = ("capacity", "buffer_type", "seed", "alpha", "beta", "eps", "sampling", "on_full", "collect_stats")
-_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False}  # added in version 2, with these defaults
+# Added in version 2 (codecs later, in a compatible way: files without it load as before), with these defaults.
+_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False, "codecs": None}
 
 
 class CorruptFileError(ValueError):
@@ -160,6 +165,9 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     state: dict[str, Any] = {key: header[key] for key in _CONFIG}
     state.update({key: header.get(key, default) for key, default in _OPTIONAL_CONFIG.items()})
     _require(isinstance(state["prefault"], bool), f"{path}: prefault {state['prefault']!r}")
+    codecs = state["codecs"]
+    valid_codecs = isinstance(codecs, dict) and all(isinstance(k, str) and isinstance(v, str) and len(v) <= 16 for k, v in codecs.items())
+    _require(codecs is None or valid_codecs, f"{path}: codecs {codecs!r}")
     _require(state["next_state"] in ("store", "dedup"), f"{path}: next_state {state['next_state']!r}")
     axis = state["frame_stack_axis"]
     _require(axis is None or (isinstance(axis, int) and not isinstance(axis, bool) and -64 < axis < 64), f"{path}: frame_stack_axis {axis!r}")
