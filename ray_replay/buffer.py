@@ -124,7 +124,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
     # Pickling carries the contents, counters and random state, so a buffer can be handed to a Ray
     # actor and go on exactly where it was. (The lock-free buffer must not be added to meanwhile.)
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore, (type(self), self._get_state()))
+        return (_restore, (type(self), self._get_state(stored=True)))  # compressed fields travel as stored
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to rebuild this buffer: configuration, rows (oldest first), counters, RNG."""
@@ -140,7 +140,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
 
         The lock-free buffer must not be added to while it is saved.
         """
-        write_state(self._get_state(), path)
+        write_state(self._get_state(stored=True), path)  # compressed fields as they are stored (format version 4)
 
     def flush(self) -> None:
         """storage_dir buffers: waits until every row is in the column files, then writes the buffer's

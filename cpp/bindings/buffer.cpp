@@ -361,7 +361,9 @@ class NativeBuffer {
   // Everything needed to rebuild this buffer exactly: configuration, rows (oldest first), counters,
   // random state. Used by pickling; arrays are fresh copies the caller owns. With newest_rows, only
   // the newest rows (at most that many), marked "newest_rows" and "size": a checkpoint increment.
-  py::dict get_state(bool with_rows, std::optional<std::size_t> newest_rows) const {
+  // stored=True (a compressed buffer): the compressed fields come out as stored, in state["stored"]
+  // (see codecs.hpp), not decompressed in state["columns"]: save() and pickling carry them as they are.
+  py::dict get_state(bool with_rows, std::optional<std::size_t> newest_rows, bool stored) const {
     if (newest_rows && !with_rows) throw py::value_error("newest_rows needs with_rows=True");
     py::dict state;
     state["format"] = 1;
@@ -390,8 +392,13 @@ class NativeBuffer {
     const std::size_t rows = std::min(newest_rows.value_or(held), held);
     py::dict columns;
     std::vector<std::byte*> destinations;
+    const bool as_stored = stored && compressed_ && with_rows;
     for (const Field& field : schema_) {
       if (!with_rows) break;  // file-backed rows stay where they are
+      if (as_stored && field.codec.enabled()) {
+        destinations.push_back(nullptr);
+        continue;
+      }
       std::vector<py::ssize_t> shape = field.shape;
       shape.insert(shape.begin(), static_cast<py::ssize_t>(rows));
       py::array array(field.dtype, shape);
@@ -399,7 +406,11 @@ class NativeBuffer {
       columns[field.name.c_str()] = array;
     }
     core::BufferState s;
-    {
+    if (as_stored) {
+      py::dict stored_columns;
+      s = export_stored(*engine_, destinations.data(), rows, schema_, stored_columns);
+      state["stored"] = stored_columns;
+    } else {
       ReleaseGil release;
       // At most `rows`, what the arrays hold, even if an add that had released the GIL lands meanwhile.
       s = engine_->export_state(with_rows ? destinations.data() : nullptr, rows);
@@ -430,14 +441,28 @@ class NativeBuffer {
     if (in_place && !storage_dir_) throw py::value_error("a state without columns needs a buffer with storage_dir");
     Columns converted(schema_.size());
     std::size_t rows = 0;
+    const bool stored = state.contains("stored") && !in_place;
+    if (stored && !compressed_) throw py::value_error("state holds stored compressed rows but this buffer has no codecs");
+    std::optional<std::size_t> plain_rows;
     if (in_place) {
       rows = state["rows"].cast<std::size_t>();
     } else {
       const py::dict columns = state["columns"];
       for (std::size_t i = 0; i < schema_.size(); ++i) {
+        if (stored && schema_[i].codec.enabled()) {
+          converted.pointers()[i] = nullptr;
+          continue;
+        }
         if (!columns.contains(schema_[i].name.c_str())) throw py::value_error("state has no column '" + schema_[i].name + "'");
         rows = convert_value(schema_[i], columns[schema_[i].name.c_str()], true, converted, i);
+        if (plain_rows && *plain_rows != rows) throw py::value_error("state columns have different lengths");
+        plain_rows = rows;
       }
+    }
+    StoredRows stored_rows;
+    if (stored) {
+      stored_rows = parse_stored(state["stored"], schema_, plain_rows);
+      rows = stored_rows.rows;
     }
     core::BufferState s;
     if (in_place) s.first_slot = state["first_slot"].cast<std::size_t>();
@@ -452,6 +477,10 @@ class NativeBuffer {
       auto streams = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(state["streams"]);
       if (!streams) throw py::value_error("state 'streams' must be an integer array");
       s.streams.assign(streams.data(), streams.data() + streams.size());
+    }
+    if (stored) {
+      import_stored(*engine_, s, converted.pointers(), stored_rows);
+      return;
     }
     ReleaseGil release;
     engine_->import_state(s, in_place ? nullptr : converted.pointers(), rows);
@@ -700,7 +729,8 @@ void bind_buffer(py::module_& m) {
       .def_property_readonly("codecs", &Guarded<&NativeBuffer::codecs>::call)
       .def_property("collect_stats", &Guarded<&NativeBuffer::collect_stats>::call, &Guarded<&NativeBuffer::set_collect_stats>::call)
       .def("stats", &Guarded<&NativeBuffer::stats>::call)
-      .def("_get_state", &Guarded<&NativeBuffer::get_state>::call, py::arg("with_rows") = true, py::arg("newest_rows") = py::none())
+      .def("_get_state", &Guarded<&NativeBuffer::get_state>::call, py::arg("with_rows") = true, py::arg("newest_rows") = py::none(),
+           py::arg("stored") = false)
       .def("_sync_storage", &Guarded<&NativeBuffer::sync_storage>::call)
       .def_property_readonly("storage_dir", &Guarded<&NativeBuffer::storage_dir>::call)
       .def("_set_state", &Guarded<&NativeBuffer::set_state>::call);

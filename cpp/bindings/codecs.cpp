@@ -2,6 +2,8 @@
 
 #include <cctype>
 
+#include "gil.hpp"
+
 #if REPLAY_BUFFER_WITH_COMPRESSION
 #include "replay_buffer/compression/compressed_buffer.hpp"
 #endif
@@ -141,7 +143,79 @@ void add_compression_stats(py::dict& stats, const core::ReplayBufferInterface& e
   stats["compression"] = fields;
 }
 
+StoredRows parse_stored(py::handle stored, const Schema& schema, std::optional<std::size_t> plain_rows) {
+  if (!py::isinstance<py::dict>(stored)) throw py::value_error("state 'stored' must be a dict of field -> {'lengths', 'data'}");
+  const auto fields = py::reinterpret_borrow<py::dict>(stored);
+  StoredRows result;
+  std::optional<std::size_t> rows = plain_rows;
+  std::size_t expected = 0;
+  for (const Field& field : schema) {
+    if (!field.codec.enabled()) continue;
+    ++expected;
+    const std::string prefix = "state 'stored' field '" + field.name + "': ";
+    if (!fields.contains(field.name.c_str())) throw py::value_error(prefix + "missing");
+    py::object entry = fields[field.name.c_str()];
+    if (!py::isinstance<py::dict>(entry)) throw py::value_error(prefix + "expected a dict with 'lengths' and 'data'");
+    auto parts = py::reinterpret_borrow<py::dict>(entry);
+    if (!parts.contains("lengths") || !parts.contains("data")) throw py::value_error(prefix + "expected a dict with 'lengths' and 'data'");
+    auto lengths = py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>::ensure(parts["lengths"]);
+    auto data = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>::ensure(parts["data"]);
+    if (!lengths || lengths.ndim() != 1) throw py::value_error(prefix + "'lengths' must be a one-dimensional uint32 array");
+    if (!data || data.ndim() != 1) throw py::value_error(prefix + "'data' must be a one-dimensional uint8 array");
+    const auto n = static_cast<std::size_t>(lengths.size());
+    if (rows && *rows != n) throw py::value_error(prefix + std::to_string(n) + " rows where the other columns hold " + std::to_string(*rows));
+    rows = n;
+    result.lengths.push_back(lengths);
+    result.data.push_back(data);
+  }
+  if (fields.size() != expected) throw py::value_error("state 'stored' names fields without a codec");
+  result.rows = rows.value_or(0);
+  return result;
+}
+
+core::BufferState export_stored(const core::ReplayBufferInterface& engine, std::byte* const* destinations, std::size_t rows, const Schema& schema,
+                                py::dict& stored) {
+  const auto& compressed = dynamic_cast<const compression::CompressedBuffer&>(engine);
+  std::vector<compression::StoredColumn> columns;
+  core::BufferState state;
+  {
+    ReleaseGil release;
+    state = compressed.export_stored(destinations, rows, columns);
+  }
+  std::size_t k = 0;
+  for (const Field& field : schema) {
+    if (!field.codec.enabled()) continue;
+    py::dict entry;
+    entry["lengths"] = py::array_t<std::uint32_t>(static_cast<py::ssize_t>(columns[k].lengths.size()), columns[k].lengths.data());
+    entry["data"] = py::array_t<std::uint8_t>(static_cast<py::ssize_t>(columns[k].data.size()), reinterpret_cast<const std::uint8_t*>(columns[k].data.data()));
+    stored[field.name.c_str()] = entry;
+    ++k;
+  }
+  return state;
+}
+
+void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored) {
+  auto& compressed = dynamic_cast<compression::CompressedBuffer&>(engine);
+  std::vector<compression::StoredColumnView> views;
+  for (std::size_t k = 0; k < stored.lengths.size(); ++k) {
+    views.push_back({static_cast<const std::uint32_t*>(stored.lengths[k].data()), static_cast<const std::byte*>(stored.data[k].data()),
+                     static_cast<std::size_t>(stored.data[k].size())});
+  }
+  ReleaseGil release;
+  compressed.import_stored(state, sources, views, stored.rows);
+}
+
 #else
+
+StoredRows parse_stored(py::handle, const Schema&, std::optional<std::size_t>) {
+  throw py::value_error("this build of ray_replay has no compression (built with REPLAY_BUFFER_WITH_COMPRESSION=OFF)");
+}
+core::BufferState export_stored(const core::ReplayBufferInterface&, std::byte* const*, std::size_t, const Schema&, py::dict&) {
+  throw py::value_error("this build of ray_replay has no compression");
+}
+void import_stored(core::ReplayBufferInterface&, const core::BufferState&, const std::byte* const*, const StoredRows&) {
+  throw py::value_error("this build of ray_replay has no compression");
+}
 
 std::unique_ptr<core::ReplayBufferInterface> make_compressed(std::size_t, const std::vector<std::size_t>&, const std::vector<compression::Codec>&,
                                                              const EngineFactory&) {

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -45,5 +46,25 @@ std::unique_ptr<core::ReplayBufferInterface> make_compressed(std::size_t capacit
 // stats(): "compression" -> {field: {"codec", "bytes_held", "bytes_raw", "ratio", "rows_stored_raw"}}
 // for a compressed engine (nothing otherwise).
 void add_compression_stats(py::dict& stats, const core::ReplayBufferInterface& engine, const Schema& schema, std::size_t size);
+
+// Compressed rows as stored, in a state: state["stored"] = {field: {"lengths": uint32[rows] (a length
+// equal to the row's size marks a row stored raw), "data": uint8[sum of lengths]}} for every field
+// with a codec; state["columns"] then holds the other fields only.
+struct StoredRows {
+  std::size_t rows = 0;
+  std::vector<py::array> lengths, data;  // per compressed field, schema order; kept alive for the import
+};
+
+// Fills `stored` from a compressed engine; destinations: per field, null for the codec fields.
+core::BufferState export_stored(const core::ReplayBufferInterface& engine, std::byte* const* destinations, std::size_t rows, const Schema& schema,
+                                py::dict& stored);
+
+// Checks the shapes and dtypes of state["stored"] (ValueError naming the field); plain_rows: the rows
+// of the plain columns, which the stored ones must match.
+StoredRows parse_stored(py::handle stored, const Schema& schema, std::optional<std::size_t> plain_rows);
+
+// Imports a state whose codec fields come as stored (each row checked to decode; a corrupt one is a
+// ValueError naming the field and row, and changes nothing). sources: per field, null for codec fields.
+void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored);
 
 }  // namespace replay_buffer::bindings

@@ -46,6 +46,18 @@ struct ColumnCompressionStats {
   std::size_t rows_stored_raw = 0;  // rows held that did not shrink
 };
 
+// Compressed rows as they are stored, for state export/import without recompressing: per compressed
+// column, each row's stored length (== the row's size: stored raw) and the rows' bytes back to back.
+struct StoredColumn {
+  std::vector<std::uint32_t> lengths;
+  std::vector<std::byte> data;
+};
+struct StoredColumnView {
+  const std::uint32_t* lengths = nullptr;  // one per row
+  const std::byte* data = nullptr;
+  std::size_t data_bytes = 0;              // must equal the sum of lengths
+};
+
 class CompressedBuffer final : public core::ReplayBufferInterface {
  public:
   using InnerFactory = std::function<std::unique_ptr<core::ReplayBufferInterface>(std::vector<std::size_t> row_bytes)>;
@@ -147,6 +159,84 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     core::BufferState state = inner_->export_state(inner_destinations(destinations, seqs.data()).data(), rows);
     for (std::size_t i = 0; i < rows; ++i) restore_row(seqs[i], destinations, i, export_context_);
     return state;
+  }
+
+  // export_state, but the compressed columns come out as stored (into `stored`, one entry per
+  // compressed column in schema order; their destinations are not touched and may be null).
+  core::BufferState export_stored(std::byte* const* destinations, std::size_t newest_rows, std::vector<StoredColumn>& stored) const {
+    std::lock_guard lock(mutex_);
+    const std::size_t rows = std::min(newest_rows, inner_->size());
+    std::vector<std::uint64_t> seqs(rows);
+    core::BufferState state = inner_->export_state(inner_destinations(destinations, seqs.data()).data(), rows);
+    stored.assign(compressed_columns_.size(), {});
+    for (std::size_t k = 0; k < compressed_columns_.size(); ++k) {
+      std::size_t total = 0;
+      for (std::size_t i = 0; i < rows; ++i) total += ref(seqs[i], k).length;
+      stored[k].lengths.resize(rows);
+      stored[k].data.resize(total);
+      std::size_t offset = 0;
+      for (std::size_t i = 0; i < rows; ++i) {
+        const BlobRef& blob = ref(seqs[i], k);
+        stored[k].lengths[i] = blob.length;
+        std::memcpy(stored[k].data.data() + offset, log_.data(blob), blob.length);
+        offset += blob.length;
+      }
+    }
+    return state;
+  }
+
+  // import_state from rows as export_stored gave them: the compressed columns come from `stored`
+  // (their sources are ignored) and are kept as they are, after every row has been checked to decode
+  // to exactly its size. Hostile input throws std::invalid_argument naming the column (schema index)
+  // and row, and changes nothing. O(rows x compressed bytes) to check, no recompression.
+  void import_stored(const core::BufferState& state, const std::byte* const* sources, const std::vector<StoredColumnView>& stored, std::size_t rows) {
+    if (rows > capacity_ || rows > state.counters.total_adds) {
+      throw std::invalid_argument("state holds " + std::to_string(rows) + " rows, more than the capacity or the add count allow");
+    }
+    if (stored.size() != compressed_columns_.size()) throw std::invalid_argument("one stored column per compressed column expected");
+    std::lock_guard add_lock(add_mutex_);
+    std::vector<std::vector<std::size_t>> offsets(stored.size(), std::vector<std::size_t>(rows));
+    {
+      if (contexts_.empty()) contexts_.emplace_back();
+      std::vector<std::byte> scratch;
+      for (std::size_t k = 0; k < stored.size(); ++k) {
+        const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
+        scratch.resize(bytes);
+        std::size_t offset = 0;
+        for (std::size_t i = 0; i < rows; ++i) {
+          const std::size_t length = stored[k].lengths[i];
+          const std::string where = "column " + std::to_string(c) + " row " + std::to_string(i);
+          if (length == 0 || length > bytes || offset + length > stored[k].data_bytes) {
+            throw std::invalid_argument(where + ": stored length " + std::to_string(length) + " is out of range");
+          }
+          if (length < bytes && !contexts_[0].decompress(codecs_[c], stored[k].data + offset, length, scratch.data(), bytes)) {
+            throw std::invalid_argument(where + ": the compressed row does not decode to " + std::to_string(bytes) + " bytes");
+          }
+          offsets[k][i] = offset;
+          offset += length;
+        }
+        if (offset != stored[k].data_bytes) throw std::invalid_argument("column " + std::to_string(c) + ": stored bytes do not add up to the rows' lengths");
+      }
+    }
+    std::lock_guard lock(mutex_);
+    clear_blobs();
+    sequence_numbers_.resize(rows);
+    try {
+      for (std::size_t i = 0; i < rows; ++i) {
+        sequence_numbers_[i] = i;
+        for (std::size_t k = 0; k < stored.size(); ++k) {
+          ref(i, k) = log_.append(stored[k].data + offsets[k][i], stored[k].lengths[i]);
+          column_stats_[k].bytes_held += stored[k].lengths[i];
+          column_stats_[k].rows_stored_raw += stored[k].lengths[i] == row_bytes_[compressed_columns_[k]];
+        }
+      }
+      inner_->import_state(state, inner_sources(sources, sequence_numbers_.data()).data(), rows);
+    } catch (...) {
+      clear_blobs();
+      throw;
+    }
+    next_seq_ = rows;
+    released_upto_ = 0;
   }
 
   // For a fresh buffer (or to replace the contents): compresses the rows again.
