@@ -446,3 +446,20 @@ def test_a_stored_state_round_trips_through_pickle_without_the_decompressed_colu
     a, b = restored.get_state(), buf.get_state()
     for name in a["columns"]:
         np.testing.assert_array_equal(a["columns"][name], b["columns"][name])
+
+
+def test_a_shard_and_the_write_stager_work_with_a_compressed_schema():
+    """What ReplayCoordinator / ReplayClient build from schema= (without starting Ray): the shard's
+    buffer compresses, the client's staging buffer keeps rows plain (they are sent on at once)."""
+    from ray_replay.distributed.shard import ReplayShardImpl
+    from ray_replay.distributed.writes import Stager
+
+    compressed = schema("lz4")
+    shard = ReplayShardImpl(0, 50, "prioritized", schema=compressed, seed=0)
+    stager = Stager(64, compressed)
+    stager.stage_batch((), rows(np.arange(30)), None, None, 30)
+    assert stager._buffer is not None and stager._buffer.codecs == {}
+    staged = stager.take()
+    shard.buffer.add_batch(**{name: staged[name] for name in compressed})
+    assert shard.buffer.codecs == dict.fromkeys(COMPRESSED, "lz4") and len(shard.buffer) == 30
+    assert_rows_exact(shard.buffer.sample(30))

@@ -35,6 +35,7 @@
 
 #include "replay_buffer/compression/blob_log.hpp"
 #include "replay_buffer/compression/codec.hpp"
+#include "replay_buffer/compression/row_pool.hpp"
 #include "replay_buffer/core/buffer_interface.hpp"
 
 namespace replay_buffer::compression {
@@ -63,6 +64,8 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   using InnerFactory = std::function<std::unique_ptr<core::ReplayBufferInterface>(std::vector<std::size_t> row_bytes)>;
   // A batch is compressed in parallel when it holds at least this many raw bytes to compress.
   static constexpr std::size_t kParallelBytes = std::size_t{1} << 20;
+  // A sample is decompressed in parallel (RowPool) when its compressed columns hold this many bytes.
+  static constexpr std::size_t kParallelDecodeBytes = std::size_t{64} << 10;
 
   // row_bytes and codecs: the full schema, one codec per column (CodecKind::kNone: kept in the inner
   // buffer as is). make_inner builds the wrapped buffer over the other columns plus one 8-byte sequence column.
@@ -80,6 +83,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
         inner_row_bytes.push_back(row_bytes[c]);
       }
     }
+    for (std::size_t c : compressed_columns_) compressed_row_bytes_ += row_bytes[c];
     column_stats_.resize(compressed_columns_.size());
     for (std::size_t k = 0; k < compressed_columns_.size(); ++k) column_stats_[k].column = compressed_columns_[k];
     refs_.resize(ring_size_ * compressed_columns_.size());
@@ -121,9 +125,14 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     core::ScopedTimer timer(sample_latency_, monitoring());
     sample_seqs_.resize(request.batch_size);
     const std::size_t n = inner_->sample(request, inner_destinations(destinations, sample_seqs_.data()).data());
-    for (std::size_t i = 0; i < n; ++i) {
-      if (i + 1 < n) prefetch_row(sample_seqs_[i + 1]);
-      restore_row(sample_seqs_[i], destinations, i, read_context_);
+    if (n * compressed_row_bytes_ >= kParallelDecodeBytes && decoders_.workers() > 1) {
+      auto decode = [&](std::size_t worker, std::size_t i) { restore_row(sample_seqs_[i], destinations, i, decode_contexts_[worker]); };
+      decoders_.run(n, decode);
+    } else {
+      for (std::size_t i = 0; i < n; ++i) {
+        if (i + 1 < n) prefetch_row(sample_seqs_[i + 1]);
+        restore_row(sample_seqs_[i], destinations, i, decode_contexts_[0]);
+      }
     }
     release_consumed();  // a FIFO read consumed rows
     return n;
@@ -421,7 +430,9 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   std::uint64_t released_upto_ = 0;  // rows below this have had their blobs released
   std::vector<std::uint64_t> sequence_numbers_;
   std::vector<std::uint64_t> sample_seqs_;
-  mutable CodecContext read_context_;
+  std::size_t compressed_row_bytes_ = 0;  // raw bytes of a row's compressed columns
+  RowPool decoders_{std::min<std::size_t>(threads_ - 1, 3)};  // sample(): helpers decompressing rows
+  std::vector<CodecContext> decode_contexts_ = std::vector<CodecContext>(decoders_.workers());  // one per decoding worker
   mutable CodecContext export_context_;
 };
 
