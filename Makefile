@@ -17,8 +17,23 @@ $(PY):
 
 # The build tools of pyproject's [build-system] go into the venv, so the package builds without
 # isolation and reuses build/ between runs (an incremental rebuild takes seconds).
-$(VENV)/.build-tools: pyproject.toml | $(PY)
+$(VENV)/.build-tools: pyproject.toml $(VENV)/.system-deps | $(PY)
 	$(PIP) install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
+	touch $@
+
+# System C libraries the build links (per-field compression: LZ4 and Zstandard). Installed with apt
+# (Debian/Ubuntu, as root) when their headers are missing; elsewhere install liblz4/libzstd development
+# packages yourself (yum: lz4-devel libzstd-devel), or build with -DREPLAY_BUFFER_WITH_COMPRESSION=OFF.
+SYSTEM_HEADERS := /usr/include/lz4.h /usr/include/zstd.h
+$(VENV)/.system-deps: | $(PY)
+	@missing=""; for header in $(SYSTEM_HEADERS); do [ -f $$header ] || missing="$$missing $$header"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "missing$$missing: installing liblz4-dev libzstd-dev"; \
+		if command -v apt-get >/dev/null 2>&1; then \
+			SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+			$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq liblz4-dev libzstd-dev || exit 1; \
+		else echo "no apt-get here: install the LZ4 and Zstandard development packages (e.g. yum install lz4-devel libzstd-devel)"; exit 1; fi; \
+	fi
 	touch $@
 
 install: $(VENV)/.build-tools
@@ -44,7 +59,7 @@ test-cpp: $(VENV)/.build-tools
 # out here with -m "not ray" and run in test-python, without the preload; RAY_REPLAY_TESTS_NO_RAY
 # makes conftest refuse, with a message, any Ray start that slips through, so no Ray process (GCS,
 # raylet, worker) ever starts under the ASan runtime.
-ASAN_TESTS := tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py tests/test_sampling.py tests/test_sharding.py tests/test_coordinator_impl.py
+ASAN_TESTS := tests/test_compression.py tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py tests/test_sampling.py tests/test_sharding.py tests/test_coordinator_impl.py
 test-asan: install
 	$(call cpp_tests,-asan,address,-DREPLAY_BUFFER_BUILD_PYTHON_MODULE=ON -DPython_EXECUTABLE=$(VENV_ABS)/bin/python -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir))
 	rm -rf build/asan-package && mkdir -p build/asan-package && cp -r ray_replay build/asan-package/
@@ -158,8 +173,8 @@ test-wheel: wheel
 # not found is reported and skipped. The full Ray and RLlib suites run on the .venv's Python (make test).
 TEST_PYTHON_VERSIONS ?= 3.10 3.12 3.13
 PYENV_ROOT ?= $(HOME)/.pyenv
-LOCAL_TESTS := tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py tests/test_sampling.py
-test-pythons:
+LOCAL_TESTS := tests/test_compression.py tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py tests/test_sampling.py
+test-pythons: $(VENV)/.system-deps
 	@for version in $(TEST_PYTHON_VERSIONS); do \
 		python=$$(ls -d $(PYENV_ROOT)/versions/$$version.*/bin/python$$version 2>/dev/null | sort -V | tail -n 1); \
 		[ -n "$$python" ] || python=$$(command -v python$$version || true); \

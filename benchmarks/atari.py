@@ -1,6 +1,10 @@
 """Atari-sized benchmark: pixel observations, with and without observation dedup, beside its peers.
 
     python benchmarks/atari.py [--quick | --smoke] [--rounds N] [--out benchmarks/results/atari.json]
+    python benchmarks/atari.py --pixels [--quick | --smoke] [--rounds N]   (-> results/atari_pixels.json, .md)
+
+--pixels runs the 64x64x3 workload of observations that do not stack, with per-field compression,
+beside TorchRL's CompressedListStorage and cpprb: see benchmarks/atari_pixels.py.
 
 Workload (issue 8): state and next_state uint8[84, 84, 4] (four 84x84 frames stacked on the last
 axis, 28,224 bytes each), action int64, reward float32, done bool; capacity 100,000 (20,000 with
@@ -44,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import atari_pixels  # noqa: E402
 import common  # noqa: E402
 
 FRAME = (84, 84)
@@ -177,9 +182,12 @@ def main() -> int:
     mode.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "atari.json")
+    parser.add_argument("--pixels", action="store_true", help="the 64x64x3 compression workload (benchmarks/atari_pixels.py)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one implementation, print JSON
     args = parser.parse_args()
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if args.pixels:
+        return pixels_main(args, name)
     profile = PROFILES[name]
     if args.case:
         print(json.dumps(run_case(args.case, profile)))
@@ -208,6 +216,35 @@ def main() -> int:
             "results": results, "markdown": markdown}
     common.write_json(data, args.out)
     args.out.with_suffix(".md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+    return 0
+
+
+def pixels_main(args: argparse.Namespace, name: str) -> int:
+    """--pixels: the 64x64x3 workload, each implementation in a process of its own."""
+    profile = atari_pixels.PROFILES[name]
+    if args.case:
+        print(json.dumps(atari_pixels.run_case(args.case, profile)))
+        return 0
+    if not atari_pixels.renderer_available():
+        print("--pixels needs ale-py and gymnasium (pip install ale-py): no frames to compress; skipped")
+        return 0
+    atari_pixels.frames(profile["frames"])  # generate (and cache) the frames once, outside the timed processes
+    cases = [case for case in atari_pixels.CASES if atari_pixels.available(case)]
+    rounds = args.rounds or profile["rounds"]
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
+    flags = ["--pixels"] + ([f"--{name}"] if name != "full" else [])
+    for r in range(rounds):
+        for case in cases[r % len(cases):] + cases[: r % len(cases)]:
+            output = subprocess.run([sys.executable, __file__, "--case", case, *flags], check=True, capture_output=True, text=True).stdout
+            runs[case].append(json.loads(output.strip().splitlines()[-1]))
+    results = atari_pixels.summarize(runs, profile)
+    markdown = atari_pixels.table(results, profile, rounds)
+    out = args.out.with_name("atari_pixels.json") if args.out.name == "atari.json" else args.out
+    data = {"machine": common.machine_info(), "profile": name, **profile, "rounds": rounds, "targets": atari_pixels.TARGETS,
+            "frames_from": "ALE (ale-py): " + ", ".join(atari_pixels.GAMES), "results": results, "markdown": markdown}
+    common.write_json(data, out)
+    out.with_suffix(".md").write_text(markdown, encoding="utf-8")
     print(markdown)
     return 0
 

@@ -31,6 +31,7 @@ class NativeReplayBuffer:
         frame_stack_axis: int | None = None,
         storage_dir: str | None = None,
         prefault: bool = False,
+        compress: Mapping[str, Any] | None = None,
     ) -> None: ...
     def add(self, *fields: Any, priority: float | None = None, stream: int | None = 0, **named_fields: Any) -> None:
         """Appends one transition: values in schema order (``state, action, reward, next_state, done``
@@ -114,6 +115,9 @@ class NativeReplayBuffer:
     @property
     def schema(self) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
         """``name -> (shape, dtype)`` of each field; empty until the first add when none was given."""
+    @property
+    def codecs(self) -> dict[str, str]:
+        """``name -> codec`` (``"lz4"``, ``"zstd:<level>"``) of each compressed field; empty when none is."""
     collect_stats: bool
     """Whether the native core records add/sample latency percentiles (settable)."""
     def stats(self) -> dict[str, Any]:
@@ -124,6 +128,6 @@ class NativeReplayBuffer:
     @property
     def storage_dir(self) -> str | None:
         """The folder of a file-backed buffer's columns, or None for RAM."""
-    def _get_state(self, with_rows: bool = True, newest_rows: int | None = None) -> dict[str, Any]: ...
+    def _get_state(self, with_rows: bool = True, newest_rows: int | None = None, stored: bool = False) -> dict[str, Any]: ...
     def _sync_storage(self) -> None: ...
     def _set_state(self, state: dict[str, Any], /) -> None: ...  # py::dict, positional (pybind11's arg0)

@@ -34,9 +34,9 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         buffer_type: ``"uniform"`` (ring, uniform sampling with replacement), ``"fifo"`` (a queue:
             ``sample(n)`` pops the n oldest), ``"prioritized"`` (proportional PER with a sum tree) or
             ``"lockfree"`` (uniform, many threads add and sample at once without a global lock).
-        schema: optional mapping ``name -> (shape, dtype)``. Without it, field names, shapes and
-            dtypes come from the first ``add``/``add_batch`` (Python floats become float32, ints
-            int64; numpy values keep their dtype).
+        schema: optional mapping ``name -> (shape, dtype)`` or ``name -> (shape, dtype, codec)``.
+            Without it, field names, shapes and dtypes come from the first ``add``/``add_batch``
+            (Python floats become float32, ints int64; numpy values keep their dtype).
         seed: makes sampling reproducible.
         alpha, beta, eps: prioritized only. P(i) = p_i^alpha / sum_k p_k^alpha with
             p_i = max(priority_i, eps) for priority_i > 0; a priority of exactly 0 masks the row
@@ -62,6 +62,13 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             this process or another, as of the last flush. Not with ``next_state="dedup"``.
         prefault: map all storage when the schema is known instead of page by page as rows
             arrive: steady add latency from the start, at the cost of resident memory up front.
+        compress: optional mapping ``name -> codec`` (the same as a schema's third element):
+            ``"lz4"`` (fast), ``"zstd"`` (dense, level 3), ``"zstd:<level>"`` or ``("zstd", level)``
+            with level 1..22. Rows of those fields are compressed in the native add (in parallel
+            over a large batch, GIL released) and decompressed straight into sample's arrays; a row
+            that does not shrink is stored raw. Fields of at least 32 bytes per row; not with
+            ``storage_dir``, nor on ``state``/``next_state`` with ``next_state="dedup"``. See
+            docs/compression.md.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         frame_stack_axis: int | None = None,
         storage_dir: str | os.PathLike[str] | None = None,
         prefault: bool = False,
+        compress: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
             raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
@@ -107,6 +115,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             frame_stack_axis=frame_stack_axis,
             storage_dir=storage_dir,
             prefault=prefault,
+            compress=compress,
         )
 
     def __repr__(self) -> str:
@@ -115,7 +124,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
     # Pickling carries the contents, counters and random state, so a buffer can be handed to a Ray
     # actor and go on exactly where it was. (The lock-free buffer must not be added to meanwhile.)
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore, (type(self), self._get_state()))
+        return (_restore, (type(self), self._get_state(stored=True)))  # compressed fields travel as stored
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to rebuild this buffer: configuration, rows (oldest first), counters, RNG."""
@@ -131,7 +140,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
 
         The lock-free buffer must not be added to while it is saved.
         """
-        write_state(self._get_state(), path)
+        write_state(self._get_state(stored=True), path)  # compressed fields as they are stored (format version 4)
 
     def flush(self) -> None:
         """storage_dir buffers: waits until every row is in the column files, then writes the buffer's
@@ -180,6 +189,7 @@ def _restore(cls: type[ReplayBuffer], state: dict[str, Any], storage_dir: str | 
     if "newest_rows" in state:
         raise ValueError("this state is a checkpoint increment (the newest rows only): apply it to its checkpoint first")
     schema = {name: (tuple(shape), dtype) for name, shape, dtype in state["schema"]} or None
+    codecs = state.get("codecs") or None
     buffer = cls(
         state["capacity"],
         state["buffer_type"],
@@ -195,6 +205,7 @@ def _restore(cls: type[ReplayBuffer], state: dict[str, Any], storage_dir: str | 
         frame_stack_axis=state.get("frame_stack_axis"),
         storage_dir=storage_dir,
         prefault=state.get("prefault", False),
+        compress=codecs,
     )
     buffer._set_state(state)
     return buffer

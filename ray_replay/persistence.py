@@ -3,8 +3,9 @@
 Layout (all integers little-endian)::
 
     offset 0   8 bytes   magic b"RRBUF\\x00\\r\\n" (the CR/LF catch text-mode mangling)
-    offset 8   uint32    format version (2; 3 for a checkpoint increment; version 1 files, without
-                         dedup, are read too)
+    offset 8   uint32    format version (2; 3 for a checkpoint increment; 4 for a buffer whose
+                         compressed fields are stored as they are; version 1 files, without dedup,
+                         are read too)
     offset 12  uint32    header length H (at most 1 MiB)
     offset 16  uint32    CRC-32 of the header
     offset 20  H bytes   header: UTF-8 JSON (configuration, schema, counters, random state and,
@@ -13,6 +14,14 @@ Layout (all integers little-endian)::
                          masses (float64) of a prioritized buffer, then (next_state="dedup" only)
                          each row's stream id (int64); each section starts 64-byte aligned.
                          Dedup buffers store whole observations here and deduplicate again on load.
+                         Fields with a codec ("codecs" in the header: field -> "lz4" or
+                         "zstd:<level>"): in version 4 ("stored_fields" in the header), each such
+                         field's column is two sections instead, "__lengths__:<field>" (uint32 per
+                         row: the stored size, the row's size meaning stored raw) and
+                         "__stored__:<field>" (the stored rows back to back), carried as they are
+                         (no recompression on load; every row is checked to decode to its size,
+                         a corrupt one raises CorruptFileError). A version 2 file with codecs
+                         holds them decompressed (checkpoint files do) and compresses on load.
                          The metadata file of a storage_dir buffer ("columns_external": true in the
                          header) has no column sections: its rows stay in the folder's column files.
 
@@ -44,7 +53,8 @@ __all__ = ["FORMAT_VERSION", "INCREMENT_VERSION", "MAGIC", "CorruptFileError", "
 MAGIC = b"RRBUF\x00\r\n"
 FORMAT_VERSION = 2
 INCREMENT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+STORED_VERSION = 4  # compressed fields stored as they are
+_READABLE_VERSIONS = (1, 2, 3, 4)
 _PREAMBLE = struct.Struct("<8sIII")
 _MAX_HEADER_BYTES = 1 << 20
 _ALIGNMENT = 64
@@ -52,7 +62,8 @@ _MAX_RESERVED_BYTES = 1 << 42
 _ALLOWED_KINDS = {"b", "i", "u", "f"}
 _COUNTERS = ("total_adds", "samples", "sample_calls", "evictions", "rejected", "priority_updates", "stale_priority_updates")
 _CONFIG = ("capacity", "buffer_type", "seed", "alpha", "beta", "eps", "sampling", "on_full", "collect_stats")
-_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False}  # added in version 2, with these defaults
+# Added in version 2 (codecs later, in a compatible way: files without it load as before), with these defaults.
+_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False, "codecs": None}
 
 
 class CorruptFileError(ValueError):
@@ -70,7 +81,13 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     external = "columns" not in state and "rows" in state  # a storage_dir buffer's metadata
     if "columns" in state or external:
         if not external:
-            arrays = [(name, np.ascontiguousarray(state["columns"][name])) for name, _, _ in state["schema"]]
+            stored = state.get("stored", {})
+            for name, _, _ in state["schema"]:
+                if name in stored:
+                    arrays.append((f"__lengths__:{name}", np.ascontiguousarray(stored[name]["lengths"], dtype="<u4")))
+                    arrays.append((f"__stored__:{name}", np.ascontiguousarray(stored[name]["data"], dtype=np.uint8)))
+                else:
+                    arrays.append((name, np.ascontiguousarray(state["columns"][name])))
         arrays.append(("__masses__", np.ascontiguousarray(state["masses"], dtype="<f8")))
         if "streams" in state:
             arrays.append(("__streams__", np.ascontiguousarray(state["streams"], dtype="<i8")))
@@ -82,6 +99,10 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
         header["max_priority"] = float(state["max_priority"])
         header["random"] = [int(word) for word in state["random"]]
         header["rows"] = int(state["rows"]) if external else int(len(arrays[0][1]))
+        if state.get("stored"):
+            if "newest_rows" in state:
+                raise ValueError("a checkpoint increment holds decompressed rows (get_state(), not stored=True)")
+            header["stored_fields"] = [name for name, _, _ in state["schema"] if name in state["stored"]]
         if "newest_rows" in state:
             header["increment"] = {"size": int(state["size"])}
         if external:
@@ -89,20 +110,28 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
             header["first_slot"] = int(state["first_slot"])
     if "checkpoint_id" in state:
         header["checkpoint_id"] = str(state["checkpoint_id"])
-    # Section offsets depend on the header's length, which depends on the offsets: two passes.
+    # Section offsets depend on the header's length, which depends on the offsets: passes until the
+    # first section starts where the final header ends (two passes were not always enough: offsets
+    # with more digits could push the header past a 64-byte boundary, misplacing every section).
+    crcs = [zlib.crc32(array.data) if array.nbytes else 0 for _, array in arrays]
     sections: list[dict[str, Any]] = []
     header["sections"] = sections
-    for _ in range(2):
-        offset = _align(_PREAMBLE.size + len(json.dumps(header).encode()))
+    start = _align(_PREAMBLE.size + len(json.dumps(header).encode()))
+    while True:
+        offset = start
         sections.clear()
-        for name, array in arrays:
-            sections.append({"name": name, "offset": offset, "nbytes": array.nbytes, "crc32": zlib.crc32(array.data) if array.nbytes else 0})
+        for (name, array), crc in zip(arrays, crcs):
+            sections.append({"name": name, "offset": offset, "nbytes": array.nbytes, "crc32": crc})
             offset = _align(offset + array.nbytes)
+        needed = _align(_PREAMBLE.size + len(json.dumps(header).encode()))
+        if needed <= start:
+            break
+        start = needed
     encoded = json.dumps(header).encode()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as file:
-            version = INCREMENT_VERSION if "increment" in header else FORMAT_VERSION
+            version = INCREMENT_VERSION if "increment" in header else STORED_VERSION if "stored_fields" in header else FORMAT_VERSION
             file.write(_PREAMBLE.pack(MAGIC, version, len(encoded), zlib.crc32(encoded)))
             file.write(encoded)
             for section, (_, array) in zip(sections, arrays):
@@ -148,6 +177,7 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CorruptFileError(f"{path}: header is not valid JSON ({error})") from None
     try:
         _require((version == INCREMENT_VERSION) == ("increment" in header), f"{path}: increment header and version {version} disagree")
+        _require((version == STORED_VERSION) == ("stored_fields" in header), f"{path}: stored_fields and version {version} disagree")
         return _state_from(header, view, size, str(path))
     except (KeyError, TypeError, ValueError, OverflowError) as error:
         if isinstance(error, CorruptFileError):
@@ -160,6 +190,9 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     state: dict[str, Any] = {key: header[key] for key in _CONFIG}
     state.update({key: header.get(key, default) for key, default in _OPTIONAL_CONFIG.items()})
     _require(isinstance(state["prefault"], bool), f"{path}: prefault {state['prefault']!r}")
+    codecs = state["codecs"]
+    valid_codecs = isinstance(codecs, dict) and all(isinstance(k, str) and isinstance(v, str) and len(v) <= 16 for k, v in codecs.items())
+    _require(codecs is None or valid_codecs, f"{path}: codecs {codecs!r}")
     _require(state["next_state"] in ("store", "dedup"), f"{path}: next_state {state['next_state']!r}")
     axis = state["frame_stack_axis"]
     _require(axis is None or (isinstance(axis, int) and not isinstance(axis, bool) and -64 < axis < 64), f"{path}: frame_stack_axis {axis!r}")
@@ -189,7 +222,14 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     _require(isinstance(rows, int) and 0 <= rows <= capacity, f"{path}: {rows!r} rows for capacity {capacity}")
     sections = header["sections"]
     external = header.get("columns_external", False) is True
-    expected_names = ([] if external else [name for name, _, _ in schema]) + ["__masses__"]
+    stored_fields = header.get("stored_fields", [])
+    _require(isinstance(stored_fields, list) and not external and len(set(stored_fields)) == len(stored_fields)
+             and all(isinstance(name, str) and name in (codecs or {}) for name in stored_fields)
+             if stored_fields else True, f"{path}: stored_fields {stored_fields!r}")
+    layout: list[tuple[str, int]] = []  # (section name, bytes per row; 0: stored rows, checked against the lengths)
+    for (name, _, _), field_bytes in zip([] if external else schema, row_bytes):
+        layout += [(f"__lengths__:{name}", 4), (f"__stored__:{name}", 0)] if name in stored_fields else [(name, field_bytes)]
+    expected_names = [name for name, _ in layout] + ["__masses__"]
     if state["next_state"] == "dedup":
         expected_names.append("__streams__")
     _require(len(sections) == len(expected_names), f"{path}: expected {len(expected_names)} sections, found {len(sections)}")
@@ -200,21 +240,32 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
         state["newest_rows"], state["size"] = rows, held
     masses_rows = held if state["buffer_type"] == "prioritized" else 0
     columns: dict[str, np.ndarray] = {}
-    for section, name, field_bytes in zip(sections, expected_names, ([] if external else row_bytes) + [8, 8]):
+    stored: dict[str, dict[str, np.ndarray]] = {}
+    lengths_total = 0
+    for section, name, field_bytes in zip(sections, expected_names, [b for _, b in layout] + [8, 8]):
         _require(section["name"] == name, f"{path}: section {section['name']!r} where {name!r} was expected")
-        expected_nbytes = (masses_rows if name == "__masses__" else rows) * field_bytes
+        expected_nbytes = lengths_total if name.startswith("__stored__:") else (masses_rows if name == "__masses__" else rows) * field_bytes
         offset, nbytes = section["offset"], section["nbytes"]
         _require(nbytes == expected_nbytes, f"{path}: section {name!r} holds {nbytes} bytes, expected {expected_nbytes}")
         _require(isinstance(offset, int) and offset % _ALIGNMENT == 0 and 0 <= offset and offset + nbytes <= size,
                  f"{path}: section {name!r} lies outside the file (truncated?)")
         data = memoryview(view)[offset : offset + nbytes]
         _require(zlib.crc32(data) == section["crc32"], f"{path}: checksum mismatch in section {name!r}")
-        if name == "__masses__":
+        if name.startswith("__lengths__:"):
+            field = name.split(":", 1)[1]
+            lengths = np.frombuffer(data, dtype="<u4")
+            field_bytes = row_bytes[[n for n, _, _ in schema].index(field)]
+            _require(bool(np.all((lengths >= 1) & (lengths <= field_bytes))), f"{path}: field {field!r} has stored lengths out of range")
+            lengths_total = int(lengths.sum(dtype=np.int64))
+            stored[field] = {"lengths": lengths}
+        elif name.startswith("__stored__:"):
+            stored[name.split(":", 1)[1]]["data"] = np.frombuffer(data, dtype=np.uint8)
+        elif name == "__masses__":
             state["masses"] = np.frombuffer(data, dtype="<f8")
         elif name == "__streams__":
             state["streams"] = np.frombuffer(data, dtype="<i8")
         else:
-            _, shape, dtype = schema[len(columns)]
+            _, shape, dtype = next(field for field in schema if field[0] == name)
             columns[name] = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape((rows, *shape))
     if external:
         first_slot = header["first_slot"]
@@ -222,6 +273,8 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
         state["rows"], state["first_slot"] = rows, first_slot
     else:
         state["columns"] = columns
+        if stored:
+            state["stored"] = stored
     for key in _COUNTERS:
         value = header[key]
         _require(isinstance(value, int) and 0 <= value < 1 << 64, f"{path}: counter {key} = {value!r}")

@@ -20,9 +20,20 @@ CAPACITY = 7
 ALPHA, EPS = 0.5, 1e-3
 
 
-def rows(start: int, n: int) -> dict[str, np.ndarray]:
+def rows(start: int, n: int, codec: str | None = None) -> dict[str, np.ndarray]:
     index = np.arange(start, start + n)
-    return {"x": np.stack([index, -index], axis=1).astype(np.float32), "a": index.astype(np.int32)}
+    data = {"x": np.stack([index, -index], axis=1).astype(np.float32), "a": index.astype(np.int32)}
+    if codec is not None:  # a compressed field: mostly zeros (compresses), every third row noise (stored raw)
+        image = np.zeros((n, 64), np.uint8)
+        image[:, 0] = index % 256
+        for i in np.flatnonzero(index % 3 == 0):
+            image[i] = np.random.default_rng(int(index[i])).integers(0, 256, 64, dtype=np.uint8)
+        data["img"] = image
+    return data
+
+
+def schema_for(codec: str | None) -> dict[str, tuple]:
+    return {**SCHEMA, "img": ((64,), np.uint8, codec)} if codec is not None else SCHEMA
 
 
 def mass(priority: float) -> float:
@@ -33,10 +44,11 @@ class BufferModel(RuleBasedStateMachine):
     """The reference: `held` is the list of (row index, id, priority) oldest first."""
 
     buffer_type = "uniform"
+    codec: str | None = None  # a compressed field "img" too, with this codec
 
     @initialize()
     def create(self) -> None:
-        self.buf = ReplayBuffer(CAPACITY, self.buffer_type, schema=SCHEMA, seed=1, alpha=ALPHA, eps=EPS)
+        self.buf = ReplayBuffer(CAPACITY, self.buffer_type, schema=schema_for(self.codec), seed=1, alpha=ALPHA, eps=EPS)
         self.held: list[list] = []
         self.next_row = 0
         self.total_adds = 0
@@ -62,7 +74,7 @@ class BufferModel(RuleBasedStateMachine):
         self.total_adds += n
 
     def _call_add(self, n: int, priorities: list[float] | None) -> None:
-        data = rows(self.next_row, n)
+        data = rows(self.next_row, n, self.codec)
         kwargs = {}
         if priorities is not None:
             kwargs["priorities" if n != 1 or self._batched else "priority"] = priorities if self._batched else priorities[0]
@@ -129,7 +141,7 @@ class BufferModel(RuleBasedStateMachine):
 
     @rule(field=st.sampled_from(["x", "a"]))
     def invalid_add_changes_nothing(self, field):
-        bad = rows(self.next_row, 3)
+        bad = rows(self.next_row, 3, self.codec)
         bad[field] = bad[field][:2] if field == "a" else np.zeros((3, 5), np.float32)
         with pytest.raises(ValueError):
             self.buf.add_batch(**bad)
@@ -157,14 +169,18 @@ class BufferModel(RuleBasedStateMachine):
         state = self.buf.get_state()
         assert len(self.buf) == len(self.held)
         assert state["columns"]["a"].tolist() == [row for row, _, _ in self.held]
+        if self.codec is not None and self.held:
+            expected = np.concatenate([rows(row, 1, self.codec)["img"] for row, _, _ in self.held])
+            np.testing.assert_array_equal(state["columns"]["img"], expected)
         if self.buffer_type == "prioritized":
             np.testing.assert_allclose(state["masses"], [mass(p) for _, _, p in self.held], rtol=1e-12)
             assert self.buf.stats()["stale_priority_updates"] == self.stale
             assert state["max_priority"] == self.max_priority
 
 
-def machine_for(buffer_type: str):
-    return type(f"{buffer_type.title()}Model", (BufferModel,), {"buffer_type": buffer_type})
+def machine_for(buffer_type: str, codec: str | None = None):
+    name = f"{buffer_type.title()}{codec.title().replace(':', '') if codec else ''}Model"
+    return type(name, (BufferModel,), {"buffer_type": buffer_type, "codec": codec})
 
 
 SETTINGS = settings(max_examples=60, stateful_step_count=30, deadline=None, derandomize=True,
@@ -178,3 +194,15 @@ TestPrioritized = machine_for("prioritized").TestCase
 TestPrioritized.settings = SETTINGS
 TestLockFree = machine_for("lockfree").TestCase
 TestLockFree.settings = SETTINGS
+
+# The same models with a compressed field (save/load then carries its stored rows as they are).
+COMPRESSED_SETTINGS = settings(max_examples=25, stateful_step_count=30, deadline=None, derandomize=True,
+                               suppress_health_check=[HealthCheck.too_slow])
+TestUniformLz4 = machine_for("uniform", "lz4").TestCase
+TestUniformLz4.settings = COMPRESSED_SETTINGS
+TestFifoZstd = machine_for("fifo", "zstd:1").TestCase
+TestFifoZstd.settings = COMPRESSED_SETTINGS
+TestPrioritizedZstd = machine_for("prioritized", "zstd").TestCase
+TestPrioritizedZstd.settings = COMPRESSED_SETTINGS
+TestLockFreeLz4 = machine_for("lockfree", "lz4").TestCase
+TestLockFreeLz4.settings = COMPRESSED_SETTINGS

@@ -141,3 +141,19 @@ def test_a_hostile_but_consistent_header_cannot_force_an_allocation(tmp_path):
     path.write_bytes(struct.pack("<8sIII", MAGIC, 1, len(encoded), zlib.crc32(encoded)) + encoded)
     with pytest.raises(CorruptFileError, match="capacity"):
         ReplayBuffer.load(path)
+
+
+def test_sections_start_where_the_header_says_whatever_its_length(tmp_path):
+    """Regression: section offsets were fixed after two passes over the header, and offsets with more
+    digits could push the final header past a 64-byte boundary, so every section landed 64 bytes after
+    where the header put it (found by the checkpoint chain test once the header gained a key)."""
+    from ray_replay.persistence import read_state, write_state
+
+    buf = ReplayBuffer(400, "fifo", schema=SCHEMA, on_full="evict", seed=0)
+    buf.add_batch(**transitions(400))
+    for rows, id_length in [(r, n) for r in (1, 9, 10, 99, 100, 399) for n in range(1, 65)]:  # header lengths over 64 bytes
+        state = {**buf._get_state(newest_rows=rows), "checkpoint_id": "a" * id_length}
+        path = tmp_path / f"increment-{rows}-{id_length}.rrb"
+        write_state(state, path)
+        loaded = read_state(path)  # checks every section's checksum at its recorded offset
+        np.testing.assert_array_equal(loaded["columns"]["state"], state["columns"]["state"])

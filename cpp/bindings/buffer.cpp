@@ -23,6 +23,7 @@
 #include "replay_buffer/prioritization/prioritized_ring.hpp"
 #include "replay_buffer/dedup/dedup_buffer.hpp"
 #include "array_pool.hpp"
+#include "codecs.hpp"
 #include "gil.hpp"
 #include "schema.hpp"
 
@@ -139,11 +140,11 @@ class NativeBuffer {
  public:
   NativeBuffer(py::ssize_t capacity, const std::string& buffer_type, py::object schema, py::object seed, double alpha, double beta,
                double eps, const std::string& sampling, const std::string& on_full, bool collect_stats, const std::string& next_state,
-               std::optional<py::ssize_t> frame_stack_axis, std::optional<std::string> storage_dir, bool prefault)
+               std::optional<py::ssize_t> frame_stack_axis, std::optional<std::string> storage_dir, bool prefault, py::object compress)
       : type_(parse_buffer_type(buffer_type)), type_name_(buffer_type), alpha_(check_exponent("alpha", alpha)),
         beta_(check_exponent("beta", beta)), eps_(check_exponent("eps", eps)), sampling_(sampling), on_full_(on_full),
         collect_stats_(collect_stats), next_state_(next_state), frame_stack_axis_(frame_stack_axis), storage_dir_(storage_dir),
-        prefault_(prefault) {
+        prefault_(prefault), compress_(parse_compress(compress)) {
     if (storage_dir && next_state == "dedup") throw py::value_error("storage_dir does not combine with next_state='dedup' (frames live in memory)");
     if (next_state != "store" && next_state != "dedup") throw py::value_error("next_state must be 'store' or 'dedup', got '" + next_state + "'");
     if (frame_stack_axis && next_state != "dedup") {
@@ -193,7 +194,7 @@ class NativeBuffer {
     // Releasing the GIL costs ~80 ns, several times a single-row copy under the buffer's mutex, so
     // only the lock-free buffer (built for many threads adding at once) and the dedup buffer (whose
     // rows are whole observations) release it for one row.
-    ReleaseGil release(type_ == BufferType::kLockFree || dedup_ != nullptr);
+    ReleaseGil release(type_ == BufferType::kLockFree || dedup_ != nullptr || compressed_);
     add_rows(columns.pointers(), 1, priority, &stream);
   }
 
@@ -309,6 +310,14 @@ class NativeBuffer {
     return result;
   }
 
+  py::dict codecs() const {
+    py::dict result;
+    for (const Field& field : schema_) {
+      if (field.codec.enabled()) result[field.name.c_str()] = field.codec.name();
+    }
+    return result;
+  }
+
   py::dict stats() const {
     core::BufferStats s;
     if (engine_) {
@@ -327,6 +336,10 @@ class NativeBuffer {
     d["rejected"] = s.rejected;
     d["bytes_held"] = s.bytes_held;
     d["bytes_reserved"] = s.bytes_reserved;
+    std::size_t row_bytes = 0;
+    for (const Field& field : schema_) row_bytes += field.row_bytes;
+    d["bytes_raw"] = s.size * row_bytes;  // the rows held as given: bytes_held is what they take
+    if (engine_) add_compression_stats(d, *engine_, schema_, s.size);
     d["stats_enabled"] = collect_stats_;
     d["add_p50_ns"] = s.add_p50_ns;
     d["add_p99_ns"] = s.add_p99_ns;
@@ -349,7 +362,9 @@ class NativeBuffer {
   // Everything needed to rebuild this buffer exactly: configuration, rows (oldest first), counters,
   // random state. Used by pickling; arrays are fresh copies the caller owns. With newest_rows, only
   // the newest rows (at most that many), marked "newest_rows" and "size": a checkpoint increment.
-  py::dict get_state(bool with_rows, std::optional<std::size_t> newest_rows) const {
+  // stored=True (a compressed buffer): the compressed fields come out as stored, in state["stored"]
+  // (see codecs.hpp), not decompressed in state["columns"]: save() and pickling carry them as they are.
+  py::dict get_state(bool with_rows, std::optional<std::size_t> newest_rows, bool stored) const {
     if (newest_rows && !with_rows) throw py::value_error("newest_rows needs with_rows=True");
     py::dict state;
     state["format"] = 1;
@@ -368,13 +383,23 @@ class NativeBuffer {
     py::list fields;
     for (const Field& field : schema_) fields.append(py::make_tuple(field.name, shape_tuple(field.shape), py::str(field.dtype)));
     state["schema"] = fields;
+    py::dict codecs;  // fields with a codec (rows travel decompressed: a state is independent of codecs)
+    for (const Field& field : schema_) {
+      if (field.codec.enabled()) codecs[field.name.c_str()] = field.codec.name();
+    }
+    state["codecs"] = codecs;
     if (!engine_) return state;
     const std::size_t held = engine_->size();
     const std::size_t rows = std::min(newest_rows.value_or(held), held);
     py::dict columns;
     std::vector<std::byte*> destinations;
+    const bool as_stored = stored && compressed_ && with_rows;
     for (const Field& field : schema_) {
       if (!with_rows) break;  // file-backed rows stay where they are
+      if (as_stored && field.codec.enabled()) {
+        destinations.push_back(nullptr);
+        continue;
+      }
       std::vector<py::ssize_t> shape = field.shape;
       shape.insert(shape.begin(), static_cast<py::ssize_t>(rows));
       py::array array(field.dtype, shape);
@@ -382,7 +407,11 @@ class NativeBuffer {
       columns[field.name.c_str()] = array;
     }
     core::BufferState s;
-    {
+    if (as_stored) {
+      py::dict stored_columns;
+      s = export_stored(*engine_, destinations.data(), rows, schema_, stored_columns);
+      state["stored"] = stored_columns;
+    } else {
       ReleaseGil release;
       // At most `rows`, what the arrays hold, even if an add that had released the GIL lands meanwhile.
       s = engine_->export_state(with_rows ? destinations.data() : nullptr, rows);
@@ -413,14 +442,28 @@ class NativeBuffer {
     if (in_place && !storage_dir_) throw py::value_error("a state without columns needs a buffer with storage_dir");
     Columns converted(schema_.size());
     std::size_t rows = 0;
+    const bool stored = state.contains("stored") && !in_place;
+    if (stored && !compressed_) throw py::value_error("state holds stored compressed rows but this buffer has no codecs");
+    std::optional<std::size_t> plain_rows;
     if (in_place) {
       rows = state["rows"].cast<std::size_t>();
     } else {
       const py::dict columns = state["columns"];
       for (std::size_t i = 0; i < schema_.size(); ++i) {
+        if (stored && schema_[i].codec.enabled()) {
+          converted.pointers()[i] = nullptr;
+          continue;
+        }
         if (!columns.contains(schema_[i].name.c_str())) throw py::value_error("state has no column '" + schema_[i].name + "'");
         rows = convert_value(schema_[i], columns[schema_[i].name.c_str()], true, converted, i);
+        if (plain_rows && *plain_rows != rows) throw py::value_error("state columns have different lengths");
+        plain_rows = rows;
       }
+    }
+    StoredRows stored_rows;
+    if (stored) {
+      stored_rows = parse_stored(state["stored"], schema_, plain_rows);
+      rows = stored_rows.rows;
     }
     core::BufferState s;
     if (in_place) s.first_slot = state["first_slot"].cast<std::size_t>();
@@ -435,6 +478,10 @@ class NativeBuffer {
       auto streams = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(state["streams"]);
       if (!streams) throw py::value_error("state 'streams' must be an integer array");
       s.streams.assign(streams.data(), streams.data() + streams.size());
+    }
+    if (stored) {
+      import_stored(*engine_, s, converted.pointers(), stored_rows);
+      return;
     }
     ReleaseGil release;
     engine_->import_state(s, in_place ? nullptr : converted.pointers(), rows);
@@ -465,8 +512,8 @@ class NativeBuffer {
 
   // streams: null or one per row; only dedup buffers use them (elsewhere they are accepted and moot).
   void add_rows(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
-    if (dedup_ != nullptr) {
-      dedup_->add(sources, count, priorities, streams);
+    if (streams != nullptr) {
+      engine_->add_with_streams(sources, count, priorities, streams);
     } else {
       engine_->add(sources, count, priorities);
     }
@@ -560,19 +607,35 @@ class NativeBuffer {
     return {dedup::ObservationColumns{*state, *next}, dedup::FrameLayout(outer, frames, inner)};
   }
 
+  // The engine over `schema` (dedup, or a plain buffer of the type), for row_bytes (the schema's,
+  // plus any columns a decorator adds after them); the dedup buffer, if any, lands in *dedup.
+  std::unique_ptr<core::ReplayBufferInterface> make_base(const Schema& schema, std::vector<std::size_t> row_bytes, dedup::DedupBuffer** dedup) const {
+    if (next_state_ != "dedup") return make_engine(std::move(row_bytes));
+    auto [observations, layout] = dedup_layout(schema);
+    auto buffer = std::make_unique<dedup::DedupBuffer>(capacity_, row_bytes, observations, std::move(layout),
+                                                       [this](std::vector<std::size_t> inner) { return make_engine(std::move(inner)); });
+    *dedup = buffer.get();
+    return buffer;
+  }
+
+  // Checks the codecs and builds the engine; throws (changing nothing) on a bad combination.
   void create_engine(Schema schema) {
+    const auto codecs = resolve_codecs(schema, compress_, next_state_ == "dedup", storage_dir_.has_value());
+    for (std::size_t i = 0; i < schema.size(); ++i) schema[i].codec = codecs[i];
     std::vector<std::size_t> row_bytes;
     for (const Field& field : schema) row_bytes.push_back(field.row_bytes);
     std::unique_ptr<core::ReplayBufferInterface> engine;
     dedup::DedupBuffer* dedup = nullptr;
-    if (next_state_ == "dedup") {
-      auto [observations, layout] = dedup_layout(schema);
-      auto buffer = std::make_unique<dedup::DedupBuffer>(capacity_, row_bytes, observations, std::move(layout),
-                                                         [this](std::vector<std::size_t> inner) { return make_engine(std::move(inner)); });
-      dedup = buffer.get();
-      engine = std::move(buffer);
+    const bool compressed = any_codec(codecs);
+    if (compressed) {
+      Schema plain;  // the fields the inner buffer keeps as they are (then a sequence column)
+      for (const Field& field : schema) {
+        if (!field.codec.enabled()) plain.push_back(field);
+      }
+      engine = make_compressed(capacity_, row_bytes, codecs,
+                               [&](std::vector<std::size_t> inner) { return make_base(plain, std::move(inner), &dedup); });
     } else {
-      engine = make_engine(std::move(row_bytes));
+      engine = make_base(schema, std::move(row_bytes), &dedup);
     }
     if (storage_dir_ || prefault_) {
       memory::StorageOptions storage{storage_dir_.value_or(""), {}, prefault_};
@@ -586,6 +649,7 @@ class NativeBuffer {
     schema_ = std::move(schema);
     engine_ = std::move(engine);
     dedup_ = dedup;
+    compressed_ = compressed;
   }
 
   BufferType type_;
@@ -601,7 +665,9 @@ class NativeBuffer {
   bool prefault_;
   Schema schema_;
   std::unique_ptr<core::ReplayBufferInterface> engine_;  // created with the schema (given, or inferred at the first add)
-  dedup::DedupBuffer* dedup_ = nullptr;                  // engine_ itself, when observations are deduplicated
+  dedup::DedupBuffer* dedup_ = nullptr;                  // engine_ itself or its inner buffer, when observations are deduplicated
+  std::vector<std::pair<std::string, compression::Codec>> compress_;  // compress=, applied when the schema is known
+  bool compressed_ = false;                              // engine_ is a CompressedBuffer
   std::shared_ptr<ArrayPool> outputs_ = std::make_shared<ArrayPool>();  // memory of large sample() arrays
 };
 
@@ -648,12 +714,12 @@ void add_method(py::handle cls, PyMethodDef* definition) {
 void bind_buffer(py::module_& m) {
   auto cls = py::class_<NativeBuffer>(m, "NativeReplayBuffer")
       .def(py::init<py::ssize_t, const std::string&, py::object, py::object, double, double, double, const std::string&, const std::string&, bool,
-                    const std::string&, std::optional<py::ssize_t>, std::optional<std::string>, bool>(),
+                    const std::string&, std::optional<py::ssize_t>, std::optional<std::string>, bool, py::object>(),
            py::arg("capacity"), py::arg("buffer_type") = "uniform", py::kw_only(), py::arg("schema") = py::none(),
            py::arg("seed") = py::none(), py::arg("alpha") = 0.6, py::arg("beta") = 0.4, py::arg("eps") = 1e-6,
            py::arg("sampling") = "stratified", py::arg("on_full") = "error", py::arg("collect_stats") = true,
            py::arg("next_state") = "store", py::arg("frame_stack_axis") = py::none(), py::arg("storage_dir") = py::none(),
-           py::arg("prefault") = false)
+           py::arg("prefault") = false, py::arg("compress") = py::none())
       .def("sample", &Guarded<&NativeBuffer::sample>::call, py::arg("batch_size"), py::kw_only(), py::arg("beta") = py::none(),
            py::arg("out") = py::none(), py::arg("partial") = false, py::arg("masses") = false)
       .def("update_priorities", &Guarded<&NativeBuffer::update_priorities>::call, py::arg("ids"), py::arg("priorities"))
@@ -661,9 +727,11 @@ void bind_buffer(py::module_& m) {
       .def_property_readonly("capacity", &Guarded<&NativeBuffer::capacity>::call)
       .def_property_readonly("buffer_type", &Guarded<&NativeBuffer::buffer_type>::call)
       .def_property_readonly("schema", &Guarded<&NativeBuffer::schema>::call)
+      .def_property_readonly("codecs", &Guarded<&NativeBuffer::codecs>::call)
       .def_property("collect_stats", &Guarded<&NativeBuffer::collect_stats>::call, &Guarded<&NativeBuffer::set_collect_stats>::call)
       .def("stats", &Guarded<&NativeBuffer::stats>::call)
-      .def("_get_state", &Guarded<&NativeBuffer::get_state>::call, py::arg("with_rows") = true, py::arg("newest_rows") = py::none())
+      .def("_get_state", &Guarded<&NativeBuffer::get_state>::call, py::arg("with_rows") = true, py::arg("newest_rows") = py::none(),
+           py::arg("stored") = false)
       .def("_sync_storage", &Guarded<&NativeBuffer::sync_storage>::call)
       .def_property_readonly("storage_dir", &Guarded<&NativeBuffer::storage_dir>::call)
       .def("_set_state", &Guarded<&NativeBuffer::set_state>::call);

@@ -1,5 +1,7 @@
 #include "schema.hpp"
 
+#include "codecs.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -173,14 +175,14 @@ Schema infer_schema(const std::vector<std::string>& names, const std::vector<py:
 
 Schema parse_schema(const py::handle& mapping) {
   if (!py::isinstance<py::dict>(mapping) && !py::hasattr(mapping, "items")) {
-    throw py::type_error("schema must be a mapping of field name -> (shape, dtype)");
+    throw py::type_error("schema must be a mapping of field name -> (shape, dtype) or (shape, dtype, codec)");
   }
   Schema schema;
   for (auto item : mapping.attr("items")()) {
     auto pair = item.cast<py::tuple>();
     const auto name = pair[0].cast<std::string>();
     py::sequence spec = pair[1].cast<py::sequence>();
-    if (py::len(spec) != 2) throw py::value_error("schema field '" + name + "': expected (shape, dtype)");
+    if (py::len(spec) != 2 && py::len(spec) != 3) throw py::value_error("schema field '" + name + "': expected (shape, dtype) or (shape, dtype, codec)");
     std::vector<py::ssize_t> shape;
     if (py::isinstance<py::int_>(spec[0])) {
       shape.push_back(spec[0].cast<py::ssize_t>());
@@ -191,6 +193,7 @@ Schema parse_schema(const py::handle& mapping) {
       if (existing.name == name) throw py::value_error("schema names field '" + name + "' twice");
     }
     schema.push_back(Field::make(name, py::dtype::from_args(spec[1]), std::move(shape)));
+    if (py::len(spec) == 3) schema.back().codec = parse_codec(spec[2], name);
   }
   if (schema.empty()) throw py::value_error("schema must name at least one field");
   return schema;

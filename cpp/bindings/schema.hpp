@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "replay_buffer/compression/codec_spec.hpp"
+
 namespace replay_buffer::bindings {
 
 namespace py = pybind11;
@@ -32,6 +34,7 @@ struct Field {
   py::handle scalar_type;          // numpy's scalar type of the dtype (np.float32, ...): a builtin, never freed
   char kind = 0;                   // numpy kind: 'b', 'i', 'u', 'f'
   int itemsize = 0;
+  compression::Codec codec;        // how rows are kept (none: as they are); see codecs.hpp
 
   static Field make(std::string name, py::dtype dtype, std::vector<py::ssize_t> shape);
   std::string shape_text() const;
@@ -100,7 +103,7 @@ struct OptionKeywords {
 // Infers a schema from the values of a first add (batched: the leading axis is the batch).
 Schema infer_schema(const std::vector<std::string>& names, const std::vector<py::handle>& values, bool batched);
 
-// Parses schema= : a mapping name -> (shape, dtype).
+// Parses schema= : a mapping name -> (shape, dtype) or (shape, dtype, codec) (codec specs: codecs.hpp).
 Schema parse_schema(const py::handle& mapping);
 
 // Converts one value for `field`; batched values carry a leading batch axis. Returns the row count.

@@ -111,6 +111,13 @@ def slice_rows(columns: Sequence[Any], named: Mapping[str, Any], start: int, sto
     return tuple(cut(c) for c in columns), {k: cut(v) for k, v in named.items()}
 
 
+def _without_codecs(schema: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The schema's (shape, dtype) of every field, without the codec a third element may give."""
+    if not schema:
+        return schema
+    return {name: tuple(spec)[:2] if isinstance(spec, (tuple, list)) and len(spec) == 3 else spec for name, spec in schema.items()}
+
+
 class Stager:
     """Rows validated and waiting to be sent: a fifo buffer of the replay's schema (which raises the
     shard's own ValueError/TypeError for a bad row, before anything is sent) plus each row's priority
@@ -118,6 +125,7 @@ class Stager:
 
     def __init__(self, rows: int, schema: Mapping[str, Any] | None) -> None:
         self.capacity = int(rows)
+        schema = _without_codecs(schema)  # staged rows are sent on soon: the shards compress them, not the stager
         self._buffer = ReplayBuffer(self.capacity, "fifo", schema=schema, collect_stats=False) if schema else None
         self._schema = schema
         self._priorities = np.empty(self.capacity, dtype=np.float64)

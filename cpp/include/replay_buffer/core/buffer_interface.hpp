@@ -88,6 +88,13 @@ class ReplayBufferInterface {
   // null or holds `count` values (prioritized only; validated by the caller as finite and >= 0).
   virtual void add(const std::byte* const* sources, std::size_t count, const double* priorities) = 0;
 
+  // add() with each row's stream id (`streams` null or `count` ids): buffers that use streams
+  // (observation dedup, and decorators that pass them on) override it; the others ignore them.
+  virtual void add_with_streams(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
+    (void)streams;
+    add(sources, count, priorities);
+  }
+
   // Writes up to request.batch_size rows into destinations[c] (contiguous rows) and returns how many.
   virtual std::size_t sample(const SampleRequest& request, std::byte* const* destinations) = 0;
 

@@ -86,6 +86,10 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     add(sources, count, priorities, nullptr);
   }
 
+  void add_with_streams(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) override {
+    add(sources, count, priorities, streams);
+  }
+
   // streams: null (every row from stream 0) or `count` stream ids, one per row.
   void add(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
     if (count == 0) return;

@@ -1,0 +1,229 @@
+#include "codecs.hpp"
+
+#include <cctype>
+
+#include "gil.hpp"
+
+#if REPLAY_BUFFER_WITH_COMPRESSION
+#include "replay_buffer/compression/compressed_buffer.hpp"
+#endif
+
+namespace replay_buffer::bindings {
+
+namespace {
+
+// Fields of fewer bytes than this cannot shrink enough to pay for a codec's framing.
+constexpr std::size_t kMinCompressibleBytes = 32;
+
+const char* const kKnownCodecs = "'lz4', 'zstd', 'zstd:<level>' or ('zstd', <level>) with level 1..22, or None";
+
+[[noreturn]] void unknown_codec(const std::string& field, const std::string& given) {
+  throw py::value_error("field '" + field + "': unknown codec " + given + " (known codecs: " + kKnownCodecs + ")");
+}
+
+compression::Codec zstd_at(py::handle level_object, const std::string& field, const std::string& given) {
+  if (PyBool_Check(level_object.ptr()) || !PyLong_Check(level_object.ptr())) unknown_codec(field, given);
+  int overflow = 0;
+  const long level = PyLong_AsLongAndOverflow(level_object.ptr(), &overflow);
+  if (overflow != 0 || level < compression::Codec::kMinZstdLevel || level > compression::Codec::kMaxZstdLevel) {
+    throw py::value_error("field '" + field + "': zstd level " + std::string(py::str(level_object)) + " is out of range (1..22)");
+  }
+  return {compression::CodecKind::kZstd, static_cast<int>(level)};
+}
+
+}  // namespace
+
+compression::Codec parse_codec(py::handle spec, const std::string& field) {
+  const std::string given = py::repr(spec);
+  if (spec.is_none()) return {};
+  if (py::isinstance<py::str>(spec)) {
+    std::string text = spec.cast<std::string>();
+    for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (text == "none") return {};
+    if (text == "lz4") return {compression::CodecKind::kLz4, 0};
+    if (text == "zstd") return {compression::CodecKind::kZstd, compression::Codec::kDefaultZstdLevel};
+    if (text.rfind("zstd:", 0) == 0) {
+      const std::string digits = text.substr(5);
+      if (digits.empty() || digits.size() > 3 || digits.find_first_not_of("0123456789") != std::string::npos) unknown_codec(field, given);
+      return zstd_at(py::int_(std::stoi(digits)), field, given);
+    }
+    unknown_codec(field, given);
+  }
+  if (py::isinstance<py::tuple>(spec) || py::isinstance<py::list>(spec)) {
+    auto parts = py::reinterpret_borrow<py::sequence>(spec);
+    if (py::len(parts) == 0 || py::len(parts) > 2 || !py::isinstance<py::str>(parts[0])) unknown_codec(field, given);
+    const compression::Codec codec = parse_codec(parts[0], field);
+    if (py::len(parts) == 1) return codec;
+    if (codec.kind != compression::CodecKind::kZstd) {
+      throw py::value_error("field '" + field + "': only zstd takes a level, got " + given + " (known codecs: " + kKnownCodecs + ")");
+    }
+    return zstd_at(parts[1], field, given);
+  }
+  unknown_codec(field, given);
+}
+
+std::vector<std::pair<std::string, compression::Codec>> parse_compress(py::handle mapping) {
+  std::vector<std::pair<std::string, compression::Codec>> result;
+  if (mapping.is_none()) return result;
+  if (!py::isinstance<py::dict>(mapping) && !py::hasattr(mapping, "items")) {
+    throw py::type_error("compress must be a mapping of field name -> codec ('lz4', 'zstd', 'zstd:<level>')");
+  }
+  for (auto item : mapping.attr("items")()) {
+    auto pair = item.cast<py::tuple>();
+    if (!py::isinstance<py::str>(pair[0])) throw py::type_error("compress: field names must be str, got " + std::string(py::repr(pair[0])));
+    const auto name = pair[0].cast<std::string>();
+    result.emplace_back(name, parse_codec(pair[1], name));
+  }
+  return result;
+}
+
+std::vector<compression::Codec> resolve_codecs(const Schema& schema, const std::vector<std::pair<std::string, compression::Codec>>& compress,
+                                               bool dedup, bool file_backed) {
+  std::vector<compression::Codec> codecs;
+  for (const Field& field : schema) codecs.push_back(field.codec);
+  for (const auto& [name, codec] : compress) {
+    std::size_t index = 0;
+    while (index < schema.size() && schema[index].name != name) ++index;
+    if (index == schema.size()) {
+      std::string known;
+      for (const Field& field : schema) known += (known.empty() ? "" : ", ") + field.name;
+      throw py::value_error("compress names field '" + name + "', which the buffer does not have (its fields are: " + known + ")");
+    }
+    if (schema[index].codec.enabled() && !(schema[index].codec == codec)) {
+      throw py::value_error("field '" + name + "': the schema gives codec '" + schema[index].codec.name() + "' and compress= gives '" +
+                            codec.name() + "'");
+    }
+    codecs[index] = codec;
+  }
+  for (std::size_t i = 0; i < schema.size(); ++i) {
+    if (!codecs[i].enabled()) continue;
+    const Field& field = schema[i];
+    if (field.row_bytes < kMinCompressibleBytes) {
+      throw py::value_error("field '" + field.name + "': rows of " + std::to_string(field.row_bytes) + " bytes cannot be compressed (codec '" +
+                            codecs[i].name() + "'; a codec needs rows of at least " + std::to_string(kMinCompressibleBytes) + " bytes)");
+    }
+    if (dedup && (field.name == "state" || field.name == "next_state")) {
+      throw py::value_error("field '" + field.name + "': a codec does not combine with next_state='dedup' on the observation fields "
+                            "(dedup stores each observation or frame once; compress other fields, or use next_state='store')");
+    }
+    if (file_backed) throw py::value_error("field '" + field.name + "': compressed fields do not combine with storage_dir (compressed rows live in memory)");
+  }
+  return codecs;
+}
+
+bool any_codec(const std::vector<compression::Codec>& codecs) {
+  for (const auto& codec : codecs) {
+    if (codec.enabled()) return true;
+  }
+  return false;
+}
+
+#if REPLAY_BUFFER_WITH_COMPRESSION
+
+std::unique_ptr<core::ReplayBufferInterface> make_compressed(std::size_t capacity, const std::vector<std::size_t>& row_bytes,
+                                                             const std::vector<compression::Codec>& codecs, const EngineFactory& make_inner) {
+  return std::make_unique<compression::CompressedBuffer>(capacity, row_bytes, codecs, make_inner);
+}
+
+void add_compression_stats(py::dict& stats, const core::ReplayBufferInterface& engine, const Schema& schema, std::size_t size) {
+  const auto* compressed = dynamic_cast<const compression::CompressedBuffer*>(&engine);
+  if (compressed == nullptr) return;
+  py::dict fields;
+  for (const auto& column : compressed->compression_stats()) {
+    const Field& field = schema[column.column];
+    py::dict entry;
+    const std::size_t raw = size * field.row_bytes;
+    entry["codec"] = field.codec.name();
+    entry["bytes_held"] = column.bytes_held;
+    entry["bytes_raw"] = raw;
+    entry["ratio"] = column.bytes_held == 0 ? 1.0 : static_cast<double>(raw) / static_cast<double>(column.bytes_held);
+    entry["rows_stored_raw"] = column.rows_stored_raw;
+    fields[field.name.c_str()] = entry;
+  }
+  stats["compression"] = fields;
+}
+
+StoredRows parse_stored(py::handle stored, const Schema& schema, std::optional<std::size_t> plain_rows) {
+  if (!py::isinstance<py::dict>(stored)) throw py::value_error("state 'stored' must be a dict of field -> {'lengths', 'data'}");
+  const auto fields = py::reinterpret_borrow<py::dict>(stored);
+  StoredRows result;
+  std::optional<std::size_t> rows = plain_rows;
+  std::size_t expected = 0;
+  for (const Field& field : schema) {
+    if (!field.codec.enabled()) continue;
+    ++expected;
+    const std::string prefix = "state 'stored' field '" + field.name + "': ";
+    if (!fields.contains(field.name.c_str())) throw py::value_error(prefix + "missing");
+    py::object entry = fields[field.name.c_str()];
+    if (!py::isinstance<py::dict>(entry)) throw py::value_error(prefix + "expected a dict with 'lengths' and 'data'");
+    auto parts = py::reinterpret_borrow<py::dict>(entry);
+    if (!parts.contains("lengths") || !parts.contains("data")) throw py::value_error(prefix + "expected a dict with 'lengths' and 'data'");
+    auto lengths = py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>::ensure(parts["lengths"]);
+    auto data = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>::ensure(parts["data"]);
+    if (!lengths || lengths.ndim() != 1) throw py::value_error(prefix + "'lengths' must be a one-dimensional uint32 array");
+    if (!data || data.ndim() != 1) throw py::value_error(prefix + "'data' must be a one-dimensional uint8 array");
+    const auto n = static_cast<std::size_t>(lengths.size());
+    if (rows && *rows != n) throw py::value_error(prefix + std::to_string(n) + " rows where the other columns hold " + std::to_string(*rows));
+    rows = n;
+    result.lengths.push_back(lengths);
+    result.data.push_back(data);
+  }
+  if (fields.size() != expected) throw py::value_error("state 'stored' names fields without a codec");
+  result.rows = rows.value_or(0);
+  return result;
+}
+
+core::BufferState export_stored(const core::ReplayBufferInterface& engine, std::byte* const* destinations, std::size_t rows, const Schema& schema,
+                                py::dict& stored) {
+  const auto& compressed = dynamic_cast<const compression::CompressedBuffer&>(engine);
+  std::vector<compression::StoredColumn> columns;
+  core::BufferState state;
+  {
+    ReleaseGil release;
+    state = compressed.export_stored(destinations, rows, columns);
+  }
+  std::size_t k = 0;
+  for (const Field& field : schema) {
+    if (!field.codec.enabled()) continue;
+    py::dict entry;
+    entry["lengths"] = py::array_t<std::uint32_t>(static_cast<py::ssize_t>(columns[k].lengths.size()), columns[k].lengths.data());
+    entry["data"] = py::array_t<std::uint8_t>(static_cast<py::ssize_t>(columns[k].data.size()), reinterpret_cast<const std::uint8_t*>(columns[k].data.data()));
+    stored[field.name.c_str()] = entry;
+    ++k;
+  }
+  return state;
+}
+
+void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored) {
+  auto& compressed = dynamic_cast<compression::CompressedBuffer&>(engine);
+  std::vector<compression::StoredColumnView> views;
+  for (std::size_t k = 0; k < stored.lengths.size(); ++k) {
+    views.push_back({static_cast<const std::uint32_t*>(stored.lengths[k].data()), static_cast<const std::byte*>(stored.data[k].data()),
+                     static_cast<std::size_t>(stored.data[k].size())});
+  }
+  ReleaseGil release;
+  compressed.import_stored(state, sources, views, stored.rows);
+}
+
+#else
+
+StoredRows parse_stored(py::handle, const Schema&, std::optional<std::size_t>) {
+  throw py::value_error("this build of ray_replay has no compression (built with REPLAY_BUFFER_WITH_COMPRESSION=OFF)");
+}
+core::BufferState export_stored(const core::ReplayBufferInterface&, std::byte* const*, std::size_t, const Schema&, py::dict&) {
+  throw py::value_error("this build of ray_replay has no compression");
+}
+void import_stored(core::ReplayBufferInterface&, const core::BufferState&, const std::byte* const*, const StoredRows&) {
+  throw py::value_error("this build of ray_replay has no compression");
+}
+
+std::unique_ptr<core::ReplayBufferInterface> make_compressed(std::size_t, const std::vector<std::size_t>&, const std::vector<compression::Codec>&,
+                                                             const EngineFactory&) {
+  throw py::value_error("this build of ray_replay has no compression (built with REPLAY_BUFFER_WITH_COMPRESSION=OFF)");
+}
+
+void add_compression_stats(py::dict&, const core::ReplayBufferInterface&, const Schema&, std::size_t) {}
+
+#endif
+
+}  // namespace replay_buffer::bindings

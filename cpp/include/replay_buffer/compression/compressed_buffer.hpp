@@ -1,0 +1,439 @@
+// A buffer that keeps chosen columns compressed: a decorator over any ReplayBufferInterface.
+//
+// Each column with a codec is compressed row by row on the writer's side of add() (in parallel over
+// the rows of a large batch) and kept in a BlobLog; the inner buffer gets every other column plus the
+// row's sequence number (counting the rows stored), and a ring indexed by sequence number holds each
+// row's BlobRef per compressed column. A row that does not shrink is stored raw (its BlobRef's length
+// is the row's size). sample() decompresses straight into the caller's output rows.
+//
+// As in DedupBuffer, rows leave the inner buffer in insertion order in every buffer type, so the rows
+// it no longer holds are always seq < rows stored - size: their blobs are released after each add and
+// FIFO read. Of a batch longer than the capacity only the newest `capacity` rows are compressed.
+//
+// Concurrency: compression runs under add_mutex_ only (adds are serialized, samples go on meanwhile);
+// storing the blobs, the inner add, sampling, stats and state export/import run under mutex_ (a read
+// must not interleave with the add that releases its blobs), so a lock-free inner buffer is
+// serialized here too. Failure contract: a method that throws has changed nothing (blobs staged for
+// a batch the inner buffer refused are released again).
+//
+// Costs per row: add O(compressed columns' bytes) of compression plus a copy of the compressed bytes;
+// sample O(the same) of decompression. Memory: the compressed bytes held, packed (see BlobLog), plus
+// 12 bytes per row and compressed column for the refs ring (2 x capacity entries).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "replay_buffer/compression/blob_log.hpp"
+#include "replay_buffer/compression/codec.hpp"
+#include "replay_buffer/compression/row_pool.hpp"
+#include "replay_buffer/core/buffer_interface.hpp"
+
+namespace replay_buffer::compression {
+
+// Per compressed column: what stats() reports.
+struct ColumnCompressionStats {
+  std::size_t column = 0;          // index in the full schema
+  std::size_t bytes_held = 0;      // stored bytes of the rows held (compressed, or raw where that did not pay)
+  std::size_t rows_stored_raw = 0;  // rows held that did not shrink
+};
+
+// Compressed rows as they are stored, for state export/import without recompressing: per compressed
+// column, each row's stored length (== the row's size: stored raw) and the rows' bytes back to back.
+struct StoredColumn {
+  std::vector<std::uint32_t> lengths;
+  std::vector<std::byte> data;
+};
+struct StoredColumnView {
+  const std::uint32_t* lengths = nullptr;  // one per row
+  const std::byte* data = nullptr;
+  std::size_t data_bytes = 0;              // must equal the sum of lengths
+};
+
+class CompressedBuffer final : public core::ReplayBufferInterface {
+ public:
+  using InnerFactory = std::function<std::unique_ptr<core::ReplayBufferInterface>(std::vector<std::size_t> row_bytes)>;
+  // A batch is compressed in parallel when it holds at least this many raw bytes to compress.
+  static constexpr std::size_t kParallelBytes = std::size_t{1} << 20;
+  // A sample is decompressed in parallel (RowPool) when its compressed columns hold this many bytes.
+  static constexpr std::size_t kParallelDecodeBytes = std::size_t{64} << 10;
+
+  // row_bytes and codecs: the full schema, one codec per column (CodecKind::kNone: kept in the inner
+  // buffer as is). make_inner builds the wrapped buffer over the other columns plus one 8-byte sequence column.
+  CompressedBuffer(std::size_t capacity, const std::vector<std::size_t>& row_bytes, const std::vector<Codec>& codecs, const InnerFactory& make_inner,
+                   std::size_t threads = 0)
+      : capacity_(capacity), ring_size_(2 * capacity), row_bytes_(row_bytes), codecs_(codecs),
+        threads_(threads != 0 ? threads : std::max(1u, std::thread::hardware_concurrency())), log_(max_compressed_bytes(row_bytes, codecs)) {
+    if (capacity == 0) throw std::invalid_argument("capacity must be > 0");
+    std::vector<std::size_t> inner_row_bytes;
+    for (std::size_t c = 0; c < row_bytes.size(); ++c) {
+      if (codecs[c].enabled()) {
+        compressed_columns_.push_back(c);
+      } else {
+        inner_columns_.push_back(c);
+        inner_row_bytes.push_back(row_bytes[c]);
+      }
+    }
+    for (std::size_t c : compressed_columns_) compressed_row_bytes_ += row_bytes[c];
+    column_stats_.resize(compressed_columns_.size());
+    for (std::size_t k = 0; k < compressed_columns_.size(); ++k) column_stats_[k].column = compressed_columns_[k];
+    refs_.resize(ring_size_ * compressed_columns_.size());
+    inner_row_bytes.push_back(sizeof(std::uint64_t));  // the row's sequence number, last
+    inner_ = make_inner(std::move(inner_row_bytes));
+    inner_->set_monitoring(false);  // latencies are measured here, around the codec work too
+  }
+
+  void add(const std::byte* const* sources, std::size_t count, const double* priorities) override {
+    add_with_streams(sources, count, priorities, nullptr);
+  }
+
+  void add_with_streams(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) override {
+    if (count == 0) return;
+    std::lock_guard add_lock(add_mutex_);
+    core::ScopedTimer timer(add_latency_, monitoring());
+    const std::size_t skipped = count > capacity_ ? count - capacity_ : 0;
+    compress_rows(sources, skipped, count);
+    std::lock_guard lock(mutex_);
+    const std::uint64_t first = next_seq_;
+    sequence_numbers_.assign(count, 0);  // skipped rows are never stored: their number is moot
+    std::size_t staged = 0;
+    try {
+      for (std::size_t i = skipped; i < count; ++i, ++staged) {
+        sequence_numbers_[i] = first + staged;
+        store_row(sources, i, i - skipped, first + staged);
+      }
+      inner_->add_with_streams(inner_sources(sources, sequence_numbers_.data()).data(), count, priorities, streams);
+    } catch (...) {  // e.g. a full FIFO refusing the batch: drop the staged blobs, so nothing changed
+      for (std::size_t i = staged; i-- > 0;) release_row(first + i);
+      throw;
+    }
+    next_seq_ = first + staged;
+    release_consumed();
+  }
+
+  std::size_t sample(const core::SampleRequest& request, std::byte* const* destinations) override {
+    std::lock_guard lock(mutex_);
+    core::ScopedTimer timer(sample_latency_, monitoring());
+    sample_seqs_.resize(request.batch_size);
+    const std::size_t n = inner_->sample(request, inner_destinations(destinations, sample_seqs_.data()).data());
+    if (n * compressed_row_bytes_ >= kParallelDecodeBytes && decoders_.workers() > 1) {
+      auto decode = [&](std::size_t worker, std::size_t i) { restore_row(sample_seqs_[i], destinations, i, decode_contexts_[worker]); };
+      decoders_.run(n, decode);
+    } else {
+      for (std::size_t i = 0; i < n; ++i) {
+        if (i + 1 < n) prefetch_row(sample_seqs_[i + 1]);
+        restore_row(sample_seqs_[i], destinations, i, decode_contexts_[0]);
+      }
+    }
+    release_consumed();  // a FIFO read consumed rows
+    return n;
+  }
+
+  core::PriorityUpdateResult update_priorities(const std::int64_t* ids, const double* priorities, std::size_t count) override {
+    return inner_->update_priorities(ids, priorities, count);
+  }
+  void check_ids_issued(const std::int64_t* ids, std::size_t count) const override { inner_->check_ids_issued(ids, count); }
+  std::size_t size() const override { return inner_->size(); }
+  std::size_t capacity() const override { return capacity_; }
+
+  core::BufferStats stats() const override {
+    std::lock_guard lock(mutex_);
+    core::BufferStats s = inner_->stats();
+    s.bytes_held += log_.bytes_held();
+    s.bytes_reserved += log_.bytes_reserved() + refs_.size() * sizeof(BlobRef);
+    fill_latencies(s);
+    return s;
+  }
+
+  std::vector<ColumnCompressionStats> compression_stats() const {
+    std::lock_guard lock(mutex_);
+    return column_stats_;
+  }
+
+  // Rows come out decompressed (get_state, save, checkpoints see plain rows).
+  core::BufferState export_state(std::byte* const* destinations, std::size_t newest_rows) const override {
+    if (destinations == nullptr) throw std::invalid_argument("a compressed buffer's rows are not file-backed");
+    std::lock_guard lock(mutex_);
+    const std::size_t rows = std::min(newest_rows, inner_->size());
+    std::vector<std::uint64_t> seqs(rows);
+    core::BufferState state = inner_->export_state(inner_destinations(destinations, seqs.data()).data(), rows);
+    for (std::size_t i = 0; i < rows; ++i) restore_row(seqs[i], destinations, i, export_context_);
+    return state;
+  }
+
+  // export_state, but the compressed columns come out as stored (into `stored`, one entry per
+  // compressed column in schema order; their destinations are not touched and may be null).
+  core::BufferState export_stored(std::byte* const* destinations, std::size_t newest_rows, std::vector<StoredColumn>& stored) const {
+    std::lock_guard lock(mutex_);
+    const std::size_t rows = std::min(newest_rows, inner_->size());
+    std::vector<std::uint64_t> seqs(rows);
+    core::BufferState state = inner_->export_state(inner_destinations(destinations, seqs.data()).data(), rows);
+    stored.assign(compressed_columns_.size(), {});
+    for (std::size_t k = 0; k < compressed_columns_.size(); ++k) {
+      std::size_t total = 0;
+      for (std::size_t i = 0; i < rows; ++i) total += ref(seqs[i], k).length;
+      stored[k].lengths.resize(rows);
+      stored[k].data.resize(total);
+      std::size_t offset = 0;
+      for (std::size_t i = 0; i < rows; ++i) {
+        const BlobRef& blob = ref(seqs[i], k);
+        stored[k].lengths[i] = blob.length;
+        std::memcpy(stored[k].data.data() + offset, log_.data(blob), blob.length);
+        offset += blob.length;
+      }
+    }
+    return state;
+  }
+
+  // import_state from rows as export_stored gave them: the compressed columns come from `stored`
+  // (their sources are ignored) and are kept as they are, after every row has been checked to decode
+  // to exactly its size. Hostile input throws std::invalid_argument naming the column (schema index)
+  // and row, and changes nothing. O(rows x compressed bytes) to check, no recompression.
+  void import_stored(const core::BufferState& state, const std::byte* const* sources, const std::vector<StoredColumnView>& stored, std::size_t rows) {
+    if (rows > capacity_ || rows > state.counters.total_adds) {
+      throw std::invalid_argument("state holds " + std::to_string(rows) + " rows, more than the capacity or the add count allow");
+    }
+    if (stored.size() != compressed_columns_.size()) throw std::invalid_argument("one stored column per compressed column expected");
+    std::lock_guard add_lock(add_mutex_);
+    std::vector<std::vector<std::size_t>> offsets(stored.size(), std::vector<std::size_t>(rows));
+    {
+      if (contexts_.empty()) contexts_.emplace_back();
+      std::vector<std::byte> scratch;
+      for (std::size_t k = 0; k < stored.size(); ++k) {
+        const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
+        scratch.resize(bytes);
+        std::size_t offset = 0;
+        for (std::size_t i = 0; i < rows; ++i) {
+          const std::size_t length = stored[k].lengths[i];
+          const std::string where = "column " + std::to_string(c) + " row " + std::to_string(i);
+          if (length == 0 || length > bytes || offset + length > stored[k].data_bytes) {
+            throw std::invalid_argument(where + ": stored length " + std::to_string(length) + " is out of range");
+          }
+          if (length < bytes && !contexts_[0].decompress(codecs_[c], stored[k].data + offset, length, scratch.data(), bytes)) {
+            throw std::invalid_argument(where + ": the compressed row does not decode to " + std::to_string(bytes) + " bytes");
+          }
+          offsets[k][i] = offset;
+          offset += length;
+        }
+        if (offset != stored[k].data_bytes) throw std::invalid_argument("column " + std::to_string(c) + ": stored bytes do not add up to the rows' lengths");
+      }
+    }
+    std::lock_guard lock(mutex_);
+    clear_blobs();
+    sequence_numbers_.resize(rows);
+    try {
+      for (std::size_t i = 0; i < rows; ++i) {
+        sequence_numbers_[i] = i;
+        for (std::size_t k = 0; k < stored.size(); ++k) {
+          ref(i, k) = log_.append(stored[k].data + offsets[k][i], stored[k].lengths[i]);
+          column_stats_[k].bytes_held += stored[k].lengths[i];
+          column_stats_[k].rows_stored_raw += stored[k].lengths[i] == row_bytes_[compressed_columns_[k]];
+        }
+      }
+      inner_->import_state(state, inner_sources(sources, sequence_numbers_.data()).data(), rows);
+    } catch (...) {
+      clear_blobs();
+      throw;
+    }
+    next_seq_ = rows;
+    released_upto_ = 0;
+  }
+
+  // For a fresh buffer (or to replace the contents): compresses the rows again.
+  void import_state(const core::BufferState& state, const std::byte* const* sources, std::size_t rows) override {
+    if (rows > capacity_ || rows > state.counters.total_adds) {
+      throw std::invalid_argument("state holds " + std::to_string(rows) + " rows, more than the capacity or the add count allow");
+    }
+    if (sources == nullptr) throw std::invalid_argument("a compressed buffer's rows cannot be adopted in place");
+    std::lock_guard add_lock(add_mutex_);
+    compress_rows(sources, 0, rows);
+    std::lock_guard lock(mutex_);
+    clear_blobs();
+    sequence_numbers_.resize(rows);
+    try {
+      for (std::size_t i = 0; i < rows; ++i) {
+        sequence_numbers_[i] = i;
+        store_row(sources, i, i, i);
+      }
+      inner_->import_state(state, inner_sources(sources, sequence_numbers_.data()).data(), rows);
+    } catch (...) {
+      clear_blobs();
+      throw;
+    }
+    next_seq_ = rows;
+    released_upto_ = 0;
+  }
+
+  // Prefaulting applies to the inner buffer's columns; compressed rows are not file-backed.
+  void configure_storage(const memory::StorageOptions& storage) override {
+    if (!storage.directory.empty()) throw std::invalid_argument("file-backed storage does not combine with compressed fields");
+    inner_->configure_storage(storage);
+  }
+  void sync_storage() const override { inner_->sync_storage(); }
+
+ private:
+  static std::size_t max_compressed_bytes(const std::vector<std::size_t>& row_bytes, const std::vector<Codec>& codecs) {
+    if (row_bytes.size() != codecs.size()) throw std::invalid_argument("one codec per column expected");
+    std::size_t largest = 0;
+    for (std::size_t c = 0; c < row_bytes.size(); ++c) {
+      if (codecs[c].enabled()) largest = std::max(largest, row_bytes[c]);
+    }
+    if (largest == 0) throw std::invalid_argument("a compressed buffer needs at least one column with a codec");
+    return largest;
+  }
+
+  BlobRef& ref(std::uint64_t seq, std::size_t k) noexcept { return refs_[(seq % ring_size_) * compressed_columns_.size() + k]; }
+  const BlobRef& ref(std::uint64_t seq, std::size_t k) const noexcept { return refs_[(seq % ring_size_) * compressed_columns_.size() + k]; }
+
+  // Compresses rows [begin, end) of every compressed column into scratch_ (row r - begin at
+  // (r - begin) * row bytes) and their sizes into lengths_ (0: keep raw). Parallel over rows when
+  // the batch is large. Caller holds add_mutex_.
+  void compress_rows(const std::byte* const* sources, std::size_t begin, std::size_t end) {
+    const std::size_t rows = end - begin;
+    std::size_t raw_bytes = 0;
+    scratch_.resize(compressed_columns_.size());
+    lengths_.resize(compressed_columns_.size());
+    for (std::size_t k = 0; k < compressed_columns_.size(); ++k) {
+      const std::size_t bytes = row_bytes_[compressed_columns_[k]];
+      if (scratch_[k].size() < rows * bytes) scratch_[k].resize(rows * bytes);
+      lengths_[k].resize(rows);
+      raw_bytes += rows * bytes;
+    }
+    const std::size_t workers = raw_bytes >= kParallelBytes ? std::min({threads_, rows, std::size_t{16}}) : 1;
+    while (contexts_.size() < workers) contexts_.emplace_back();
+    const auto work = [&](std::size_t worker) {
+      const std::size_t lo = rows * worker / workers, hi = rows * (worker + 1) / workers;
+      for (std::size_t k = 0; k < compressed_columns_.size(); ++k) {
+        const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
+        for (std::size_t r = lo; r < hi; ++r) {
+          lengths_[k][r] = contexts_[worker].compress(codecs_[c], sources[c] + (begin + r) * bytes, bytes, scratch_[k].data() + r * bytes);
+        }
+      }
+    };
+    if (workers == 1) {
+      work(0);
+      return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(workers - 1);
+    try {
+      for (std::size_t w = 1; w < workers; ++w) pool.emplace_back(work, w);
+    } catch (...) {  // no thread to be had: the rest on this one
+      for (std::size_t w = pool.size() + 1; w < workers; ++w) work(w);
+    }
+    work(0);
+    for (auto& thread : pool) thread.join();
+  }
+
+  // Stores row i of the input (compressed at scratch index r) as row `seq`. Caller holds mutex_.
+  void store_row(const std::byte* const* sources, std::size_t i, std::size_t r, std::uint64_t seq) {
+    std::size_t k = 0;
+    try {
+      for (; k < compressed_columns_.size(); ++k) {
+        const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
+        const std::size_t length = lengths_[k][r];
+        ref(seq, k) = length != 0 ? log_.append(scratch_[k].data() + r * bytes, length) : log_.append(sources[c] + i * bytes, bytes);
+        column_stats_[k].bytes_held += ref(seq, k).length;
+        column_stats_[k].rows_stored_raw += length == 0;
+      }
+    } catch (...) {
+      while (k-- > 0) release_blob(seq, k);
+      throw;
+    }
+  }
+
+  // Writes row `seq` of every compressed column into destinations[c] row i.
+  void restore_row(std::uint64_t seq, std::byte* const* destinations, std::size_t i, CodecContext& context) const {
+    for (std::size_t k = 0; k < compressed_columns_.size(); ++k) {
+      const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
+      const BlobRef& blob = ref(seq, k);
+      std::byte* out = destinations[c] + i * bytes;
+      if (blob.length == bytes) {
+        std::memcpy(out, log_.data(blob), bytes);
+      } else if (!context.decompress(codecs_[c], log_.data(blob), blob.length, out, bytes)) {
+        throw std::logic_error("a compressed row failed to decompress (memory corruption?)");
+      }
+    }
+  }
+
+  void prefetch_row(std::uint64_t seq) const noexcept {
+    for (std::size_t k = 0; k < compressed_columns_.size(); ++k) __builtin_prefetch(log_.data(ref(seq, k)));
+  }
+
+  void release_blob(std::uint64_t seq, std::size_t k) noexcept {
+    const BlobRef& blob = ref(seq, k);
+    column_stats_[k].bytes_held -= blob.length;
+    column_stats_[k].rows_stored_raw -= blob.length == row_bytes_[compressed_columns_[k]];
+    log_.release(blob);
+  }
+
+  void release_row(std::uint64_t seq) noexcept {
+    for (std::size_t k = 0; k < compressed_columns_.size(); ++k) release_blob(seq, k);
+  }
+
+  // Releases the blobs of rows the inner buffer no longer holds.
+  void release_consumed() noexcept {
+    const std::uint64_t oldest = next_seq_ - inner_->size();
+    for (std::uint64_t seq = released_upto_; seq < oldest; ++seq) release_row(seq);
+    released_upto_ = std::max(released_upto_, oldest);
+  }
+
+  void clear_blobs() noexcept {
+    log_.clear();
+    for (auto& column : column_stats_) column.bytes_held = column.rows_stored_raw = 0;
+    next_seq_ = released_upto_ = 0;
+  }
+
+  std::vector<const std::byte*> inner_sources(const std::byte* const* sources, const std::uint64_t* seqs) const {
+    std::vector<const std::byte*> result;
+    result.reserve(inner_columns_.size() + 1);
+    for (std::size_t c : inner_columns_) result.push_back(sources[c]);
+    result.push_back(reinterpret_cast<const std::byte*>(seqs));
+    return result;
+  }
+  std::vector<std::byte*> inner_destinations(std::byte* const* destinations, std::uint64_t* seqs) const {
+    std::vector<std::byte*> result;
+    result.reserve(inner_columns_.size() + 1);
+    for (std::size_t c : inner_columns_) result.push_back(destinations[c]);
+    result.push_back(reinterpret_cast<std::byte*>(seqs));
+    return result;
+  }
+
+  const std::size_t capacity_;
+  const std::size_t ring_size_;  // live rows and one batch of new rows never share a ring entry
+  const std::vector<std::size_t> row_bytes_;
+  const std::vector<Codec> codecs_;
+  std::vector<std::size_t> compressed_columns_;  // full-schema index of each compressed column
+  std::vector<std::size_t> inner_columns_;       // full-schema index of each inner column but the last
+  std::unique_ptr<core::ReplayBufferInterface> inner_;
+
+  std::mutex add_mutex_;  // guards the compression scratch below; taken before mutex_
+  std::vector<std::vector<std::byte>> scratch_;
+  std::vector<std::vector<std::size_t>> lengths_;
+  std::vector<CodecContext> contexts_;  // one per compressing thread
+  std::size_t threads_;
+
+  mutable std::mutex mutex_;  // guards everything below
+  BlobLog log_;
+  std::vector<BlobRef> refs_;  // per ring entry: one ref per compressed column
+  std::vector<ColumnCompressionStats> column_stats_;
+  std::uint64_t next_seq_ = 0;       // sequence number of the next row stored
+  std::uint64_t released_upto_ = 0;  // rows below this have had their blobs released
+  std::vector<std::uint64_t> sequence_numbers_;
+  std::vector<std::uint64_t> sample_seqs_;
+  std::size_t compressed_row_bytes_ = 0;  // raw bytes of a row's compressed columns
+  RowPool decoders_{std::min<std::size_t>(threads_ - 1, 3)};  // sample(): helpers decompressing rows
+  std::vector<CodecContext> decode_contexts_ = std::vector<CodecContext>(decoders_.workers());  // one per decoding worker
+  mutable CodecContext export_context_;
+};
+
+}  // namespace replay_buffer::compression

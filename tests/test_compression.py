@@ -1,0 +1,465 @@
+"""Per-field compression (LZ4, Zstandard): exact round trips under every codec and buffer type, rows
+stored raw where compression does not pay, wrap-around and eviction, stats, state, save/load and
+checkpoints, and the errors of bad codec specs. No Ray is started."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import threading
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ray_replay import BUFFER_TYPES, ReplayBuffer
+from ray_replay.distributed.checkpoint import Checkpointer
+from ray_replay.persistence import MAGIC, CorruptFileError
+
+CODECS: list[Any] = ["lz4", "zstd", "zstd:9", ("zstd", 1)]
+CODEC_NAMES = {"lz4": "lz4", "zstd": "zstd:3", "zstd:9": "zstd:9", ("zstd", 1): "zstd:1"}
+COMPRESSED = ("image", "noise", "zeros", "vector")
+
+
+def schema(codec: Any) -> dict[str, tuple[Any, ...]]:
+    return {
+        "image": ((16, 16, 3), np.uint8, codec),   # smooth: compresses
+        "noise": ((96,), np.uint8, codec),         # random bytes: stored raw
+        "zeros": ((512,), np.uint8, codec),        # all zeros: compresses a lot
+        "vector": ((24,), np.float32, codec),      # float noise: usually raw
+        "id": ((), np.int64),                      # uncompressed: names the row
+        "reward": ((), np.float32),
+    }
+
+
+def rows(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Deterministic contents of the rows with these ids."""
+    ids = np.asarray(ids, dtype=np.int64)
+    n = len(ids)
+    gradient = np.add.outer(np.arange(16), np.arange(16)).astype(np.uint8)
+    image = np.empty((n, 16, 16, 3), np.uint8)
+    noise = np.empty((n, 96), np.uint8)
+    vector = np.empty((n, 24), np.float32)
+    for i, row in enumerate(ids):
+        image[i] = (gradient[:, :, None] + np.array([row % 251, 3, 7], np.uint8)).astype(np.uint8)
+        image[i, int(row) % 16] = 255
+        generator = np.random.default_rng(int(row))
+        noise[i] = generator.integers(0, 256, 96, dtype=np.uint8)
+        vector[i] = generator.standard_normal(24).astype(np.float32)
+    return {"image": image, "noise": noise, "zeros": np.zeros((n, 512), np.uint8), "vector": vector, "id": ids,
+            "reward": ids.astype(np.float32) / 7}
+
+
+def assert_rows_exact(batch: dict[str, np.ndarray]) -> None:
+    for name, values in rows(batch["id"]).items():
+        np.testing.assert_array_equal(batch[name], values, err_msg=name)
+
+
+def make(buffer_type: str, codec: Any = "lz4", capacity: int = 40, **kwargs: Any) -> ReplayBuffer:
+    if buffer_type == "fifo":
+        kwargs.setdefault("on_full", "evict")
+    return ReplayBuffer(capacity, buffer_type, schema=schema(codec), seed=7, **kwargs)
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=str)
+@pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
+def test_every_field_round_trips_exactly_through_wrap_around_and_eviction(buffer_type, codec):
+    buf = make(buffer_type, codec)
+    start = 0
+    for size in (7, 30, 1, 25, 90):  # wraps the 40-row ring several times; the last batch is longer than it
+        buf.add_batch(**rows(np.arange(start, start + size)))
+        start += size
+    for i in range(3):
+        buf.add(**{name: value[0] for name, value in rows(np.array([start + i])).items()})
+    start += 3
+    assert len(buf) == 40
+    stats = buf.stats()
+    assert stats["evictions"] == start - 40
+    if buffer_type == "fifo":
+        batch = buf.sample(40)
+        np.testing.assert_array_equal(batch["id"], np.arange(start - 40, start))  # the newest 40, oldest first
+    else:
+        batch = buf.sample(200)
+        assert set(batch["id"]) <= set(range(start - 40, start))
+    assert_rows_exact(batch)
+    assert buf.codecs == dict.fromkeys(COMPRESSED, CODEC_NAMES[codec])
+
+
+@pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
+def test_samples_equal_those_of_an_uncompressed_buffer_fed_the_same(buffer_type):
+    plain = ReplayBuffer(50, buffer_type, schema={k: v[:2] for k, v in schema("lz4").items()}, seed=3,
+                         **({"on_full": "evict"} if buffer_type == "fifo" else {}))
+    packed = ReplayBuffer(50, buffer_type, schema=schema("zstd"), seed=3, **({"on_full": "evict"} if buffer_type == "fifo" else {}))
+    for start in range(0, 130, 13):
+        data = rows(np.arange(start, start + 13))
+        priorities = np.linspace(0.1, 2.0, 13) if buffer_type == "prioritized" else None
+        plain.add_batch(**data, priorities=priorities)
+        packed.add_batch(**data, priorities=priorities)
+    for _ in range(3):
+        a, b = plain.sample(10), packed.sample(10)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert len(plain) == len(packed)
+
+
+def test_incompressible_rows_are_stored_raw_and_zeros_shrink():
+    buf = make("uniform", "lz4", capacity=100)
+    buf.add_batch(**rows(np.arange(100)))
+    stats = buf.stats()
+    fields = stats["compression"]
+    assert set(fields) == set(COMPRESSED)
+    assert fields["noise"]["rows_stored_raw"] == 100 and fields["noise"]["bytes_held"] == 100 * 96
+    assert fields["noise"]["ratio"] == 1.0
+    assert fields["zeros"]["rows_stored_raw"] == 0 and fields["zeros"]["ratio"] > 10
+    assert fields["image"]["ratio"] > 2
+    row_bytes = 16 * 16 * 3 + 96 + 512 + 24 * 4 + 8 + 4
+    assert stats["bytes_raw"] == 100 * row_bytes
+    assert stats["bytes_held"] < stats["bytes_raw"]
+    held = sum(entry["bytes_held"] for entry in fields.values())
+    assert stats["bytes_held"] == held + 100 * (8 + 4 + 8)  # id, reward and the row's sequence number stay plain
+    for entry in fields.values():
+        assert entry["bytes_raw"] == 100 * {"image": 768, "noise": 96, "zeros": 512, "vector": 96}[[k for k, v in fields.items() if v is entry][0]]
+
+
+def test_memory_follows_the_rows_held_as_they_come_and_go():
+    """The blob log recycles chunks as rows leave: churning far more rows than the capacity keeps the
+    reservation bounded, for rows of very different sizes."""
+    buf = ReplayBuffer(2000, "fifo", schema={"x": ((4096,), np.uint8, "lz4")}, on_full="evict")
+    generator = np.random.default_rng(0)
+    reserved = []
+    for step in range(60):
+        batch = np.zeros((500, 4096), np.uint8)
+        noisy = generator.random(500) < (0.9 if step % 2 else 0.1)  # alternate mostly raw and mostly tiny rows
+        batch[noisy] = generator.integers(0, 256, (int(noisy.sum()), 4096), dtype=np.uint8)
+        buf.add_batch(x=batch)
+        if step % 3 == 2:
+            buf.sample(300)
+        reserved.append(buf.stats()["bytes_reserved"])
+    # At most every row raw plus a few spare chunks: never growing with the rows that passed through.
+    assert max(reserved[30:]) <= max(reserved[:30]) * 1.05
+    assert buf.stats()["bytes_reserved"] < 2500 * 4096 + 16 * (1 << 20)
+
+
+def test_a_large_batch_is_compressed_in_parallel_and_round_trips():
+    buf = ReplayBuffer(3000, schema={"frame": ((64, 64, 3), np.uint8, "lz4"), "id": ((), np.int64)}, seed=0)
+    frames = np.zeros((2500, 64, 64, 3), np.uint8)  # 30 MB: well above the parallel threshold
+    frames[:, :8] = (np.arange(2500) % 256).astype(np.uint8)[:, None, None, None]
+    frames[::7] = np.random.default_rng(1).integers(0, 256, (len(frames[::7]), 64, 64, 3), dtype=np.uint8)
+    buf.add_batch(frame=frames, id=np.arange(2500))
+    batch = buf.sample(500)
+    np.testing.assert_array_equal(batch["frame"], frames[batch["id"]])
+    assert buf.stats()["compression"]["frame"]["rows_stored_raw"] == len(frames[::7])
+
+
+def test_the_lockfree_buffer_with_codecs_takes_threads_adding_and_sampling():
+    buf = make("lockfree", "lz4", capacity=64)
+    buf.add_batch(**rows(np.arange(64)))
+    errors: list[BaseException] = []
+
+    def writer(offset: int) -> None:
+        try:
+            for start in range(offset, offset + 400, 20):
+                buf.add_batch(**rows(np.arange(start, start + 20)))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    def reader() -> None:
+        try:
+            for _ in range(50):
+                assert_rows_exact(buf.sample(16))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(1000 * k,)) for k in (1, 2)] + [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert buf.stats()["adds"] == 64 + 800
+
+
+def test_dedup_combines_with_a_codec_on_other_fields():
+    def data(start: int, n: int) -> dict[str, np.ndarray]:
+        observations = np.arange(start, start + n + 1, dtype=np.float32)[:, None] * np.ones(8, np.float32)
+        extra = rows(np.arange(start, start + n))["image"]
+        return {"state": observations[:-1], "next_state": observations[1:], "action": np.arange(start, start + n), "image": extra}
+
+    fields = {"state": ((8,), np.float32), "next_state": ((8,), np.float32), "action": ((), np.int64)}
+    plain = ReplayBuffer(30, schema={**fields, "image": ((16, 16, 3), np.uint8)}, next_state="dedup", seed=1)
+    packed = ReplayBuffer(30, schema={**fields, "image": ((16, 16, 3), np.uint8, "zstd")}, next_state="dedup", seed=1)
+    for start in range(0, 80, 10):
+        plain.add_batch(**data(start, 10), streams=0)
+        packed.add_batch(**data(start, 10), streams=0)
+    a, b = plain.sample(25), packed.sample(25)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert packed.stats()["frames_held"] == plain.stats()["frames_held"]  # the chain of observations still deduplicates
+    restored = ReplayBuffer.from_state(packed.get_state())
+    np.testing.assert_array_equal(restored.sample(5)["image"], ReplayBuffer.from_state(plain.get_state()).sample(5)["image"])
+
+
+def test_compress_keyword_applies_to_an_inferred_schema():
+    buf = ReplayBuffer(10, compress={"state": "lz4"})
+    state = np.zeros(64, np.float32)
+    buf.add(state, 1, 0.5, state + 1, False)
+    assert buf.codecs == {"state": "lz4"}
+    np.testing.assert_array_equal(buf.sample(1)["state"][0], state)
+    assert buf.stats()["compression"]["state"]["ratio"] > 1
+
+
+@pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
+def test_state_pickle_and_save_load_round_trip(buffer_type, tmp_path):
+    buf = make(buffer_type, "zstd:5")
+    buf.add_batch(**rows(np.arange(55)))
+    if buffer_type == "prioritized":
+        batch = buf.sample(8)
+        buf.update_priorities(batch["ids"], np.linspace(0.0, 3.0, 8))
+    path = tmp_path / "compressed.rrb"
+    buf.save(path)
+    version, header_length = struct.unpack_from("<II", path.read_bytes(), 8)
+    header = json.loads(path.read_bytes()[20 : 20 + header_length])
+    assert header["codecs"] == dict.fromkeys(COMPRESSED, "zstd:5")
+    assert version == 4 and header["stored_fields"] == list(COMPRESSED)  # carried as stored, not decompressed
+    stored = {s["name"]: s["nbytes"] for s in header["sections"] if s["name"].startswith("__stored__:")}
+    assert stored["__stored__:zeros"] < len(buf) * 512 / 10 and stored["__stored__:noise"] == len(buf) * 96
+    for other in (ReplayBuffer.load(path), pickle.loads(pickle.dumps(buf)), ReplayBuffer.from_state(buf.get_state())):
+        assert other.codecs == buf.codecs and len(other) == len(buf)
+        keep = ("size", "adds", "evictions", "bytes_held", "bytes_raw", "compression")
+        assert {k: other.stats()[k] for k in keep} == {k: buf.stats()[k] for k in keep}
+        a, b = other.get_state(), buf.get_state()
+        for name in a["columns"]:
+            np.testing.assert_array_equal(a["columns"][name], b["columns"][name])
+        np.testing.assert_array_equal(a["masses"], b["masses"])
+    loaded = ReplayBuffer.load(path)
+    for _ in range(2):
+        x, y = loaded.sample(6), buf.sample(6)
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_a_file_without_codecs_loads_as_before(tmp_path):
+    plain = ReplayBuffer(20, schema={k: v[:2] for k, v in schema("lz4").items()}, seed=0)
+    plain.add_batch(**rows(np.arange(12)))
+    path = tmp_path / "plain.rrb"
+    plain.save(path)
+    raw = bytearray(path.read_bytes())
+    header_length = struct.unpack_from("<I", raw, 12)[0]
+    header = json.loads(raw[20 : 20 + header_length])
+    del header["codecs"]  # a file written before codecs existed
+    rewrite_header(path, raw, header)
+    loaded = ReplayBuffer.load(path)
+    assert loaded.codecs == {} and len(loaded) == 12
+    assert_rows_exact(loaded.sample(12))
+
+
+def rewrite_header(path: Any, raw: bytearray, header: dict[str, Any]) -> None:
+    """Writes `header` into the file with a valid checksum, keeping the sections where they are (the
+    reader reads exactly the header's length; the gap up to the first section is padding)."""
+    _, version, _, _ = struct.unpack_from("<8sIII", raw, 0)
+    encoded = json.dumps(header).encode()
+    first_section = min([section["offset"] for section in header.get("sections", [])] or [len(raw)])
+    assert 20 + len(encoded) <= first_section, "the new header does not fit before the sections"
+    new = struct.pack("<8sIII", MAGIC, version, len(encoded), zlib.crc32(encoded)) + encoded
+    path.write_bytes(new + bytes(raw[len(new) :]))
+
+
+@pytest.mark.parametrize("codecs, message", [
+    ({"image": "brotli"}, "unknown codec"),
+    ({"ghost": "lz4"}, "compress names field 'ghost'"),
+    ({"image": "zstd:99"}, "out of range"),
+    ({"id": "lz4"}, "cannot be compressed"),
+    (["lz4"], "codecs"),
+])
+def test_hostile_codec_headers_raise_corrupt_file_error(tmp_path, codecs, message):
+    buf = make("uniform", "lz4")
+    buf.add_batch(**rows(np.arange(5)))
+    path = tmp_path / "hostile.rrb"
+    buf.save(path)
+    raw = bytearray(path.read_bytes())
+    header_length = struct.unpack_from("<I", raw, 12)[0]
+    header = json.loads(raw[20 : 20 + header_length])
+    header["codecs"] = {**header["codecs"], **codecs} if isinstance(codecs, dict) else codecs
+    rewrite_header(path, raw, header)
+    with pytest.raises(CorruptFileError) as error:
+        ReplayBuffer.load(path)
+    assert message in str(error.value)
+
+
+def test_a_checkpoint_chain_restores_a_compressed_buffer(tmp_path):
+    checkpoints = Checkpointer(tmp_path / "shard.rrb", every_adds=20, compact_every=3)
+    buf = make("prioritized", "lz4", capacity=60)
+    for start in range(0, 150, 10):
+        buf.add_batch(**rows(np.arange(start, start + 10)))
+        checkpoints.changed(buf, 10)
+        checkpoints.wait()
+    checkpoints.checkpoint_now(buf)
+    checkpoints.wait()
+    checkpoints.close()
+    restored = Checkpointer(tmp_path / "shard.rrb", every_adds=20).restore()
+    assert restored is not None and restored.codecs == buf.codecs and len(restored) == 60
+    a, b = restored.get_state(), buf.get_state()
+    for name in a["columns"]:
+        np.testing.assert_array_equal(a["columns"][name], b["columns"][name])
+    assert_rows_exact(restored.sample(60))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("brotli", r"field 'image': unknown codec 'brotli' \(known codecs: 'lz4', 'zstd'"),
+    ("zstd:0", "out of range"),
+    ("zstd:23", "out of range"),
+    (("zstd", 40), "out of range"),
+    (("lz4", 3), "only zstd takes a level"),
+    (("zstd", "3"), "unknown codec"),
+    (3, "unknown codec"),
+    ("zstd:", "unknown codec"),
+])
+def test_bad_codec_specs_name_the_field_and_the_codecs_known(spec, message):
+    with pytest.raises(ValueError, match=message):
+        ReplayBuffer(10, schema={"image": ((16, 16, 3), np.uint8, spec)})
+    with pytest.raises(ValueError, match=message):
+        ReplayBuffer(10, schema={"image": ((16, 16, 3), np.uint8)}, compress={"image": spec})
+
+
+def test_fields_and_combinations_that_cannot_be_compressed_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"field 'reward': rows of 4 bytes cannot be compressed"):
+        ReplayBuffer(10, schema={"reward": ((), np.float32, "lz4")})
+    with pytest.raises(ValueError, match="compress names field 'ghost'.*its fields are: image"):
+        ReplayBuffer(10, schema={"image": ((64,), np.uint8)}, compress={"ghost": "lz4"})
+    with pytest.raises(ValueError, match="schema gives codec 'lz4' and compress= gives 'zstd:3'"):
+        ReplayBuffer(10, schema={"image": ((64,), np.uint8, "lz4")}, compress={"image": "zstd"})
+    with pytest.raises(ValueError, match="field 'state': a codec does not combine with next_state='dedup'"):
+        ReplayBuffer(10, schema={"state": ((64,), np.uint8, "lz4"), "next_state": ((64,), np.uint8)}, next_state="dedup")
+    with pytest.raises(ValueError, match="do not combine with storage_dir"):
+        ReplayBuffer(10, schema={"image": ((64,), np.uint8, "lz4")}, storage_dir=tmp_path / "columns")
+    with pytest.raises(TypeError, match="compress must be a mapping"):
+        ReplayBuffer(10, compress="lz4")  # type: ignore[arg-type]
+
+
+def test_a_bad_compress_keyword_on_an_inferred_schema_fails_the_first_add_and_changes_nothing():
+    buf = ReplayBuffer(10, compress={"ghost": "lz4"})
+    with pytest.raises(ValueError, match="compress names field 'ghost'"):
+        buf.add(np.zeros(64, np.float32), 1, 0.5, np.zeros(64, np.float32), False)
+    assert len(buf) == 0 and buf.schema == {}
+
+
+def test_bad_rows_change_nothing_in_a_compressed_buffer():
+    buf = make("fifo", "lz4", capacity=10, on_full="error")
+    buf.add_batch(**rows(np.arange(8)))
+    before = buf.stats()
+    from ray_replay import BufferFullError
+
+    with pytest.raises(BufferFullError):
+        buf.add_batch(**rows(np.arange(100, 105)))  # refused whole by the full queue: blobs released again
+    bad = rows(np.arange(3))
+    bad["image"] = bad["image"][:, :8]
+    with pytest.raises(ValueError, match="field 'image': expected shape"):
+        buf.add_batch(**bad)
+    after = buf.stats()
+    for key in ("size", "bytes_held", "compression", "adds"):
+        assert after[key] == before[key], key
+    assert_rows_exact(buf.sample(8))
+
+
+def stored_file(tmp_path: Any) -> tuple[Any, bytearray, dict[str, Any]]:
+    buf = make("uniform", "lz4", capacity=30)
+    buf.add_batch(**rows(np.arange(20)))
+    path = tmp_path / "stored.rrb"
+    buf.save(path)
+    raw = bytearray(path.read_bytes())
+    header_length = struct.unpack_from("<I", raw, 12)[0]
+    return path, raw, json.loads(raw[20 : 20 + header_length])
+
+
+def section(header: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in header["sections"] if s["name"] == name)
+
+
+def write_with_checksums(path: Any, raw: bytearray, header: dict[str, Any]) -> None:
+    """The file with every section's CRC recomputed: only the loader's own checks stand in the way."""
+    for entry in header["sections"]:
+        entry["crc32"] = zlib.crc32(bytes(raw[entry["offset"] : entry["offset"] + entry["nbytes"]]))
+    rewrite_header(path, raw, header)
+
+
+def test_a_corrupt_compressed_row_with_valid_checksums_raises_corrupt_file_error(tmp_path):
+    path, raw, header = stored_file(tmp_path)
+    image = section(header, "__stored__:image")
+    for offset in range(image["offset"], image["offset"] + 40):
+        raw[offset] ^= 0x5A
+    write_with_checksums(path, raw, header)
+    with pytest.raises(CorruptFileError, match="does not decode"):
+        ReplayBuffer.load(path)
+
+
+def test_stored_lengths_that_do_not_add_up_raise_corrupt_file_error(tmp_path):
+    path, raw, header = stored_file(tmp_path)
+    lengths = section(header, "__lengths__:zeros")
+    struct.pack_into("<I", raw, lengths["offset"], 513)  # longer than a row
+    write_with_checksums(path, raw, header)
+    with pytest.raises(CorruptFileError, match="stored lengths out of range"):
+        ReplayBuffer.load(path)
+    path, raw, header = stored_file(tmp_path)
+    lengths = section(header, "__lengths__:zeros")
+    first, second = struct.unpack_from("<II", raw, lengths["offset"])
+    struct.pack_into("<II", raw, lengths["offset"], first + 1, second - 1)  # same total, shifted rows
+    write_with_checksums(path, raw, header)
+    with pytest.raises(CorruptFileError, match="does not decode|inconsistent"):
+        ReplayBuffer.load(path)
+
+
+def test_mutated_stored_rows_never_crash(tmp_path):
+    """Random byte flips in the stored rows and their lengths, checksums made valid: every load either
+    refuses the file or gives a buffer whose rows can be sampled (never a crash or an over-read: ASan
+    runs this in make test-asan)."""
+    path, raw, header = stored_file(tmp_path)
+    generator = np.random.default_rng(5)
+    targets = [s for s in header["sections"] if s["name"].startswith(("__stored__:", "__lengths__:"))]
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(300):
+        mutated = bytearray(raw)
+        target = targets[int(generator.integers(len(targets)))]
+        for _ in range(int(generator.integers(1, 4))):
+            mutated[target["offset"] + int(generator.integers(target["nbytes"]))] ^= int(generator.integers(1, 256))
+        write_with_checksums(path, mutated, json.loads(json.dumps(header)))
+        try:
+            loaded = ReplayBuffer.load(path)
+        except CorruptFileError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["loaded"] += 1
+        loaded.sample(8)
+    assert outcomes["refused"] > 100
+
+
+def test_a_stored_state_round_trips_through_pickle_without_the_decompressed_columns():
+    buf = make("prioritized", "zstd", capacity=30)
+    buf.add_batch(**rows(np.arange(25)))
+    state = buf._get_state(stored=True)
+    assert set(state["columns"]) == {"id", "reward"} and set(state["stored"]) == set(COMPRESSED)
+    assert sum(len(entry["data"]) for entry in state["stored"].values()) < 25 * (768 + 96 + 512 + 96) / 1.5
+    restored = pickle.loads(pickle.dumps(buf))
+    assert restored.stats()["compression"] == buf.stats()["compression"]
+    a, b = restored.get_state(), buf.get_state()
+    for name in a["columns"]:
+        np.testing.assert_array_equal(a["columns"][name], b["columns"][name])
+
+
+def test_a_shard_and_the_write_stager_work_with_a_compressed_schema():
+    """What ReplayCoordinator / ReplayClient build from schema= (without starting Ray): the shard's
+    buffer compresses, the client's staging buffer keeps rows plain (they are sent on at once)."""
+    from ray_replay.distributed.shard import ReplayShardImpl
+    from ray_replay.distributed.writes import Stager
+
+    compressed = schema("lz4")
+    shard = ReplayShardImpl(0, 50, "prioritized", schema=compressed, seed=0)
+    stager = Stager(64, compressed)
+    stager.stage_batch((), rows(np.arange(30)), None, None, 30)
+    assert stager._buffer is not None and stager._buffer.codecs == {}
+    staged = stager.take()
+    shard.buffer.add_batch(**{name: staged[name] for name in compressed})
+    assert shard.buffer.codecs == dict.fromkeys(COMPRESSED, "lz4") and len(shard.buffer) == 30
+    assert_rows_exact(shard.buffer.sample(30))
