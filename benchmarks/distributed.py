@@ -378,7 +378,7 @@ def cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"shards": {}, "writers": {}, "writers_with_shards": 4}
 
     def measure(table: str, key: int, **options: Any) -> dict[str, Any]:
-        runs = [run_dist1("ray_replay", args.seconds, args.prefill, **options) for _ in range(args.repeats)]
+        runs = [run_dist1("ray_replay", args.seconds, args.prefill, rounds_per_call=args.rounds_per_call, **options) for _ in range(args.repeats)]
         r = results[table][str(key)] = median_of(runs)
         print(f"{options}: {r['inserted_per_s']:,.0f} inserted/s, {r['sampled_per_s']:,.0f} sampled/s, "
               f"{r['cpu_us_per_transition']:.2f} CPU-us/transition", flush=True)
