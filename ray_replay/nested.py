@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Layout", "column_name", "flatten_schema", "infer_layout", "is_leaf_spec", "is_nested_schema"]
+__all__ = ["Layout", "column_name", "flat_buffer_kwargs", "flatten_schema", "infer_layout", "is_leaf_spec", "is_nested_schema"]
 
 PathKey = str | int
 Path = tuple[PathKey, ...]
@@ -79,6 +79,15 @@ def flatten_schema(schema: Mapping[str, Any]) -> tuple[dict[str, Any], Layout]:
     if not top:
         raise ValueError("schema must name at least one field")
     return leaves, Layout(top)
+
+
+def flat_buffer_kwargs(buffer_kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], Layout | None]:
+    """ReplayBuffer keyword arguments with a nested ``schema`` flattened, and its layout (None if flat)."""
+    schema = buffer_kwargs.get("schema")
+    if not isinstance(schema, Mapping) or not is_nested_schema(schema):
+        return dict(buffer_kwargs), None
+    flat, layout = flatten_schema(schema)
+    return {**buffer_kwargs, "schema": flat}, layout
 
 
 def infer_layout(names: Sequence[str], values: Sequence[Any], batched: bool) -> Layout | None:
