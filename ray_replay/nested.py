@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Layout", "column_name", "flat_buffer_kwargs", "flatten_schema", "infer_layout", "is_leaf_spec", "is_nested_schema"]
+__all__ = ["Layout", "column_name", "flat_buffer_kwargs", "flatten_schema", "infer_layout", "is_leaf_spec", "is_nested_schema", "map_structure",
+           "stack_structures", "unbatch"]
 
 PathKey = str | int
 Path = tuple[PathKey, ...]
@@ -90,12 +91,38 @@ def flat_buffer_kwargs(buffer_kwargs: Mapping[str, Any]) -> tuple[dict[str, Any]
     return {**buffer_kwargs, "schema": flat}, layout
 
 
-def infer_layout(names: Sequence[str], values: Sequence[Any], batched: bool) -> Layout | None:
+def map_structure(fn: Any, *values: Any) -> Any:
+    """``fn`` applied leaf by leaf over values of one structure (dicts and tuples nest; anything else is
+    a leaf), e.g. ``map_structure(lambda a: a[:n], obs)`` slices every leaf of a Dict observation."""
+    first = values[0]
+    if isinstance(first, Mapping):
+        return {key: map_structure(fn, *(value[key] for value in values)) for key in first}
+    if isinstance(first, tuple):
+        return tuple(map_structure(fn, *(value[i] for value in values)) for i in range(len(first)))
+    return fn(*values)
+
+
+def stack_structures(items: Sequence[Any]) -> Any:
+    """A list of structures (one per row) -> one structure of arrays with a leading batch axis."""
+    if not isinstance(items[0], (Mapping, tuple)):
+        return np.asarray(items)
+    return map_structure(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *items)
+
+
+def unbatch(batch: Any, size: int) -> list[Any]:
+    """One structure of batched arrays -> a list of ``size`` structures (views of row i, no copy)."""
+    if not isinstance(batch, (Mapping, tuple)):
+        return list(batch)
+    return [map_structure(lambda leaf, i=i: leaf[i], batch) for i in range(size)]
+
+
+def infer_layout(names: Sequence[str], values: Sequence[Any], batched: bool, every_tuple: bool = False) -> Layout | None:
     """The layout of the first values added to a buffer without schema, or None if every value is flat.
 
     Only dicts nest, and tuples that numpy cannot turn into one array (parts of different shapes or
     dtypes, or containing dicts); a tuple of equal arrays stays one array, as it always was (pass
-    ``schema=`` to store such a tuple as a Tuple space).
+    ``schema=`` to store such a tuple as a Tuple space). ``every_tuple``: every tuple nests (values
+    that come from gymnasium spaces, where a tuple is always a Tuple space).
     """
     nested = False
 
@@ -107,7 +134,7 @@ def infer_layout(names: Sequence[str], values: Sequence[Any], batched: bool) -> 
                 raise ValueError(f"field '{where}': an empty dict has no leaves to store")
             nested = True
             return ("dict", tuple((key, walk(sub, (*path, _key(key, where)))) for key, sub in value.items()))
-        if isinstance(value, tuple) and value and not _one_array(value, batched):
+        if isinstance(value, tuple) and value and (every_tuple or not _one_array(value, batched)):
             nested = True
             return ("tuple", tuple(walk(sub, (*path, i)) for i, sub in enumerate(value)))
         return ("leaf", where)

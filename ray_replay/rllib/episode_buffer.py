@@ -26,6 +26,7 @@ from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import PrioritizedEpisodeReplayBuffer
 from ray.rllib.utils.typing import ModuleID, ResultDict
 
+from ray_replay.nested import Layout, infer_layout, map_structure, stack_structures
 from ray_replay.rllib.episodes import EpisodeFactory
 from ray_replay.rllib.nstep import END_NONE, END_TERMINATED, END_TRUNCATED, EXTRA_PREFIX, Segment, assemble, draw_n_steps, max_n_step
 from ray_replay.rllib.storage import Storage, make_storage
@@ -70,9 +71,11 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         metrics_num_episodes_for_smoothing: window of the smoothed metrics (set by the Algorithm).
 
     Rows of an unfinished episode are held back until their n future steps arrive, so ``len(self)``
-    counts stored (sampleable) timesteps. Observations and actions must be arrays (no Dict/Tuple
-    spaces). Non-empty ``infos`` are kept in this process beside the storage. Extra model outputs are
-    stored as the first episodes have them; keys that are missing later read as zeros.
+    counts stored (sampleable) timesteps. Observations, actions and extra model outputs may be nested
+    (Dict and Tuple spaces): they are stored as flat leaf columns (``obs.image``, ``actions[0]``, see
+    ray_replay.nested) and sampled episodes get them back in RLlib's structure. Non-empty ``infos``
+    are kept in this process beside the storage. Extra model outputs are stored as the first
+    episodes have them; keys that are missing later read as zeros.
 
     Checkpointing: RLlib 2.60's new API stack never calls a buffer's ``get_state``/``set_state``.
     Save ``algo.local_replay_buffer.get_state()`` (a picklable dict) next to ``algo.save_to_path()``
@@ -125,7 +128,9 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._infos: dict[int, list[Any]] = {}
         self._info_rows: deque[int] = deque()
         self._spaces: tuple[Any, Any] = (None, None)
-        self._extra_schema: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] | None = None
+        self._extra_schema: dict[str, Any] | None = None  # extra name -> its first rows cut to 0 (shapes, dtypes)
+        self._layout: Layout | None = None  # nested rows (Dict/Tuple spaces) <-> flat storage columns
+        self._layout_known = False  # fixed by the first rows stored
         self._last_ids: np.ndarray | None = None
         self._counts = {"steps_added": 0, "episodes_added": 0, "steps_sampled": 0}
         self._reported = dict(self._counts)
@@ -167,27 +172,35 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 infos.append(row_infos)
         if not batches:
             return
-        columns = batches[0] if len(batches) == 1 else {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+        columns = batches[0] if len(batches) == 1 else {k: map_structure(_concatenate, *[b[k] for b in batches]) for k in batches[0]}
         count = len(columns["t"])
         columns["row"] = np.arange(self._rows_added, self._rows_added + count, dtype=np.int64)
+        columns = self._flat(columns)
         self._keep_infos(infos, [len(b["t"]) for b in batches])
         self._rows_added += count
         priorities = None if weight is None else np.full(count, float(weight))
         self._storage.add_batch(columns, priorities)
 
-    def _conform(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _flat(self, columns: dict[str, Any]) -> dict[str, Any]:
+        """Nested columns (Dict/Tuple spaces) -> flat storage columns, by the layout of the first rows."""
+        if not self._layout_known:
+            self._layout = infer_layout(list(columns), list(columns.values()), batched=True, every_tuple=True)
+            self._layout_known = True
+        return columns if self._layout is None else self._layout.flatten(columns)
+
+    def _conform(self, rows: dict[str, Any]) -> dict[str, Any]:
         """Fixes the stored extra model outputs to those of the first rows: later missing ones are
         zero-filled, new ones dropped (the native schema is fixed once written)."""
         if self._extra_schema is None:
-            self._extra_schema = {k: (v.shape[1:], v.dtype) for k, v in rows.items() if k.startswith(EXTRA_PREFIX)}
+            self._extra_schema = {k: map_structure(_empty_like, v) for k, v in rows.items() if k.startswith(EXTRA_PREFIX)}
         extras = {k for k in rows if k.startswith(EXTRA_PREFIX)}
         if extras == self._extra_schema.keys():
             return rows
         count = len(rows["t"])
         conformed = {k: v for k, v in rows.items() if not k.startswith(EXTRA_PREFIX) or k in self._extra_schema}
-        for name, (shape, dtype) in self._extra_schema.items():
+        for name, empty in self._extra_schema.items():
             if name not in conformed:
-                conformed[name] = np.zeros((count, *shape), dtype=dtype)
+                conformed[name] = map_structure(lambda leaf: np.zeros((count, *leaf.shape[1:]), dtype=leaf.dtype), empty)
         return conformed
 
     def _segment_of(self, episode: Any) -> Segment | None:
@@ -198,10 +211,8 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             return previous
         if self._spaces[0] is None:
             self._spaces = (episode.observation_space, episode.action_space)
-        obs = np.asarray(episode.get_observations(slice(0, num + 1)))
-        actions = np.asarray(episode.get_actions(slice(0, num)))
-        if obs.dtype == object or actions.dtype == object:
-            raise NotImplementedError("ray_replay.rllib stores array observations and actions only (no Dict/Tuple spaces)")
+        obs = _as_batch(episode.get_observations(slice(0, num + 1)))
+        actions = _as_batch(episode.get_actions(slice(0, num)))
         raw_infos = episode.get_infos(slice(0, num + 1))
         chunk = Segment(
             key=-1,
@@ -209,7 +220,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             obs=obs,
             actions=actions,
             rewards=np.asarray(episode.get_rewards(slice(0, num)), dtype=np.float64),
-            extras={k: np.asarray(episode.get_extra_model_outputs(k, slice(0, num))) for k in episode.extra_model_outputs},
+            extras={k: _as_batch(episode.get_extra_model_outputs(k, slice(0, num))) for k in episode.extra_model_outputs},
             infos=list(raw_infos) if any(raw_infos) else None,
         )
         if previous is not None and previous.base + len(previous) == chunk.base:
@@ -266,6 +277,8 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             )
         size = num_items or batch_size_B or self.batch_size_B
         rows = self._storage.sample(size, self._beta if beta is None else float(beta))
+        if self._layout is not None:
+            rows = self._layout.unflatten(rows)
         batch = assemble(rows, draw_n_steps(n_step, size, self._rng), gamma)
         self._last_ids = rows["ids"]
         self._counts["steps_sampled"] += size
@@ -340,6 +353,8 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             "infos": list(self._infos.items()),
             "spaces": self._spaces,
             "extra_schema": self._extra_schema,
+            "layout": None if self._layout is None else self._layout.to_json(),
+            "layout_known": self._layout_known,
             "counts": dict(self._counts),
             "rng": self._rng.bit_generator.state,
         }
@@ -357,7 +372,28 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._info_rows = deque(sorted(self._infos))
         self._spaces = state["spaces"]
         self._extra_schema = state["extra_schema"]
+        if self._extra_schema is not None:  # states of earlier versions hold (shape, dtype) per extra
+            self._extra_schema = {k: np.empty((0, *v[0]), v[1]) if isinstance(v, tuple) and isinstance(v[1], np.dtype) else v
+                                  for k, v in self._extra_schema.items()}
+        self._layout = None if state.get("layout") is None else Layout.from_json(state["layout"])
+        self._layout_known = state.get("layout_known", self._layout is not None)
         self._counts = dict(state["counts"])
         self._reported = dict(self._counts)
         self._rng.bit_generator.state = state["rng"]
         self._last_ids = None
+
+
+def _empty_like(leaf: np.ndarray) -> np.ndarray:
+    return np.empty((0, *leaf.shape[1:]), leaf.dtype)
+
+
+def _concatenate(*parts: np.ndarray) -> np.ndarray:
+    return np.concatenate(parts)
+
+
+def _as_batch(values: Any) -> Any:
+    """What an episode's getters return (an array, a list of per-step values, or a nested structure of
+    either: Dict/Tuple spaces) -> arrays, or a structure of arrays, with the steps as leading axis."""
+    if isinstance(values, list):
+        return stack_structures(values) if values else np.asarray(values)
+    return map_structure(np.asarray, values)
