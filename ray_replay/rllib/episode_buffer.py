@@ -131,6 +131,9 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._extra_schema: dict[str, Any] | None = None  # extra name -> its first rows cut to 0 (shapes, dtypes)
         self._layout: Layout | None = None  # nested rows (Dict/Tuple spaces) <-> flat storage columns
         self._layout_known = False  # fixed by the first rows stored
+        # Multi-agent: segment key -> (agent_id, module_id, multi_agent_episode_id) of its episode, so
+        # sampled episodes carry them as RLlib's multi-agent buffer's do (bounded: see _tag).
+        self._tags: OrderedDict[int, tuple[Any, Any, Any]] = OrderedDict()
         self._last_ids: np.ndarray | None = None
         self._counts = {"steps_added": 0, "episodes_added": 0, "steps_sampled": 0}
         self._reported = dict(self._counts)
@@ -228,8 +231,16 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             return previous
         chunk.key = self._next_key
         self._next_key += 1
+        if episode.agent_id is not None or episode.multi_agent_episode_id is not None:
+            self._tag(chunk.key, (episode.agent_id, episode.module_id, episode.multi_agent_episode_id))
         self._counts["episodes_added"] += 1
         return chunk
+
+    def _tag(self, key: int, tag: tuple[Any, Any, Any]) -> None:
+        # Each stored episode holds at least one row, so at most capacity + open episodes have rows.
+        self._tags[key] = tag
+        while len(self._tags) > self.capacity + _MAX_OPEN_EPISODES:
+            self._tags.popitem(last=False)
 
     def _keep_infos(self, infos: list[list[Any] | None], sizes: list[int]) -> None:
         start = self._rows_added
@@ -301,6 +312,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             t=batch.t,
             extras=extras,
             infos=infos,
+            tags=[self._tags.get(key, (None, None, None)) for key in rows["episode"].tolist()] if self._tags else None,
         )
         if to_numpy:
             for episode in episodes:
@@ -355,6 +367,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             "extra_schema": self._extra_schema,
             "layout": None if self._layout is None else self._layout.to_json(),
             "layout_known": self._layout_known,
+            "tags": list(self._tags.items()),
             "counts": dict(self._counts),
             "rng": self._rng.bit_generator.state,
         }
@@ -377,6 +390,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                                   for k, v in self._extra_schema.items()}
         self._layout = None if state.get("layout") is None else Layout.from_json(state["layout"])
         self._layout_known = state.get("layout_known", self._layout is not None)
+        self._tags = OrderedDict(state.get("tags", []))
         self._counts = dict(state["counts"])
         self._reported = dict(self._counts)
         self._rng.bit_generator.state = state["rng"]

@@ -51,9 +51,11 @@ class EpisodeFactory:
         t: np.ndarray,
         extras: dict[str, np.ndarray],
         infos: list[tuple[dict[str, Any], dict[str, Any]]] | None,
+        tags: list[tuple[Any, Any, Any]] | None = None,
     ) -> list[SingleAgentEpisode]:
         """One episode per batch row; ``extras`` are the per-row extra model outputs. Observations,
-        actions and extras may be nested (dicts/tuples of batched arrays): each row gets its structure."""
+        actions and extras may be nested (dicts/tuples of batched arrays): each row gets its structure.
+        ``tags``: per row ``(agent_id, module_id, multi_agent_episode_id)`` (multi-agent), else all None."""
         size = len(rewards)
         rewards_list = rewards.tolist()
         terminated_list = terminated.tolist()
@@ -62,11 +64,15 @@ class EpisodeFactory:
         extra_items = [(name, unbatch(values, size)) for name, values in extras.items()]
         obs_rows, next_rows, action_rows = unbatch(obs, size), unbatch(next_obs, size), unbatch(actions, size)
         if self._fast is None:
-            self._fast = self._fast_path_agrees(observation_space, action_space, obs, next_obs, actions, rewards_list, extra_items)
+            self._fast = self._fast_path_agrees(observation_space, action_space, obs, next_obs, actions, rewards_list, extra_items, tags)
+        no_tags = (None, None, None)
         if not self._fast:
             return [
                 SingleAgentEpisode(
                     id_=self._next_id(),
+                    agent_id=(tags[i] if tags else no_tags)[0],
+                    module_id=(tags[i] if tags else no_tags)[1],
+                    multi_agent_episode_id=(tags[i] if tags else no_tags)[2],
                     observations=[obs_rows[i], next_rows[i]],
                     observation_space=observation_space,
                     infos=list(infos[i]) if infos is not None else None,
@@ -89,7 +95,7 @@ class EpisodeFactory:
         for i in range(size):
             ep = _NEW_EPISODE(SingleAgentEpisode)
             ep.id_ = self._next_id()
-            ep.agent_id = ep.module_id = ep.multi_agent_episode_id = None
+            ep.agent_id, ep.module_id, ep.multi_agent_episode_id = tags[i] if tags else no_tags
             ep.observations = _buffer([obs_rows[i], next_rows[i]], observation_space, obs_struct)
             ep._observation_space = observation_space
             ep.infos = _buffer(list(infos[i]) if infos is not None else [{}, {}], None, none_struct)
@@ -118,12 +124,12 @@ class EpisodeFactory:
         return self._structs[key]
 
     def _fast_path_agrees(self, observation_space: Any, action_space: Any, obs: Any, next_obs: Any, actions: Any,
-                          rewards: list[float], extra_items: list[tuple[str, list[Any]]]) -> bool:
+                          rewards: list[float], extra_items: list[tuple[str, list[Any]]], tags: list[tuple[Any, Any, Any]] | None) -> bool:
         self._fast = True
         kwargs: dict[str, Any] = dict(
             obs=_head(obs), next_obs=_head(next_obs), actions=_head(actions), rewards=np.asarray(rewards[:1]),
             terminated=np.array([True]), truncated=np.array([False]), t=np.array([5]),
-            extras={name: [values[0]] for name, values in extra_items}, infos=None,
+            extras={name: [values[0]] for name, values in extra_items}, infos=None, tags=tags[:1] if tags else None,
         )
         fast = self.build(observation_space, action_space, **kwargs)[0]
         self._fast = False
