@@ -151,6 +151,7 @@ class Layout:
 
     def __init__(self, top: tuple[tuple[str, Node], ...]) -> None:
         self._top = top
+        self._nodes = dict(top)
         self.fields = tuple(name for name, _ in top)  # top-level field names, in order
         self.columns = self.leaf_names()  # leaf column names, in order
 
@@ -187,6 +188,8 @@ class Layout:
     def flatten_call(self, fields: Sequence[Any], named: Mapping[str, Any]) -> dict[str, Any]:
         """``add``/``add_batch``'s positional and named values as flat columns (positional values take the
         top-level fields in order). Raises ValueError/TypeError naming the path; builds nothing else."""
+        if not fields:
+            return self.flatten(named)
         if len(fields) > len(self.fields):
             raise ValueError(f"got {len(fields)} positional values but the schema has {len(self.fields)} fields ({', '.join(self.fields)})")
         values = dict(zip(self.fields, fields))
@@ -199,19 +202,22 @@ class Layout:
     def flatten(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Nested values (one row or a batch: leaves are passed as they are) -> ``{column: leaf}``."""
         out: dict[str, Any] = {}
-        expected = {name for name, _ in self._top}
-        for name in values:
-            if name not in expected:
-                raise ValueError(f"unknown field '{name}' (the schema has {', '.join(self.fields)})")
+        if values.keys() != self._nodes.keys():
+            for name in values:
+                if name not in self._nodes:
+                    raise ValueError(f"unknown field '{name}' (the schema has {', '.join(self.fields)})")
         for name, node in self._top:
             if name not in values:
                 raise ValueError(f"missing field '{name}'")
-            _flatten(node, values[name], (name,), out)
+            if node[0] == "leaf" and not _is_mapping(values[name]):
+                out[node[1]] = values[name]  # the common case, a flat field: no call
+            else:
+                _flatten(node, values[name], (name,), out)
         return out
 
     def flatten_some(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Flattens the fields of ``values`` that are in the layout (``sample``'s ``out=``); other keys pass."""
-        nodes = dict(self._top)
+        nodes = self._nodes
         out: dict[str, Any] = {}
         for key, value in values.items():
             if key in nodes:
@@ -310,29 +316,47 @@ def _stacks(value: tuple[Any, ...]) -> bool:
         return False
 
 
+_LEAF_TYPES = frozenset({np.ndarray, int, float, bool, np.float32, np.float64, np.int64, np.int32, np.bool_, np.uint8})
+
+
+def _is_mapping(value: Any) -> bool:
+    """isinstance(value, Mapping), without the ABC check (about 0.5 us) for the usual types."""
+    kind = type(value)
+    if kind is dict:
+        return True
+    return kind not in _LEAF_TYPES and isinstance(value, Mapping)
+
+
 def _flatten(node: Node, value: Any, path: Path, out: dict[str, Any]) -> None:
+    # The hot path builds no strings: paths and messages are made only for an error.
     kind, content = node
-    where = column_name(path)
     if kind == "leaf":
-        if isinstance(value, Mapping):
-            raise TypeError(f"field '{where}': expected an array, got a dict with keys {sorted(map(str, value))}")
+        if _is_mapping(value):
+            raise TypeError(f"field '{column_name(path)}': expected an array, got a dict with keys {sorted(map(str, value))}")
         out[content] = value
     elif kind == "dict":
-        if not isinstance(value, Mapping):
-            raise TypeError(f"field '{where}': expected a dict with keys {[k for k, _ in content]}, got {type(value).__name__}")
-        keys = [k for k, _ in content]
-        extra = [k for k in value if k not in keys]
-        if extra:
-            raise ValueError(f"field '{where}': unexpected key(s) {extra} (expected keys {keys})")
-        for key, sub in content:
-            if key not in value:
-                raise ValueError(f"field '{column_name((*path, key))}': missing (expected keys {keys} in '{where}')")
-            _flatten(sub, value[key], (*path, key), out)
-    else:
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-            raise TypeError(f"field '{where}': expected a tuple of {len(content)} items, got {type(value).__name__}")
+        if not _is_mapping(value):
+            raise TypeError(f"field '{column_name(path)}': expected a dict with keys {[k for k, _ in content]}, got {type(value).__name__}")
         if len(value) != len(content):
-            raise ValueError(f"field '{where}': expected a tuple of {len(content)} items, got {len(value)}")
+            keys = [k for k, _ in content]
+            extra = [k for k in value if k not in keys]
+            if extra:
+                raise ValueError(f"field '{column_name(path)}': unexpected key(s) {extra} (expected keys {keys})")
+        for key, sub in content:
+            try:
+                leaf = value[key]
+            except KeyError:
+                keys = [k for k, _ in content]
+                raise ValueError(f"field '{column_name((*path, key))}': missing (expected keys {keys} in '{column_name(path)}')") from None
+            if sub[0] == "leaf" and not _is_mapping(leaf):
+                out[sub[1]] = leaf
+            else:
+                _flatten(sub, leaf, (*path, key), out)
+    else:
+        if type(value) is not tuple and (isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence)):
+            raise TypeError(f"field '{column_name(path)}': expected a tuple of {len(content)} items, got {type(value).__name__}")
+        if len(value) != len(content):
+            raise ValueError(f"field '{column_name(path)}': expected a tuple of {len(content)} items, got {len(value)}")
         for i, sub in enumerate(content):
             _flatten(sub, value[i], (*path, i), out)
 

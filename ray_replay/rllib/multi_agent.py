@@ -24,6 +24,11 @@ from ray_replay.rllib.episode_buffer import NativeEpisodeReplayBuffer
 
 __all__ = ["NativeMultiAgentEpisodeReplayBuffer"]
 
+# Per-module gauges in get_metrics() (lifetime totals of agent steps, as RLlib's buffer reports per module).
+NUM_MODULE_STEPS_STORED = "num_module_steps_stored"
+NUM_MODULE_STEPS_ADDED = "num_module_steps_added_lifetime"
+NUM_MODULE_STEPS_SAMPLED = "num_module_steps_sampled_lifetime"
+
 REPLAY_MODES = ("independent",)
 _OPTIONS = ("capacity", "alpha", "beta", "eps", "n_step", "backend", "seed", "replay_mode", "batch_size_B", "batch_length_T",
             "metrics_num_episodes_for_smoothing")
@@ -184,17 +189,21 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         return list(self._modules)
 
     def get_metrics(self) -> ResultDict[str, Any]:
-        """Totals since the last report, plus each module's own metrics under its module id."""
+        """Totals since the last report, and each module's stored, added and sampled agent steps.
+
+        RLlib calls this after every sample, so it logs a handful of values into one logger (a
+        module's own ``get_metrics`` would cost a logger reduction per module per call)."""
         counts, reported = self._counts, self._reported
         log = self.metrics.log_value
         log(NUM_ENV_STEPS_STORED, len(self), reduce="item")
         log(NUM_ENV_STEPS_ADDED_LIFETIME, counts["env_steps_added"] - reported["env_steps_added"], reduce="lifetime_sum")
         log(NUM_ENV_STEPS_SAMPLED_LIFETIME, counts["steps_sampled"] - reported["steps_sampled"], reduce="lifetime_sum")
-        self._reported = dict(counts)
-        result: dict[str, Any] = dict(self.metrics.reduce())
         for module_id, buffer in self._modules.items():
-            result[str(module_id)] = buffer.get_metrics()
-        return result
+            log((NUM_MODULE_STEPS_STORED, str(module_id)), len(buffer), reduce="item")
+            log((NUM_MODULE_STEPS_ADDED, str(module_id)), buffer.get_added_timesteps(), reduce="item")
+            log((NUM_MODULE_STEPS_SAMPLED, str(module_id)), buffer.get_sampled_timesteps(), reduce="item")
+        self._reported = dict(counts)
+        return self.metrics.reduce()
 
     def get_state(self) -> dict[str, Any]:
         """A picklable snapshot: every module's buffer state, counters and seed sequence."""
