@@ -125,14 +125,16 @@ def test_bad_options_are_clear_errors() -> None:
         NativeMultiAgentEpisodeReplayBuffer(100, alpha=-1.0)
 
 
-def test_multi_agent_dqn_trains(ray_local: None) -> None:
+@pytest.mark.parametrize("replay_mode", ["independent", "synchronized"])
+def test_multi_agent_dqn_trains(ray_local: None, replay_mode: str) -> None:
     config = (
         DQNConfig()
         .environment(MultiAgentCartPole, env_config={"num_agents": 2})
         .multi_agent(policies={"p0", "p1"}, policy_mapping_fn=module_of)
         .env_runners(num_env_runners=0)
         .training(
-            replay_buffer_config={"type": "ray_replay.rllib.NativeMultiAgentEpisodeReplayBuffer", "capacity": 2000, "n_step": 1},
+            replay_buffer_config={"type": "ray_replay.rllib.NativeMultiAgentEpisodeReplayBuffer", "capacity": 2000, "n_step": 1,
+                                  "replay_mode": replay_mode},
             train_batch_size=32,
             num_steps_sampled_before_learning_starts=64,
             target_network_update_freq=100,
@@ -143,12 +145,98 @@ def test_multi_agent_dqn_trains(ray_local: None) -> None:
     )
     algo = config.build_algo()
     try:
-        for _ in range(2):
-            algo.train()
+        results = [algo.train() for _ in range(2)]
         buffer = algo.local_replay_buffer
-        assert isinstance(buffer, NativeMultiAgentEpisodeReplayBuffer)
-        for module_id in ("p0", "p1"):  # both modules trained on their own rows and sent their TD errors back
-            stats = buffer.module_buffer(module_id)._storage.stats()
-            assert stats["priority_updates"] > 0 and stats["samples"] - 32 <= stats["priority_updates"] <= stats["samples"]
+        assert isinstance(buffer, NativeMultiAgentEpisodeReplayBuffer) and buffer.replay_mode == replay_mode
+        learners = results[-1]["learners"]
+        assert {"p0", "p1"} <= set(learners)  # both modules were updated from replayed batches
+        if replay_mode == "independent":
+            for module_id in ("p0", "p1"):  # both modules sent their TD errors back to their own buffer
+                stats = buffer.module_buffer(module_id)._storage.stats()
+                assert stats["priority_updates"] > 0 and stats["samples"] - 32 <= stats["priority_updates"] <= stats["samples"]
+        else:
+            assert len(buffer) > 0 and buffer._sync.ignored_priority_updates > 0
     finally:
         algo.stop()
+
+
+def play_chunks(steps: int, seed: int, every: int = 7) -> list[MultiAgentEpisode]:
+    """Random two-agent CartPole play cut into chunks every ``every`` env steps, as env runners deliver them."""
+    env = MultiAgentCartPole({"num_agents": 2})
+    rng = np.random.default_rng(seed)
+    chunks = []
+    episode = MultiAgentEpisode(agent_module_ids={0: "p0", 1: "p1"})
+    obs, infos = env.reset(seed=seed)
+    episode.add_env_reset(observations=obs, infos=infos)
+    for step in range(1, steps + 1):
+        actions = {agent: int(rng.integers(2)) for agent in episode.get_agents_to_act()}
+        obs, rewards, terminateds, truncateds, infos = env.step(actions)
+        episode.add_env_step(obs, actions, rewards, infos, terminateds=terminateds, truncateds=truncateds)
+        if episode.is_done:
+            chunks.append(episode.to_numpy())
+            episode = MultiAgentEpisode(agent_module_ids={0: "p0", 1: "p1"})
+            obs, infos = env.reset()
+            episode.add_env_reset(observations=obs, infos=infos)
+        elif step % every == 0:
+            successor = episode.cut()
+            chunks.append(episode.to_numpy())
+            episode = successor
+    chunks.append(episode)
+    return chunks
+
+
+def test_synchronized_mode_returns_every_agent_of_the_same_env_steps() -> None:
+    chunks = play_chunks(500, seed=3)
+    buffer = NativeMultiAgentEpisodeReplayBuffer(10_000, n_step=2, replay_mode="synchronized", seed=4)
+    buffer.add(chunks)
+    assert sorted(buffer.get_module_ids()) == ["p0", "p1"]
+    # The truth, per (episode id, env t), from the chunks: observations, actions, rewards of each agent.
+    obs, act, rew, last_obs, done = {}, {}, {}, {}, {}
+    for c in chunks:
+        n = c.env_steps()
+        for j, o in enumerate(c.get_observations(slice(0, n + 1), return_list=True)):
+            # A chunk boundary's observation appears in both chunks; an agent that ended there only in the first.
+            obs[(c.id_, c.env_t_started + j)] = {**o, **obs.get((c.id_, c.env_t_started + j), {})}
+            for agent in o:
+                last_obs[(c.id_, agent)] = max(last_obs.get((c.id_, agent), -1), c.env_t_started + j)
+        for j, (a, r) in enumerate(zip(c.get_actions(slice(0, n), return_list=True), c.get_rewards(slice(0, n), return_list=True))):
+            act[(c.id_, c.env_t_started + j)], rew[(c.id_, c.env_t_started + j)] = a, r
+        for agent, sa in c.agent_episodes.items():
+            done[(c.id_, agent)] = done.get((c.id_, agent), False) or sa.is_terminated
+    open_steps = chunks[-1].env_t  # the unfinished episode's last n steps are held back
+    assert len(buffer) == len(act) - min(1, open_steps)
+    sampled = buffer.sample(num_items=64, n_step=(1, 2), gamma=GAMMA)
+    by_step: dict[tuple[str, int, int], set] = {}
+    for s in sampled:
+        eid, t, n, agent = s.multi_agent_episode_id, s.t_started, int(s.get_extra_model_outputs("n_step", 0)), s.agent_id
+        assert s.module_id == f"p{agent}" and float(s.get_extra_model_outputs("weights", 0)) == 1.0
+        np.testing.assert_array_equal(s.get_observations(0), obs[(eid, t)][agent])
+        np.testing.assert_array_equal(s.get_observations(1), obs[(eid, t + n)][agent])
+        assert int(s.get_actions(0)) == act[(eid, t)][agent]
+        expected = sum(GAMMA**i * float(rew[(eid, t + i)].get(agent) or 0.0) for i in range(n))
+        assert np.isclose(s.get_rewards(0), expected, rtol=1e-12)
+        assert s.is_terminated == (done[(eid, agent)] and last_obs[(eid, agent)] == t + n)
+        by_step.setdefault((eid, t, n), set()).add(agent)
+    assert len(by_step) > 10
+    boundary_ends = [(eid, t) for (eid, t), o in obs.items() if any(t == last_obs[(eid, a)] and (eid, t - 1) in act and a in act[(eid, t - 1)]
+                                                                   for a in o) and t in {c.env_t_started for c in chunks if c.id_ == eid}]
+    assert boundary_ends  # the data has agents that ended exactly at a chunk boundary (the case carried over)
+    # Every full 1-step agent transition stored is drawn (10,000 uniform draws over < 600 env steps), and
+    # nothing else: agents that ended at a chunk boundary keep their last transition.
+    open_id, open_t = chunks[-1].id_, chunks[-1].env_t
+    expected_all = {(eid, t, a) for (eid, t), acts in act.items() for a in acts
+                    if a in obs[(eid, t)] and a in obs[(eid, t + 1)] and not (eid == open_id and t + 2 > open_t)}
+    drawn = {(s.multi_agent_episode_id, s.t_started, s.agent_id) for s in buffer.sample(num_items=10_000, n_step=1, gamma=GAMMA)}
+    assert drawn == expected_all
+    for (eid, t, n), agents in by_step.items():  # every agent with a full transition at that step came along
+        assert agents == {a for a in (0, 1) if a in obs[(eid, t)] and a in act[(eid, t)] and a in obs[(eid, t + n)]}
+    assert sum(1 for s in sampled if s.module_id == "p0") <= 64 and sum(1 for s in sampled if s.module_id == "p1") <= 64
+    buffer.update_priorities(np.ones(5), "p0")  # uniform: counted, not applied
+    assert buffer.get_metrics()["ray_replay"]["ignored_priority_updates"].peek() == 5
+    with pytest.raises(ValueError, match="stores rows for replay_mode='synchronized'"):
+        buffer.sample(num_items=4, replay_mode="independent")
+    clone = NativeMultiAgentEpisodeReplayBuffer(10_000, n_step=2, replay_mode="synchronized")
+    clone.set_state(pickle.loads(pickle.dumps(buffer.get_state())))
+    a = buffer.sample(num_items=8, n_step=2, gamma=GAMMA)
+    b = clone.sample(num_items=8, n_step=2, gamma=GAMMA)
+    assert [(e.agent_id, e.t_started, e.multi_agent_episode_id) for e in a] == [(e.agent_id, e.t_started, e.multi_agent_episode_id) for e in b]

@@ -49,7 +49,7 @@ class EpisodeFactory:
         terminated: np.ndarray,
         truncated: np.ndarray,
         t: np.ndarray,
-        extras: dict[str, np.ndarray],
+        extras: dict[str, Any],
         infos: list[tuple[dict[str, Any], dict[str, Any]]] | None,
         tags: list[tuple[Any, Any, Any]] | None = None,
     ) -> list[SingleAgentEpisode]:

@@ -5,7 +5,8 @@ RLlib's multi-agent DQN (new API stack, 2.60) adds ``MultiAgentEpisode`` chunks,
 priorities per module: ``update_priorities(td_errors, module_id)``. This class keeps that interface.
 Each module's agent steps live in their own ``NativeEpisodeReplayBuffer`` (a native prioritized
 buffer: per-module sum trees, priorities and max priority, as in RLlib's buffer), so ``"independent"``
-sampling draws ``batch_size_B`` transitions from every module's own distribution. It subclasses
+sampling draws ``batch_size_B`` transitions from every module's own distribution; ``"synchronized"``
+keeps environment-step rows instead (see ray_replay.rllib.synchronized). It subclasses
 RLlib's class only because RLlib routes priority updates by an ``isinstance`` check.
 """
 
@@ -21,6 +22,8 @@ from ray.rllib.utils.replay_buffers.multi_agent_prioritized_episode_buffer impor
 from ray.rllib.utils.typing import ModuleID, ResultDict
 
 from ray_replay.rllib.episode_buffer import NativeEpisodeReplayBuffer
+from ray_replay.rllib.nstep import max_n_step
+from ray_replay.rllib.synchronized import SynchronizedStore
 
 __all__ = ["NativeMultiAgentEpisodeReplayBuffer"]
 
@@ -29,7 +32,7 @@ NUM_MODULE_STEPS_STORED = "num_module_steps_stored"
 NUM_MODULE_STEPS_ADDED = "num_module_steps_added_lifetime"
 NUM_MODULE_STEPS_SAMPLED = "num_module_steps_sampled_lifetime"
 
-REPLAY_MODES = ("independent",)
+REPLAY_MODES = ("independent", "synchronized")
 _OPTIONS = ("capacity", "alpha", "beta", "eps", "n_step", "backend", "seed", "replay_mode", "batch_size_B", "batch_length_T",
             "metrics_num_episodes_for_smoothing")
 
@@ -47,7 +50,11 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         backend: ``"local"``, or a mapping ``module_id -> ReplayCoordinator`` (handle or name) to keep
             each module's rows on its own sharded replay.
         replay_mode: ``"independent"`` (RLlib's default: ``sample(B)`` returns B transitions of every
-            module, drawn from that module's prioritized distribution).
+            module, drawn from that module's prioritized distribution) or ``"synchronized"``
+            (``sample(B)`` draws B environment steps uniformly and returns the transition of every
+            agent that has a full one there, so the modules' batches come from the same steps;
+            weights are 1 and priority updates are counted as ignored; local backend only). The
+            mode is fixed at construction: it decides how rows are stored.
 
     Observations and actions may be Dict/Tuple spaces, per agent (see NativeEpisodeReplayBuffer).
     """
@@ -86,6 +93,11 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         self._backend = backend
         self._seeds = np.random.SeedSequence(seed)
         self._modules: dict[ModuleID, NativeEpisodeReplayBuffer] = {}
+        self._sync: SynchronizedStore | None = None
+        if replay_mode == "synchronized":
+            if not isinstance(backend, str):
+                raise ValueError(f"{type(self).__name__}: replay_mode='synchronized' keeps its rows locally; backend must be 'local'")
+            self._sync = SynchronizedStore(self.capacity, max_n_step(n_step), seed=int(self._seeds.spawn(1)[0].generate_state(1)[0]))
         self._counts = {"env_steps_added": 0, "steps_sampled": 0}
         self._reported = dict(self._counts)
         self.metrics = MetricsLogger(root=False)
@@ -115,6 +127,9 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         per_module: dict[ModuleID, list[Any]] = {}
         for episode in force_list(episodes):
             self._counts["env_steps_added"] += episode.env_steps()
+            if self._sync is not None:
+                self._sync.add(episode)
+                continue
             for agent_id, agent_episode in episode.agent_episodes.items():
                 module_id = agent_episode.module_id if agent_episode.module_id is not None else episode.module_for(agent_id)
                 per_module.setdefault(module_id, []).append(agent_episode)
@@ -143,11 +158,23 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         prioritized distribution, as 1-step ``SingleAgentEpisode``s tagged with ``agent_id``,
         ``module_id`` and ``multi_agent_episode_id``; modules without stored steps are skipped."""
         mode = replay_mode or self.replay_mode
-        if mode not in REPLAY_MODES:
-            raise ValueError(f"replay_mode must be one of {REPLAY_MODES}, got {mode!r}")
+        if mode != self.replay_mode:
+            raise ValueError(f"this buffer stores rows for replay_mode={self.replay_mode!r} (set in replay_buffer_config), got {mode!r}")
         if num_items is not None and batch_size_B is not None:
             raise ValueError("pass num_items or batch_size_B, not both")
         size = num_items or batch_size_B or self.batch_size_B
+        if self._sync is not None:
+            n = 1 if n_step is None else n_step
+            if max_n_step(n) > self._sync._k:
+                raise ValueError(f"sample(n_step={n!r}) needs more future steps than stored; set replay_buffer_config['n_step'] = {n!r}")
+            if len(self._sync) == 0:
+                return []
+            sampled = self._sync.sample(size, n, gamma, None if modules_to_sample is None else set(modules_to_sample))
+            self._counts["steps_sampled"] += size
+            if to_numpy:
+                for episode in sampled:
+                    episode.to_numpy()
+            return sampled
         modules = list(self._modules) if modules_to_sample is None else list(modules_to_sample)
         episodes: list[Any] = []
         for module_id in modules:
@@ -161,12 +188,19 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         return episodes
 
     def update_priorities(self, priorities: Any, module_id: ModuleID) -> None:  # type: ignore[override]
-        """Sets the priorities (|TD errors|) of ``module_id``'s rows of the last ``sample()``."""
+        """Sets the priorities (|TD errors|) of ``module_id``'s rows of the last ``sample()`` (synchronized
+        mode samples uniformly: the update is counted as ignored)."""
+        if self._sync is not None:
+            self._sync.ignored_priority_updates += len(np.asarray(priorities).reshape(-1))
+            return
         if module_id not in self._modules:
             raise KeyError(f"no rows of module {module_id!r} were sampled")
         self._modules[module_id].update_priorities(priorities)
 
     def __len__(self) -> int:
+        """Stored agent timesteps (independent mode) or environment-step rows (synchronized mode)."""
+        if self._sync is not None:
+            return len(self._sync)
         return sum(len(buffer) for buffer in self._modules.values())
 
     def get_num_timesteps(self, module_id: ModuleID | None = None) -> int:
@@ -186,6 +220,8 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         return self._counts["steps_sampled"]
 
     def get_module_ids(self) -> list[ModuleID]:
+        if self._sync is not None:
+            return list(dict.fromkeys(self._sync.modules.values()))
         return list(self._modules)
 
     def get_metrics(self) -> ResultDict[str, Any]:
@@ -202,12 +238,15 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
             log((NUM_MODULE_STEPS_STORED, str(module_id)), len(buffer), reduce="item")
             log((NUM_MODULE_STEPS_ADDED, str(module_id)), buffer.get_added_timesteps(), reduce="item")
             log((NUM_MODULE_STEPS_SAMPLED, str(module_id)), buffer.get_sampled_timesteps(), reduce="item")
+        if self._sync is not None:
+            log(("ray_replay", "ignored_priority_updates"), self._sync.ignored_priority_updates, reduce="item")
         self._reported = dict(counts)
         return self.metrics.reduce()
 
     def get_state(self) -> dict[str, Any]:
         """A picklable snapshot: every module's buffer state, counters and seed sequence."""
         return {"modules": {module_id: buffer.get_state() for module_id, buffer in self._modules.items()},
+                "sync": None if self._sync is None else self._sync.get_state(),
                 "counts": dict(self._counts), "seeds": self._seeds, "options": dict(self._options)}
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -216,5 +255,7 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         self._seeds = state["seeds"]
         for module_id, module_state in state["modules"].items():
             self._module(module_id).set_state(module_state)
+        if self._sync is not None and state.get("sync") is not None:
+            self._sync.set_state(state["sync"])
         self._counts = dict(state["counts"])
         self._reported = dict(self._counts)

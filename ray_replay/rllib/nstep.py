@@ -94,7 +94,8 @@ class Segment:
         offsets = np.arange(1, k + 1)
         future = np.minimum(j[:, None] + offsets[None, :], length)  # obs indices t+1 .. t+k (clamped)
         reward_idx = j[:, None] + offsets[None, :] - 1
-        rewards = np.where(reward_idx < length, self.rewards[np.minimum(reward_idx, length - 1)], 0.0)
+        valid = (reward_idx < length).reshape(reward_idx.shape + (1,) * (self.rewards.ndim - 1))  # rewards may be (T, agents)
+        rewards = np.where(valid, self.rewards[np.minimum(reward_idx, length - 1)], 0.0)
         to_end = length - j
         if end != END_NONE:
             horizon = np.minimum(to_end, k).astype(np.int32)
