@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ray
-from test_nested import SCHEMA, assert_sample_matches, row, rows
+from test_nested import SCHEMA, _concat, assert_sample_matches, row, rows
 
 from ray_replay import DistributedReplay
 
@@ -46,10 +46,3 @@ def test_sharded_nested_replay_round_trips(ray_local):
     finally:
         replay.shutdown()
 
-
-def _concat(a, b):
-    if isinstance(a, dict):
-        return {k: _concat(a[k], b[k]) for k in a}
-    if isinstance(a, tuple):
-        return tuple(_concat(x, y) for x, y in zip(a, b))
-    return np.concatenate([a, b])

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
 from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
 from ray.rllib.utils.replay_buffers import MultiAgentPrioritizedEpisodeReplayBuffer
+from test_rllib import tiny_dqn
 
 from ray_replay.rllib import NativeMultiAgentEpisodeReplayBuffer
 
@@ -25,23 +25,7 @@ def module_of(agent_id: Any, *args: Any, **kwargs: Any) -> str:
 
 def play(steps: int, seed: int = 0) -> list[MultiAgentEpisode]:
     """Random play on a two-agent CartPole: finished episodes, and the last one unfinished."""
-    env = MultiAgentCartPole({"num_agents": 2})
-    rng = np.random.default_rng(seed)
-    episodes = []
-    episode = MultiAgentEpisode(agent_module_ids={0: "p0", 1: "p1"})
-    obs, infos = env.reset(seed=seed)
-    episode.add_env_reset(observations=obs, infos=infos)
-    for _ in range(steps):
-        if episode.is_done:
-            episodes.append(episode.to_numpy())
-            episode = MultiAgentEpisode(agent_module_ids={0: "p0", 1: "p1"})
-            obs, infos = env.reset()
-            episode.add_env_reset(observations=obs, infos=infos)
-        actions = {agent: int(rng.integers(2)) for agent in episode.get_agents_to_act()}
-        obs, rewards, terminateds, truncateds, infos = env.step(actions)
-        episode.add_env_step(obs, actions, rewards, infos, terminateds=terminateds, truncateds=truncateds)
-    episodes.append(episode)
-    return episodes
+    return play_chunks(steps, seed, every=steps + 1)
 
 
 def index(episodes: list[MultiAgentEpisode]) -> dict[tuple[str, Any, int], tuple[np.ndarray, int, float, np.ndarray]]:
@@ -127,22 +111,9 @@ def test_bad_options_are_clear_errors() -> None:
 
 @pytest.mark.parametrize("replay_mode", ["independent", "synchronized"])
 def test_multi_agent_dqn_trains(ray_local: None, replay_mode: str) -> None:
-    config = (
-        DQNConfig()
-        .environment(MultiAgentCartPole, env_config={"num_agents": 2})
-        .multi_agent(policies={"p0", "p1"}, policy_mapping_fn=module_of)
-        .env_runners(num_env_runners=0)
-        .training(
-            replay_buffer_config={"type": "ray_replay.rllib.NativeMultiAgentEpisodeReplayBuffer", "capacity": 2000, "n_step": 1,
-                                  "replay_mode": replay_mode},
-            train_batch_size=32,
-            num_steps_sampled_before_learning_starts=64,
-            target_network_update_freq=100,
-        )
-        .rl_module(model_config={"fcnet_hiddens": [16], "head_fcnet_hiddens": [16]})
-        .reporting(min_sample_timesteps_per_iteration=100)
-        .debugging(seed=0)
-    )
+    buffer_config = {"type": "ray_replay.rllib.NativeMultiAgentEpisodeReplayBuffer", "capacity": 2000, "n_step": 1, "replay_mode": replay_mode}
+    config = (tiny_dqn(buffer_config).environment(MultiAgentCartPole, env_config={"num_agents": 2})
+              .multi_agent(policies={"p0", "p1"}, policy_mapping_fn=module_of))
     algo = config.build_algo()
     try:
         results = [algo.train() for _ in range(2)]
@@ -161,7 +132,8 @@ def test_multi_agent_dqn_trains(ray_local: None, replay_mode: str) -> None:
 
 
 def play_chunks(steps: int, seed: int, every: int = 7) -> list[MultiAgentEpisode]:
-    """Random two-agent CartPole play cut into chunks every ``every`` env steps, as env runners deliver them."""
+    """Random two-agent CartPole play cut into chunks every ``every`` env steps, as env runners deliver them
+    (each episode's last chunk done, the last episode unfinished)."""
     env = MultiAgentCartPole({"num_agents": 2})
     rng = np.random.default_rng(seed)
     chunks = []

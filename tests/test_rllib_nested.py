@@ -15,10 +15,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import ray
-from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from test_rllib import tiny_dqn
 
 from ray_replay.rllib import NativeEpisodeReplayBuffer
 
@@ -209,19 +209,10 @@ class FlattenForModule(ConnectorV2):
 
 def test_dqn_trains_on_dict_observations(ray_local: None) -> None:
     config = (
-        DQNConfig()
+        tiny_dqn({"capacity": 2000, "n_step": 1})
         .environment(DictCartPole)
-        .env_runners(num_env_runners=0, env_to_module_connector=lambda env, spaces=None, device=None: FlattenForModule())
-        .training(
-            replay_buffer_config={"type": "ray_replay.rllib.NativeEpisodeReplayBuffer", "capacity": 2000, "n_step": 1},
-            train_batch_size=32,
-            num_steps_sampled_before_learning_starts=64,
-            target_network_update_freq=100,
-        )
+        .env_runners(env_to_module_connector=lambda env, spaces=None, device=None: FlattenForModule())
         .learners(learner_connector=lambda obs_space, act_space: FlattenForModule(learner=True))
-        .rl_module(model_config={"fcnet_hiddens": [16], "head_fcnet_hiddens": [16]})
-        .reporting(min_sample_timesteps_per_iteration=100)
-        .debugging(seed=0)
     )
     algo = config.build_algo()
     try:
