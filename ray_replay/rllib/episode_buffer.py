@@ -42,7 +42,7 @@ _NATIVE_STATS = ("priority_updates", "stale_priority_updates", "add_p50_ns", "sa
 
 _OPTIONS = (
     "capacity", "alpha", "beta", "eps", "n_step", "backend", "seed", "batch_size_B", "batch_length_T",
-    "metrics_num_episodes_for_smoothing",
+    "metrics_num_episodes_for_smoothing", "env_runners_write",
 )
 
 
@@ -65,6 +65,9 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             prioritized ``ReplayCoordinator`` (handle or actor name): rows spread over its Ray
             shards with global prioritized sampling; its capacity/alpha/beta then apply and
             get_state/set_state are the coordinator's business.
+        env_runners_write: with a sharded backend and ``ray_replay.rllib.DirectWriteEnvRunner``,
+            env runners write their rows straight to the shards and this buffer only samples
+            (see ray_replay.rllib.direct).
         seed: makes sampling (and n-step draws) reproducible.
         batch_size_B: sample size when ``sample()`` gets none.
         batch_length_T: only 1 (RLlib's prioritized buffer has no sequence sampling either).
@@ -96,6 +99,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         batch_size_B: int = 16,
         batch_length_T: int = 1,
         metrics_num_episodes_for_smoothing: int = 100,
+        env_runners_write: bool = False,
         **unknown: Any,
     ) -> None:
         # The parent's __init__ is not called: it would allocate segment trees this class never uses.
@@ -104,6 +108,8 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 f"{type(self).__name__}: unknown replay_buffer_config option(s) {sorted(unknown)}; "
                 f"valid options: type, {', '.join(_OPTIONS)}"
             )
+        if env_runners_write and isinstance(backend, str) and backend == "local":
+            raise ValueError(f"{type(self).__name__}: env_runners_write needs a sharded backend (a ReplayCoordinator), not 'local'")
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
             raise ValueError(f"{type(self).__name__}: capacity must be an int > 0, got {capacity!r}")
         if alpha < 0 or beta < 0 or eps <= 0:
@@ -136,6 +142,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._tags: OrderedDict[int, tuple[Any, Any, Any]] = OrderedDict()
         self._last_ids: np.ndarray | None = None
         self._counts = {"steps_added": 0, "episodes_added": 0, "steps_sampled": 0}
+        self.payload_steps_received = 0  # timesteps handed to add() in this process (0 with env_runners_write)
         self._reported = dict(self._counts)
         self._last_mean_n = 0.0
         self.metrics = MetricsLogger(root=False)
@@ -161,6 +168,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         for episode in force_list(episodes):
             num = len(episode)
             self._counts["steps_added"] += num
+            self.payload_steps_received += num
             end = END_TERMINATED if episode.is_terminated else END_TRUNCATED if episode.is_truncated else END_NONE
             segment = self._segment_of(episode)
             if segment is None:
@@ -319,6 +327,10 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 episode.to_numpy()
         return episodes
 
+    def flush(self) -> None:
+        """Returns once every row added so far is stored (a sharded backend sends its staged rows)."""
+        self._storage.flush()
+
     def update_priorities(self, priorities: Any, module_id: ModuleID | None = None) -> None:
         """Sets the priorities (|TD errors|) of the rows of the last ``sample()``."""
         if self._last_ids is None:
@@ -350,6 +362,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             if name in stats:  # a sharded backend reports counters, not latencies
                 log(("ray_replay", name), stats[name], reduce="item")
         log(("ray_replay", "open_episodes"), len(self._open), reduce="item")
+        log(("ray_replay", "payload_steps_received"), self.payload_steps_received, reduce="item")
         self._reported = dict(counts)
         return self.metrics.reduce()
 
