@@ -9,6 +9,8 @@ as a Markdown table, JSON and a PNG under benchmarks/results/.
     python benchmarks/rllib_dqn.py --multi-agent --env-steps 4000   # two-agent CartPole, two modules:
         RLlib's MultiAgentPrioritizedEpisodeReplayBuffer vs NativeMultiAgentEpisodeReplayBuffer
         (results in rllib_dqn_multi_agent.md/.json)
+    python benchmarks/rllib_dqn.py --direct --env-steps 4000   # 2 env runners, sharded replay: episodes
+        through the driver vs env runners writing straight to the shards (rllib_dqn_direct.md/.json)
 
 Targets: buffer time <= 1/4 of the built-in's; mean return >= 400 within 100k env steps.
 Needs the [rllib] and [bench] extras. The learner runs in this process with one torch thread.
@@ -31,7 +33,7 @@ from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
 from ray.rllib.utils.replay_buffers import MultiAgentPrioritizedEpisodeReplayBuffer, PrioritizedEpisodeReplayBuffer
 
 from ray_replay.distributed.runtime import init_ray
-from ray_replay.rllib import NativeEpisodeReplayBuffer, NativeMultiAgentEpisodeReplayBuffer
+from ray_replay.rllib import DirectWriteEnvRunner, NativeEpisodeReplayBuffer, NativeMultiAgentEpisodeReplayBuffer
 
 __all__ = ["TimedBuiltinEpisodeReplayBuffer", "TimedBuiltinMultiAgentEpisodeReplayBuffer", "TimedNativeEpisodeReplayBuffer",
            "TimedNativeMultiAgentEpisodeReplayBuffer", "main"]
@@ -235,12 +237,56 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
     fig.savefig(out / "rllib_dqn.png", dpi=110)
 
 
+def run_direct(mode: str, env_steps: int, seed: int) -> dict[str, Any]:
+    """DQN with 2 env runners on a 2-shard prioritized replay; ``mode`` "driver" (episodes through the
+    Algorithm's process) or "direct" (env runners write to the shards). Env steps/s and updates/s."""
+    from ray_replay.distributed import ReplayCoordinator
+
+    coordinator = ReplayCoordinator.remote(capacity=50_000, num_shards=2, buffer_type="prioritized", alpha=0.6, beta=0.4, seed=seed)
+    buffer_config = {"type": f"{__name__}.TimedNativeEpisodeReplayBuffer", "backend": coordinator, "n_step": N_STEP,
+                     "env_runners_write": mode == "direct"}
+    config = dqn_config("ray_replay", seed).training(replay_buffer_config=buffer_config)
+    config = config.env_runners(num_env_runners=2, num_cpus_per_env_runner=0, **({"env_runner_cls": DirectWriteEnvRunner} if mode == "direct" else {}))
+    algo = config.build_algo()
+    name = type(algo.local_replay_buffer).__name__
+    TIMES.pop(name, None)
+    CALLS.pop(name, None)
+    start = time.perf_counter()
+    try:
+        steps = 0
+        while steps < env_steps:
+            steps = int(algo.train()["env_runners"]["num_env_steps_sampled_lifetime"])
+        wall = time.perf_counter() - start
+        received = algo.local_replay_buffer.payload_steps_received
+    finally:
+        algo.stop()
+        ray.get(coordinator.shutdown.remote())
+        ray.kill(coordinator)
+    updates = CALLS[name]["sample"]
+    return {"mode": mode, "env_steps": steps, "wall_s": wall, "env_steps_per_s": steps / wall, "updates_per_s": updates / wall,
+            "updates": updates, "driver_payload_steps": received}
+
+
+def report_direct(runs: list[dict[str, Any]], out: Path) -> str:
+    lines = ["# DQN CartPole-v1, 2 env runners, 2-shard replay: episodes through the driver vs direct writes", "",
+             "| path | env steps | wall s | env steps/s | learner updates/s | timesteps handed to the driver's buffer |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['mode']} | {r['env_steps']} | {r['wall_s']:.1f} | {r['env_steps_per_s']:.0f} | {r['updates_per_s']:.1f} | {r['driver_payload_steps']} |")
+    driver, direct = runs
+    lines += ["", f"direct / driver env steps/s: **{direct['env_steps_per_s'] / driver['env_steps_per_s']:.2f}** (target >= 2)"]
+    text = "\n".join(lines) + "\n"
+    (out / "rllib_dqn_direct.md").write_text(text)
+    (out / "rllib_dqn_direct.json").write_text(json.dumps(runs, indent=1))
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20k env steps per buffer instead of 100k")
     parser.add_argument("--env-steps", type=int, help="env steps per buffer (overrides --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--multi-agent", action="store_true", help="two-agent CartPole with one module per agent")
+    parser.add_argument("--direct", action="store_true", help="2 env runners: through the driver vs direct writes to the shards")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     env_steps = args.env_steps or (20_000 if args.quick else 100_000)
@@ -248,6 +294,9 @@ def main() -> None:
     torch.set_num_threads(1)
     init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        if args.direct:
+            print(report_direct([run_direct(mode, env_steps, args.seed) for mode in ("driver", "direct")], args.out))
+            return
         runs = [run(buffer, env_steps, args.seed, args.multi_agent) for buffer in BUFFERS]
     finally:
         ray.shutdown()
