@@ -20,6 +20,7 @@ def test_env_runners_write_straight_to_the_shards(coordinator: Any) -> None:  # 
     algo = config.build_algo()
     try:
         results = [algo.train() for _ in range(2)]
+        algo.env_runner_group.foreach_env_runner(lambda runner: runner.flush_replay_writes(), local_env_runner=False)
         buffer = algo.local_replay_buffer
         assert isinstance(buffer, NativeEpisodeReplayBuffer)
         assert buffer.payload_steps_received == 0  # no transition reached the driver's buffer

@@ -7,8 +7,9 @@ With ``DirectWriteEnvRunner`` (``config.env_runners(env_runner_cls=DirectWriteEn
 held-back segments as the driver-side buffer) and writes them through its own ``ReplayClient`` to the
 shards, returning no episodes: the driver's process handles no transition payload on the way in (its
 buffer counts what it receives, ``get_metrics()["ray_replay"]["payload_steps_received"]``, which stays
-0) and samples prioritized batches from the shards for the learner. Each env runner flushes its
-writes at the end of ``sample()``, so DQN's next training step can draw them. Flat (Box/Discrete)
+0) and samples prioritized batches from the shards for the learner. An env runner's writes go out
+asynchronously (its ReplayClient sends every ``flush_interval_s``), so env stepping never waits for
+the shards; the driver's first sample waits for the first rows. Flat (Box/Discrete)
 spaces: the driver does not see the episodes, so it cannot learn a Dict/Tuple layout from them.
 """
 
@@ -30,10 +31,17 @@ class DirectWriteEnvRunner(SingleAgentEnvRunner):
         episodes = super().sample(**kwargs)
         if self.config.in_evaluation:
             return list(episodes)  # evaluation runners report, they do not write
-        writer = self._replay_writer()
-        writer.add(episodes)
-        writer.flush()
+        # No flush here: the writer's ReplayClient sends staged rows every flush_interval_s (or
+        # batch_rows) without waiting for the shards, so sampling overlaps with the writes; the
+        # driver's buffer waits for the first rows (see NativeEpisodeReplayBuffer.sample).
+        self._replay_writer().add(episodes)
         return []
+
+    def flush_replay_writes(self) -> None:
+        """Returns once every row this env runner wrote is stored in its shard."""
+        writer: NativeEpisodeReplayBuffer | None = getattr(self, "_ray_replay_writer", None)
+        if writer is not None:
+            writer.flush()
 
     def _replay_writer(self) -> NativeEpisodeReplayBuffer:
         writer: NativeEpisodeReplayBuffer | None = getattr(self, "_ray_replay_writer", None)

@@ -10,6 +10,7 @@ because RLlib routes priority updates by an ``isinstance`` check on it.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -124,6 +125,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._eps = float(eps)
         self._backend = backend
         self._storage: Storage = make_storage(backend, self.capacity, alpha=alpha, beta=beta, eps=eps, seed=seed)
+        self._awaiting_rows = bool(env_runners_write)  # env runners write: the first sample waits for rows
         self.capacity = self._storage.capacity  # a sharded backend has its coordinator's
         self._rng = np.random.default_rng(seed)
         self._factory = EpisodeFactory()
@@ -295,6 +297,8 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 f"replay_buffer_config['n_step'] = {n_step!r} (currently {self._k})"
             )
         size = num_items or batch_size_B or self.batch_size_B
+        if self._awaiting_rows:
+            self._await_rows()
         rows = self._storage.sample(size, self._beta if beta is None else float(beta))
         if self._layout is not None:
             rows = self._layout.unflatten(rows)
@@ -326,6 +330,15 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             for episode in episodes:
                 episode.to_numpy()
         return episodes
+
+    def _await_rows(self, timeout_s: float = 60.0) -> None:
+        """With env_runners_write, the env runners' first rows may still be on their way to the shards."""
+        deadline = time.monotonic() + timeout_s
+        while len(self._storage) == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no rows reached the sharded replay within {timeout_s} s: do the env runners use DirectWriteEnvRunner?")
+            time.sleep(0.01)
+        self._awaiting_rows = False  # rows never leave a prioritized replay that has them (eviction keeps it full)
 
     def flush(self) -> None:
         """Returns once every row added so far is stored (a sharded backend sends its staged rows)."""
