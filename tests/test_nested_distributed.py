@@ -13,36 +13,38 @@ from ray_replay import DistributedReplay
 
 @ray.remote(num_cpus=0)
 def write_and_sample(replay: DistributedReplay, start: int) -> dict:
-    replay.add_batch(**rows(30, start))
+    replay.add_batch(**rows(20, start))
     replay.flush()
     return replay.sample(16)
 
 
 def test_sharded_nested_replay_round_trips(ray_local):
-    replay = DistributedReplay(200, num_shards=2, buffer_type="prioritized", schema=SCHEMA, seed=0, metrics=False)
+    replay = DistributedReplay(400, num_shards=2, buffer_type="prioritized", schema=SCHEMA, seed=0, metrics=False)
     try:
-        first, second = rows(30), rows(30, 30)
-        data = {k: _concat(first[k], second[k]) for k in first}
-        replay.add_batch(**first)
-        remote_sample = ray.get(write_and_sample.remote(replay, 30))  # another process, through the pickled facade
-        assert_sample_matches(remote_sample, data)
-        replay.add(**row(rows(1, 60), 0))
-        data = {k: _concat(data[k], rows(1, 60)[k]) for k in data}
+        data = rows(250)
+        replay.add_batch(**data)
         replay.flush()
-        assert replay.size() == 61
-        shards = replay.stats()["shards"]
-        assert all(s["size"] > 0 for s in shards)  # spread over both shards
+        assert all(s["size"] > 0 for s in replay.stats()["shards"])  # 250 rows cannot fit one shard of 200
+        remote_sample = ray.get(write_and_sample.remote(replay, 250))  # another process, through the pickled facade
+        data = {k: _concat(data[k], rows(20, 250)[k]) for k in data}
+        assert_sample_matches(remote_sample, data)
+        replay.add(**row(rows(1, 270), 0))
+        replay.add_batch(**rows(9, 271))
+        for more in (rows(1, 270), rows(9, 271)):
+            data = {k: _concat(data[k], more[k]) for k in data}
+        replay.flush()
+        assert replay.size() == 280 and replay.stats()["total"]["evictions"] == 0
         sample = replay.sample(64)
         assert_sample_matches(sample, data)
         replay.update_priorities(sample["ids"], np.ones(64))
         relayed = ray.get(replay.actor.sample.remote(8))  # the coordinator's own path rebuilds the structure too
         assert_sample_matches(relayed, data)
-        bad = rows(2, 70)
+        bad = rows(2, 300)
         bad["obs"].pop("image")
         with pytest.raises(ValueError, match="'obs.image': missing"):
             replay.add_batch(**bad)
         replay.flush()
-        assert replay.size() == 61
+        assert replay.size() == 280
     finally:
         replay.shutdown()
 
