@@ -90,34 +90,43 @@ class NestedFields:
 
 
 class InferNesting:
-    """Mixed in before the buffer class until the first rows are stored: finds nesting in them."""
+    """Mixed in before the buffer class until the first rows are stored: finds nesting in them.
+
+    Thread-safe settling: another thread may swap this instance's class while a call is inside these
+    methods, so they call the public class's (native) methods and module functions, never ``super()``
+    or methods looked up on ``self``."""
 
     def add(self, *fields: Any, priority: float | None = None, stream: int | None = 0, **named: Any) -> None:
-        layout = self._layout_of(fields, named, batched=False)
+        base: Any = public_type(self)
+        layout = _layout_of(fields, named, batched=False)
         if layout is None:
-            super().add(*fields, priority=priority, stream=stream, **named)  # type: ignore[misc]
+            base.add(self, *fields, priority=priority, stream=stream, **named)
         else:
-            super().add(priority=priority, stream=stream, **layout.flatten_call(fields, named))  # type: ignore[misc]
+            base.add(self, priority=priority, stream=stream, **layout.flatten_call(fields, named))
         _settle(self, layout)
 
     def add_batch(self, *columns: Any, priorities: Any = None, streams: Any = None, **named: Any) -> None:
-        layout = self._layout_of(columns, named, batched=True)
+        base: Any = public_type(self)
+        layout = _layout_of(columns, named, batched=True)
         if layout is None:
-            super().add_batch(*columns, priorities=priorities, streams=streams, **named)  # type: ignore[misc]
+            base.add_batch(self, *columns, priorities=priorities, streams=streams, **named)
         else:
-            super().add_batch(priorities=priorities, streams=streams, **layout.flatten_call(columns, named))  # type: ignore[misc]
+            base.add_batch(self, priorities=priorities, streams=streams, **layout.flatten_call(columns, named))
         if self.schema:  # type: ignore[attr-defined]  # (an empty batch infers nothing)
             _settle(self, layout)
-
-    def _layout_of(self, fields: tuple[Any, ...], named: Mapping[str, Any], batched: bool) -> Layout | None:
-        if self.schema or len(fields) > len(_TRANSITION):  # type: ignore[attr-defined]  # known already, or the native error
-            return None
-        values = [*fields, *named.values()]
-        if not any(isinstance(value, (Mapping, tuple)) for value in values):
-            return None
-        return infer_layout([*_TRANSITION[: len(fields)], *named], values, batched)
 
     def __reduce__(self) -> tuple[Any, ...]:
         from ray_replay.buffer import _restore
 
         return (_restore, (public_type(self), self._get_state()))  # type: ignore[attr-defined]
+
+
+def _layout_of(fields: tuple[Any, ...], named: Mapping[str, Any], batched: bool) -> Layout | None:
+    # (Not short-cut on a known schema: another thread may have stored the first rows and not yet
+    # settled the class; these values are flattened all the same and checked against that schema.)
+    if len(fields) > len(_TRANSITION):  # the native layer's error
+        return None
+    values = [*fields, *named.values()]
+    if not any(isinstance(value, (Mapping, tuple)) for value in values):
+        return None
+    return infer_layout([*_TRANSITION[: len(fields)], *named], values, batched)

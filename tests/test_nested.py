@@ -262,3 +262,25 @@ def test_layout_json_round_trip():
     assert layout.to_json()[:3] == [["obs", "image"], ["obs", "vector"], ["pair", 0]]
     with pytest.raises(ValueError, match="indices"):
         Layout.from_json([["pair", 1]])
+
+
+def test_first_adds_from_many_threads_infer_once():
+    import threading
+
+    for _ in range(20):
+        buf = ReplayBuffer(10_000, "lockfree")
+        barrier = threading.Barrier(4)
+
+        def write(k: int, buf=buf, barrier=barrier) -> None:
+            barrier.wait()
+            for i in range(5):
+                buf.add_batch(obs={"a": np.full((3, 2), k, np.float32), "b": np.arange(3)}, action=np.full(3, i))
+
+        threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(buf) == 60 and list(buf.schema) == ["obs.a", "obs.b", "action"]
+        assert set(buf.sample(200)["obs"]["a"][:, 0].tolist()) <= {0.0, 1.0, 2.0, 3.0}
+
