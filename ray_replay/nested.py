@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Layout", "column_name", "flat_buffer_kwargs", "flatten_schema", "infer_layout", "is_leaf_spec", "is_nested_schema", "map_structure",
-           "stack_structures", "unbatch"]
+           "refuse_unknown_nesting", "stack_structures", "unbatch"]
 
 PathKey = str | int
 Path = tuple[PathKey, ...]
@@ -114,6 +114,14 @@ def unbatch(batch: Any, size: int) -> list[Any]:
     if not isinstance(batch, (Mapping, tuple)):
         return list(batch)
     return [map_structure(lambda leaf, i=i: leaf[i], batch) for i in range(size)]
+
+
+def refuse_unknown_nesting(fields: Sequence[Any], named: Mapping[str, Any]) -> None:
+    """A sharded replay learns nesting only from its schema: dict values without one are refused."""
+    for name, value in [*enumerate(fields), *named.items()]:
+        if _is_mapping(value):
+            raise TypeError(f"field '{name}': nested (dict) values on a sharded replay need the nested schema up front "
+                            "(schema= for DistributedReplay / ReplayCoordinator)")
 
 
 def infer_layout(names: Sequence[str], values: Sequence[Any], batched: bool, every_tuple: bool = False) -> Layout | None:

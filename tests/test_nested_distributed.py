@@ -48,3 +48,15 @@ def test_sharded_nested_replay_round_trips(ray_local):
     finally:
         replay.shutdown()
 
+
+def test_nested_values_without_a_schema_are_refused_clearly(ray_local):
+    replay = DistributedReplay(100, num_shards=2, metrics=False)
+    try:
+        with pytest.raises(TypeError, match="'obs': nested .* need the nested schema up front"):
+            replay.add_batch(obs={"a": np.zeros((2, 3))}, action=np.zeros(2))
+        replay.add_batch(obs=np.zeros((2, 3)), action=np.zeros(2))  # flat values still infer the schema
+        replay.flush()
+        assert replay.size() == 2
+    finally:
+        replay.shutdown()
+

@@ -48,7 +48,7 @@ from ray_replay.distributed.writes import (
     slice_rows,
     validated,
 )
-from ray_replay.nested import Layout
+from ray_replay.nested import Layout, refuse_unknown_nesting
 
 __all__ = ["ReplayClient"]
 
@@ -137,6 +137,8 @@ class ReplayClient:
         self._check_open()
         if self._layout is not None:
             fields, named = (), self._layout.flatten_call(fields, named)
+        elif self._schema is None:
+            refuse_unknown_nesting(fields, named)
         value = None
         if priority is not None:
             require_prioritized(self._buffer_type, "priority")
@@ -155,6 +157,8 @@ class ReplayClient:
         self._check_open()
         if self._layout is not None:
             columns, named = (), self._layout.flatten_call(columns, named)
+        elif self._schema is None:
+            refuse_unknown_nesting(columns, named)
         rows = rows_of(columns, named)
         if priorities is not None:
             require_prioritized(self._buffer_type, "priorities")
