@@ -6,6 +6,11 @@ as a Markdown table, JSON and a PNG under benchmarks/results/.
 
     python benchmarks/rllib_dqn.py            # 100k env steps per buffer (~1 h on 2 cores)
     python benchmarks/rllib_dqn.py --quick    # 20k env steps per buffer
+    python benchmarks/rllib_dqn.py --multi-agent --env-steps 4000   # two-agent CartPole, two modules:
+        RLlib's MultiAgentPrioritizedEpisodeReplayBuffer vs NativeMultiAgentEpisodeReplayBuffer
+        (results in rllib_dqn_multi_agent.md/.json)
+    python benchmarks/rllib_dqn.py --direct --env-steps 4000   # 2 env runners, sharded replay: episodes
+        through the driver vs env runners writing straight to the shards (rllib_dqn_direct.md/.json)
 
 Targets: buffer time <= 1/4 of the built-in's; mean return >= 400 within 100k env steps.
 Needs the [rllib] and [bench] extras. The learner runs in this process with one torch thread.
@@ -24,12 +29,14 @@ import ray
 import torch
 from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
-from ray.rllib.utils.replay_buffers import PrioritizedEpisodeReplayBuffer
+from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
+from ray.rllib.utils.replay_buffers import MultiAgentPrioritizedEpisodeReplayBuffer, PrioritizedEpisodeReplayBuffer
 
 from ray_replay.distributed.runtime import init_ray
-from ray_replay.rllib import NativeEpisodeReplayBuffer
+from ray_replay.rllib import DirectWriteEnvRunner, NativeEpisodeReplayBuffer, NativeMultiAgentEpisodeReplayBuffer
 
-__all__ = ["TimedBuiltinEpisodeReplayBuffer", "TimedNativeEpisodeReplayBuffer", "main"]
+__all__ = ["TimedBuiltinEpisodeReplayBuffer", "TimedBuiltinMultiAgentEpisodeReplayBuffer", "TimedNativeEpisodeReplayBuffer",
+           "TimedNativeMultiAgentEpisodeReplayBuffer", "main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Seconds and call counts per buffer class and method.
@@ -69,24 +76,46 @@ class TimedNativeEpisodeReplayBuffer(_Timed, NativeEpisodeReplayBuffer):
     """ray_replay's buffer, timed."""
 
 
+class TimedBuiltinMultiAgentEpisodeReplayBuffer(_Timed, MultiAgentPrioritizedEpisodeReplayBuffer):
+    """RLlib's built-in multi-agent buffer, timed."""
+
+
+class TimedNativeMultiAgentEpisodeReplayBuffer(_Timed, NativeMultiAgentEpisodeReplayBuffer):
+    """ray_replay's multi-agent buffer, timed."""
+
+
 N_STEP = (2, 5)
 BUFFERS = {
     "builtin": {"type": f"{__name__}.TimedBuiltinEpisodeReplayBuffer"},
     "ray_replay": {"type": f"{__name__}.TimedNativeEpisodeReplayBuffer", "n_step": N_STEP},
 }
+MULTI_AGENT_BUFFERS = {
+    "builtin": {"type": f"{__name__}.TimedBuiltinMultiAgentEpisodeReplayBuffer"},
+    "ray_replay": {"type": f"{__name__}.TimedNativeMultiAgentEpisodeReplayBuffer", "n_step": N_STEP},
+}
 
 
-def dqn_config(buffer: str, seed: int) -> DQNConfig:
-    """RLlib's tuned CartPole DQN (cartpole_dqn.py) on one process; only the buffer type differs."""
+def module_of(agent_id: Any, *args: Any, **kwargs: Any) -> str:
+    return f"p{agent_id}"
+
+
+def dqn_config(buffer: str, seed: int, multi_agent: bool = False) -> DQNConfig:
+    """RLlib's tuned CartPole DQN (cartpole_dqn.py) on one process; only the buffer type differs.
+    ``multi_agent``: the same on RLlib's two-agent CartPole with one module per agent."""
     epsilon = [(0, 1.0), (10_000, 0.02)]
+    config = DQNConfig()
+    if multi_agent:
+        config = config.environment(MultiAgentCartPole, env_config={"num_agents": 2}).multi_agent(policies={"p0", "p1"}, policy_mapping_fn=module_of)
+    else:
+        config = config.environment("CartPole-v1")
+    buffers = MULTI_AGENT_BUFFERS if multi_agent else BUFFERS
     return (
-        DQNConfig()
-        .environment("CartPole-v1")
+        config
         .env_runners(num_env_runners=0)
         .training(
             lr=5e-4,
             train_batch_size_per_learner=32,
-            replay_buffer_config={**BUFFERS[buffer], "capacity": 50_000, "alpha": 0.6, "beta": 0.4},
+            replay_buffer_config={**buffers[buffer], "capacity": 50_000, "alpha": 0.6, "beta": 0.4},
             n_step=N_STEP,
             double_q=True,
             dueling=True,
@@ -109,9 +138,9 @@ def dqn_config(buffer: str, seed: int) -> DQNConfig:
     )
 
 
-def run(buffer: str, env_steps: int, seed: int) -> dict[str, Any]:
+def run(buffer: str, env_steps: int, seed: int, multi_agent: bool = False) -> dict[str, Any]:
     """Trains until ``env_steps``; returns the curve and the buffer's time per training step."""
-    algo = dqn_config(buffer, seed).build_algo()
+    algo = dqn_config(buffer, seed, multi_agent).build_algo()
     name = type(algo.local_replay_buffer).__name__
     TIMES.pop(name, None)
     CALLS.pop(name, None)
@@ -149,10 +178,11 @@ def return_at(curve: list[tuple[int, float]], steps: int) -> float | None:
     return before[-1] if before else None
 
 
-def report(runs: list[dict[str, Any]], out: Path) -> str:
+def report(runs: list[dict[str, Any]], out: Path, multi_agent: bool = False) -> str:
     base, ours = runs
     ratio = ours["buffer_ms_per_training_step"] / base["buffer_ms_per_training_step"]
     lines = [
+        "# DQN two-agent CartPole (two modules): RLlib MultiAgentPrioritizedEpisodeReplayBuffer vs ray_replay" if multi_agent else
         "# DQN CartPole-v1: RLlib PrioritizedEpisodeReplayBuffer vs ray_replay",
         "",
         "| buffer | buffer ms / training step | add ms | sample ms | get_metrics ms | update ms | training steps | wall s |",
@@ -174,8 +204,9 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
         first = next((s for s, v in r["curve"] if v >= 400), None)
         lines.append(f"\n{r['buffer']}: mean return >= 400 first at {first if first else 'not reached'} env steps")
     text = "\n".join(lines) + "\n"
-    (out / "rllib_dqn.md").write_text(text)
-    (out / "rllib_dqn.json").write_text(json.dumps(runs, indent=1))
+    name = "rllib_dqn_multi_agent" if multi_agent else "rllib_dqn"
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps(runs, indent=1))
     return text
 
 
@@ -206,11 +237,60 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
     fig.savefig(out / "rllib_dqn.png", dpi=110)
 
 
+def run_direct(mode: str, env_steps: int, seed: int) -> dict[str, Any]:
+    """DQN with 2 env runners on a 2-shard prioritized replay; ``mode`` "driver" (episodes through the
+    Algorithm's process) or "direct" (env runners write to the shards). Env steps/s and updates/s."""
+    from ray_replay.distributed import ReplayCoordinator
+
+    coordinator = ReplayCoordinator.remote(capacity=50_000, num_shards=2, buffer_type="prioritized", alpha=0.6, beta=0.4, seed=seed)
+    buffer_config = {"type": f"{__name__}.TimedNativeEpisodeReplayBuffer", "backend": coordinator, "n_step": N_STEP,
+                     "env_runners_write": mode == "direct"}
+    config = dqn_config("ray_replay", seed).training(replay_buffer_config=buffer_config)
+    config = config.env_runners(num_env_runners=2, num_cpus_per_env_runner=0, **({"env_runner_cls": DirectWriteEnvRunner} if mode == "direct" else {}))
+    algo = config.build_algo()
+    name = type(algo.local_replay_buffer).__name__
+    TIMES.pop(name, None)
+    CALLS.pop(name, None)
+    start = time.perf_counter()
+    try:
+        steps = 0
+        while steps < env_steps:
+            steps = int(algo.train()["env_runners"]["num_env_steps_sampled_lifetime"])
+        wall = time.perf_counter() - start
+        received = algo.local_replay_buffer.payload_steps_received
+    finally:
+        algo.stop()
+        ray.get(coordinator.shutdown.remote())
+        ray.kill(coordinator)
+    updates = CALLS[name]["sample"]
+    return {"mode": mode, "env_steps": steps, "wall_s": wall, "env_steps_per_s": steps / wall, "updates_per_s": updates / wall,
+            "updates": updates, "driver_payload_steps": received}
+
+
+def report_direct(runs: list[dict[str, Any]], out: Path) -> str:
+    lines = ["# DQN CartPole-v1, 2 env runners, 2-shard replay: episodes through the driver vs direct writes", "",
+             "| path | env steps | wall s | env steps/s | learner updates/s | timesteps handed to the driver's buffer |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['mode']} | {r['env_steps']} | {r['wall_s']:.1f} | {r['env_steps_per_s']:.0f} | {r['updates_per_s']:.1f} | {r['driver_payload_steps']} |")
+    driver, direct = runs
+    lines += ["", f"direct / driver env steps/s: **{direct['env_steps_per_s'] / driver['env_steps_per_s']:.2f}** (target >= 2)", "",
+              "RLlib's DQN training step is synchronous (sample from the env runners, then train): env steps/s follow the learner's",
+              "pace whichever way the rows travel, so direct writes remove the driver's payload but cannot raise env steps/s by",
+              "themselves; that needs env runners that keep stepping while the learner trains (an asynchronous training step).",
+              "On a machine whose cores the env runners share with the learner, their own row building and writes cost it time."]
+    text = "\n".join(lines) + "\n"
+    (out / "rllib_dqn_direct.md").write_text(text)
+    (out / "rllib_dqn_direct.json").write_text(json.dumps(runs, indent=1))
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20k env steps per buffer instead of 100k")
     parser.add_argument("--env-steps", type=int, help="env steps per buffer (overrides --quick)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--multi-agent", action="store_true", help="two-agent CartPole with one module per agent")
+    parser.add_argument("--direct", action="store_true", help="2 env runners: through the driver vs direct writes to the shards")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     env_steps = args.env_steps or (20_000 if args.quick else 100_000)
@@ -218,10 +298,16 @@ def main() -> None:
     torch.set_num_threads(1)
     init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        runs = [run(buffer, env_steps, args.seed) for buffer in BUFFERS]
+        if args.direct:
+            print(report_direct([run_direct(mode, env_steps, args.seed) for mode in ("driver", "direct")], args.out))
+            return
+        runs = [run(buffer, env_steps, args.seed, args.multi_agent) for buffer in BUFFERS]
     finally:
         ray.shutdown()
-    print(report(runs, args.out))
+    print(report(runs, args.out, args.multi_agent))
+    if args.multi_agent:
+        print(f"wrote {args.out / 'rllib_dqn_multi_agent.md'} and .json")
+        return
     plot(runs, args.out)
     print(f"wrote {args.out / 'rllib_dqn.md'}, .json and .png")
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ray_replay import _core
+from ray_replay import _core, nested, nested_buffer
 from ray_replay.persistence import CorruptFileError, read_state, write_state
 
 __all__ = ["BUFFER_TYPES", "BufferType", "ReplayBuffer"]
@@ -34,9 +34,11 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         buffer_type: ``"uniform"`` (ring, uniform sampling with replacement), ``"fifo"`` (a queue:
             ``sample(n)`` pops the n oldest), ``"prioritized"`` (proportional PER with a sum tree) or
             ``"lockfree"`` (uniform, many threads add and sample at once without a global lock).
-        schema: optional mapping ``name -> (shape, dtype)`` or ``name -> (shape, dtype, codec)``.
-            Without it, field names, shapes and dtypes come from the first ``add``/``add_batch``
-            (Python floats become float32, ints int64; numpy values keep their dtype).
+        schema: optional mapping ``name -> (shape, dtype)`` or ``name -> (shape, dtype, codec)``,
+            where a spec may also be a dict or a tuple of specs (nested fields, stored as flat columns
+            ``"obs.image"``, ``"pair[0]"``; see ray_replay.nested). Without it, field names, shapes
+            and dtypes come from the first ``add``/``add_batch`` (Python floats become float32, ints
+            int64; numpy values keep their dtype; dict values nest).
         seed: makes sampling reproducible.
         alpha, beta, eps: prioritized only. P(i) = p_i^alpha / sum_k p_k^alpha with
             p_i = max(priority_i, eps) for priority_i > 0; a priority of exactly 0 masks the row
@@ -76,7 +78,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         capacity: int,
         buffer_type: BufferType = "uniform",
         *,
-        schema: Mapping[str, tuple[Any, Any]] | None = None,
+        schema: Mapping[str, Any] | None = None,
         seed: int | None = None,
         alpha: float = 0.6,
         beta: float = 0.4,
@@ -100,6 +102,9 @@ class ReplayBuffer(_core.NativeReplayBuffer):
                 raise FileExistsError(f"storage_dir {str(folder)!r} already holds a buffer: reopen it with ReplayBuffer.open()")
             folder.mkdir(parents=True, exist_ok=True)
             storage_dir = str(folder.resolve())
+        layout = None
+        if isinstance(schema, Mapping) and nested.is_nested_schema(schema):
+            schema, layout = nested.flatten_schema(schema)
         super().__init__(
             int(capacity),
             buffer_type,
@@ -117,6 +122,10 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             prefault=prefault,
             compress=compress,
         )
+        if layout is not None:
+            nested_buffer.attach(self, layout)
+        elif schema is None:
+            nested_buffer.infer_on_first_add(self)
 
     def __repr__(self) -> str:
         return f"ReplayBuffer(capacity={self.capacity}, buffer_type={self.buffer_type!r}, size={len(self)})"
@@ -124,7 +133,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
     # Pickling carries the contents, counters and random state, so a buffer can be handed to a Ray
     # actor and go on exactly where it was. (The lock-free buffer must not be added to meanwhile.)
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore, (type(self), self._get_state(stored=True)))  # compressed fields travel as stored
+        return (_restore, (nested_buffer.public_type(self), self._get_state(stored=True)))  # compressed fields travel as stored
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to rebuild this buffer: configuration, rows (oldest first), counters, RNG."""
@@ -207,5 +216,10 @@ def _restore(cls: type[ReplayBuffer], state: dict[str, Any], storage_dir: str | 
         prefault=state.get("prefault", False),
         compress=codecs,
     )
+    if state.get("nested"):
+        layout = nested.Layout.from_json(state["nested"])
+        if list(layout.columns) != [name for name, _, _ in state["schema"]]:
+            raise ValueError("the state's nested layout does not match its schema's columns")
+        nested_buffer.attach(buffer, layout)
     buffer._set_state(state)
     return buffer

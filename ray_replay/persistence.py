@@ -29,6 +29,8 @@ A checkpoint increment (version 3, "increment": {"size": S} in the header) holds
 "rows" rows of a buffer that held S rows (and their streams), with the counters, the random state and
 the priority masses of all S rows: applied to the buffer's previous checkpoint it gives the buffer's
 state (see ray_replay.distributed.checkpoint). "checkpoint_id" (optional) names a checkpoint chain.
+"nested" (optional) gives a buffer with nested fields one path per column, e.g. ["obs", "image"]
+(see ray_replay.nested); readers that do not know it still read the flat columns.
 
 No pickle: a file is data only. Every length, offset, dtype and shape is checked against the file
 and the schema before anything is allocated or copied, so a truncated, corrupted or hostile file
@@ -110,6 +112,8 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
             header["first_slot"] = int(state["first_slot"])
     if "checkpoint_id" in state:
         header["checkpoint_id"] = str(state["checkpoint_id"])
+    if state.get("nested"):
+        header["nested"] = state["nested"]  # the structure of nested fields: one path per column
     # Section offsets depend on the header's length, which depends on the offsets: passes until the
     # first section starts where the final header ends (two passes were not always enough: offsets
     # with more digits could push the header past a 64-byte boundary, misplacing every section).
@@ -153,6 +157,16 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise CorruptFileError(message)
+
+
+def _require_layout(paths: Any, names: list[str], path: str) -> None:
+    from ray_replay.nested import Layout
+
+    try:
+        layout = Layout.from_json(paths)
+    except (ValueError, TypeError) as error:
+        raise CorruptFileError(f"{path}: {error}") from None
+    _require(list(layout.columns) == names, f"{path}: the nested layout does not match the schema's columns")
 
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -214,6 +228,9 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
         schema.append((str(name), tuple(shape), dtype.newbyteorder("=")))
         row_bytes.append(nbytes)
     state["schema"] = schema
+    if "nested" in header:
+        _require_layout(header["nested"], [name for name, _, _ in schema], path)
+        state["nested"] = header["nested"]
     _require(capacity * sum(row_bytes) <= _MAX_RESERVED_BYTES, f"{path}: capacity {capacity} x {sum(row_bytes)} bytes per row exceeds 4 TiB")
     if "rows" not in header:
         _require(not header.get("sections"), f"{path}: sections without rows")

@@ -48,6 +48,7 @@ from ray_replay.distributed.writes import (
     slice_rows,
     validated,
 )
+from ray_replay.nested import Layout, refuse_unknown_nesting
 
 __all__ = ["ReplayClient"]
 
@@ -116,6 +117,8 @@ class ReplayClient:
         self._beta: float = config["beta"]
         self._limiter = config["limiter"]
         self._schema = config["schema"]
+        nested = config.get("nested")
+        self._layout = None if nested is None else Layout.from_json(nested)  # nested fields: flattened here
         self._table = ShardTable(len(self._shards), self._buffer_type, config["snapshots"])
         self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
@@ -136,6 +139,10 @@ class ReplayClient:
     def add(self, *fields: Any, priority: Any = None, stream: Any = 0, **named: Any) -> None:
         """One transition, as ReplayBuffer.add (``stream`` for observation dedup); sent with the next batch."""
         self._check_open()
+        if self._layout is not None:
+            fields, named = (), self._layout.flatten_call(fields, named)
+        elif self._schema is None:
+            refuse_unknown_nesting(fields, named)
         value = None
         if priority is not None:
             require_prioritized(self._buffer_type, "priority")
@@ -152,6 +159,10 @@ class ReplayClient:
         call), smaller ones are staged. ``wait=True`` returns once these rows (and every row handed
         before them) are stored: acknowledged by their shards, replicas included."""
         self._check_open()
+        if self._layout is not None:
+            columns, named = (), self._layout.flatten_call(columns, named)
+        elif self._schema is None:
+            refuse_unknown_nesting(columns, named)
         rows = rows_of(columns, named)
         if priorities is not None:
             require_prioritized(self._buffer_type, "priorities")
@@ -319,12 +330,17 @@ class ReplayClient:
 
     # -- sampling ----------------------------------------------------------------------------------
 
-    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> dict[str, np.ndarray]:
+    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> dict[str, Any]:
         """One batch over all shards, with the coordinator's semantics (global probabilities and weights;
         see rounds.SampleRounds).
 
         fifo reads go through the coordinator, which orders pops over shards; ``partial`` is for fifo.
+        Nested fields come back nested (rebuilt here from the shards' flat columns).
         """
+        batch = self._sample(batch_size, beta, partial)
+        return batch if self._layout is None or self._buffer_type == "fifo" else self._layout.unflatten(batch)
+
+    def _sample(self, batch_size: int, beta: float | None, partial: bool) -> dict[str, np.ndarray]:
         self._check_open()
         if self._pending:
             self._reap()

@@ -65,6 +65,7 @@ from ray_replay.distributed.writes import (
     validated,
 )
 from ray_replay.monitoring import SampleLatencyHistogram
+from ray_replay.nested import flat_buffer_kwargs
 
 __all__ = ["ReplayCoordinator", "ReplayCoordinatorImpl", "check_batch_size", "check_beta"]
 
@@ -144,6 +145,9 @@ class ReplayCoordinatorImpl:
         self._limiter = RateLimiter(min_size_to_sample, samples_per_insert, error_buffer, sample_timeout_s)
         # Fails here, with the local buffer's message, for any bad buffer argument.
         ReplayBuffer(1, buffer_type, alpha=alpha, beta=beta, seed=seed, **buffer_kwargs)
+        # Nested fields: shards hold the flat leaf columns; this coordinator and every ReplayClient
+        # (through client_config) flatten writes and rebuild samples with the layout.
+        buffer_kwargs, self._layout = flat_buffer_kwargs(buffer_kwargs)
         self._capacity = int(capacity)
         self._buffer_type = buffer_type
         self._beta = float(beta)
@@ -249,6 +253,8 @@ class ReplayCoordinatorImpl:
         """One transition: validated now (same errors as a local buffer), written within flush_interval_s.
         ``stream``: the writer's stream, for observation dedup (see ReplayBuffer)."""
         await self._set.ensure_started()
+        if self._layout is not None:
+            fields, named = (), self._layout.flatten_call(fields, named)
         value = None
         if priority is not None:
             require_prioritized(self._buffer_type, "priority")
@@ -272,6 +278,8 @@ class ReplayCoordinatorImpl:
         """Rows along the leading axis, spread over the shards by writes.Router (validated whole, by the
         shard when the batch lands on one, here when it is cut); returns the shard of its first rows."""
         await self._set.ensure_started()
+        if self._layout is not None:
+            columns, named = (), self._layout.flatten_call(columns, named)
         kwargs = named if priorities is None else {**named, "priorities": priorities}
         return await self._write(columns, kwargs)
 
@@ -332,7 +340,7 @@ class ReplayCoordinatorImpl:
         self._totals.observe_sample(elapsed)
         if self._sample_latency is not None:
             self._sample_latency.observe(elapsed)
-        return batch
+        return batch if self._layout is None else self._layout.unflatten(batch)
 
     async def _sample(self, batch_size: int, beta: float | None, partial: bool) -> dict[str, np.ndarray]:
         batch_size = check_batch_size(batch_size)
@@ -475,6 +483,7 @@ class ReplayCoordinatorImpl:
             "limiter": self._limiter,
             "snapshots": list(self._set.table.snapshots),
             "schema": self._schema,
+            "nested": None if self._layout is None else self._layout.to_json(),
         }
 
     async def shutdown(self, grace_period_s: float = 5.0) -> None:

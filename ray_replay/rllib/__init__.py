@@ -8,13 +8,18 @@ One config line::
         "n_step": 3,  # the same value as config.training(n_step=...)
     })
 
+Multi-agent DQN: ``"type": "ray_replay.rllib.NativeMultiAgentEpisodeReplayBuffer"`` (one native
+prioritized buffer per module; ``update_priorities(td_errors, module_id)``).
+
 SAC's config validation only knows RLlib's own buffer names: use ``ray_replay.rllib.SACConfig``
 instead of ``ray.rllib.algorithms.sac.SACConfig``. APPO/IMPALA keep their buffer inside the
 Learner and are not covered; RLlib 2.60's old API stack is broken for every buffer type.
 Needs the ``[rllib]`` extra.
 """
 
+from ray_replay.rllib.direct import DirectWriteEnvRunner
 from ray_replay.rllib.episode_buffer import NativeEpisodeReplayBuffer
+from ray_replay.rllib.multi_agent import NativeMultiAgentEpisodeReplayBuffer
 from ray_replay.rllib.sac import SAC, SACConfig
 
-__all__ = ["SAC", "NativeEpisodeReplayBuffer", "SACConfig"]
+__all__ = ["SAC", "DirectWriteEnvRunner", "NativeEpisodeReplayBuffer", "NativeMultiAgentEpisodeReplayBuffer", "SACConfig"]

@@ -10,6 +10,7 @@ because RLlib routes priority updates by an ``isinstance`` check on it.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -26,6 +27,7 @@ from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import PrioritizedEpisodeReplayBuffer
 from ray.rllib.utils.typing import ModuleID, ResultDict
 
+from ray_replay.nested import Layout, infer_layout, map_structure, stack_structures
 from ray_replay.rllib.episodes import EpisodeFactory
 from ray_replay.rllib.nstep import END_NONE, END_TERMINATED, END_TRUNCATED, EXTRA_PREFIX, Segment, assemble, draw_n_steps, max_n_step
 from ray_replay.rllib.storage import Storage, make_storage
@@ -41,7 +43,7 @@ _NATIVE_STATS = ("priority_updates", "stale_priority_updates", "add_p50_ns", "sa
 
 _OPTIONS = (
     "capacity", "alpha", "beta", "eps", "n_step", "backend", "seed", "batch_size_B", "batch_length_T",
-    "metrics_num_episodes_for_smoothing",
+    "metrics_num_episodes_for_smoothing", "env_runners_write",
 )
 
 
@@ -64,15 +66,20 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             prioritized ``ReplayCoordinator`` (handle or actor name): rows spread over its Ray
             shards with global prioritized sampling; its capacity/alpha/beta then apply and
             get_state/set_state are the coordinator's business.
+        env_runners_write: with a sharded backend and ``ray_replay.rllib.DirectWriteEnvRunner``,
+            env runners write their rows straight to the shards and this buffer only samples
+            (see ray_replay.rllib.direct).
         seed: makes sampling (and n-step draws) reproducible.
         batch_size_B: sample size when ``sample()`` gets none.
         batch_length_T: only 1 (RLlib's prioritized buffer has no sequence sampling either).
         metrics_num_episodes_for_smoothing: window of the smoothed metrics (set by the Algorithm).
 
     Rows of an unfinished episode are held back until their n future steps arrive, so ``len(self)``
-    counts stored (sampleable) timesteps. Observations and actions must be arrays (no Dict/Tuple
-    spaces). Non-empty ``infos`` are kept in this process beside the storage. Extra model outputs are
-    stored as the first episodes have them; keys that are missing later read as zeros.
+    counts stored (sampleable) timesteps. Observations, actions and extra model outputs may be nested
+    (Dict and Tuple spaces): they are stored as flat leaf columns (``obs.image``, ``actions[0]``, see
+    ray_replay.nested) and sampled episodes get them back in RLlib's structure. Non-empty ``infos``
+    are kept in this process beside the storage. Extra model outputs are stored as the first
+    episodes have them; keys that are missing later read as zeros.
 
     Checkpointing: RLlib 2.60's new API stack never calls a buffer's ``get_state``/``set_state``.
     Save ``algo.local_replay_buffer.get_state()`` (a picklable dict) next to ``algo.save_to_path()``
@@ -93,6 +100,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         batch_size_B: int = 16,
         batch_length_T: int = 1,
         metrics_num_episodes_for_smoothing: int = 100,
+        env_runners_write: bool = False,
         **unknown: Any,
     ) -> None:
         # The parent's __init__ is not called: it would allocate segment trees this class never uses.
@@ -101,6 +109,8 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 f"{type(self).__name__}: unknown replay_buffer_config option(s) {sorted(unknown)}; "
                 f"valid options: type, {', '.join(_OPTIONS)}"
             )
+        if env_runners_write and isinstance(backend, str) and backend == "local":
+            raise ValueError(f"{type(self).__name__}: env_runners_write needs a sharded backend (a ReplayCoordinator), not 'local'")
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity <= 0:
             raise ValueError(f"{type(self).__name__}: capacity must be an int > 0, got {capacity!r}")
         if alpha < 0 or beta < 0 or eps <= 0:
@@ -115,6 +125,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._eps = float(eps)
         self._backend = backend
         self._storage: Storage = make_storage(backend, self.capacity, alpha=alpha, beta=beta, eps=eps, seed=seed)
+        self._awaiting_rows = bool(env_runners_write)  # env runners write: the first sample waits for rows
         self.capacity = self._storage.capacity  # a sharded backend has its coordinator's
         self._rng = np.random.default_rng(seed)
         self._factory = EpisodeFactory()
@@ -125,9 +136,15 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._infos: dict[int, list[Any]] = {}
         self._info_rows: deque[int] = deque()
         self._spaces: tuple[Any, Any] = (None, None)
-        self._extra_schema: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] | None = None
+        self._extra_schema: dict[str, Any] | None = None  # extra name -> its first rows cut to 0 (shapes, dtypes)
+        self._layout: Layout | None = None  # nested rows (Dict/Tuple spaces) <-> flat storage columns
+        self._layout_known = False  # fixed by the first rows stored
+        # Multi-agent: segment key -> (agent_id, module_id, multi_agent_episode_id) of its episode, so
+        # sampled episodes carry them as RLlib's multi-agent buffer's do (bounded: see _tag).
+        self._tags: OrderedDict[int, tuple[Any, Any, Any]] = OrderedDict()
         self._last_ids: np.ndarray | None = None
         self._counts = {"steps_added": 0, "episodes_added": 0, "steps_sampled": 0}
+        self.payload_steps_received = 0  # timesteps handed to add() in this process (0 with env_runners_write)
         self._reported = dict(self._counts)
         self._last_mean_n = 0.0
         self.metrics = MetricsLogger(root=False)
@@ -153,6 +170,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         for episode in force_list(episodes):
             num = len(episode)
             self._counts["steps_added"] += num
+            self.payload_steps_received += num
             end = END_TERMINATED if episode.is_terminated else END_TRUNCATED if episode.is_truncated else END_NONE
             segment = self._segment_of(episode)
             if segment is None:
@@ -167,27 +185,35 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 infos.append(row_infos)
         if not batches:
             return
-        columns = batches[0] if len(batches) == 1 else {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+        columns = batches[0] if len(batches) == 1 else {k: map_structure(_concatenate, *[b[k] for b in batches]) for k in batches[0]}
         count = len(columns["t"])
         columns["row"] = np.arange(self._rows_added, self._rows_added + count, dtype=np.int64)
+        columns = self._flat(columns)
         self._keep_infos(infos, [len(b["t"]) for b in batches])
         self._rows_added += count
         priorities = None if weight is None else np.full(count, float(weight))
         self._storage.add_batch(columns, priorities)
 
-    def _conform(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _flat(self, columns: dict[str, Any]) -> dict[str, Any]:
+        """Nested columns (Dict/Tuple spaces) -> flat storage columns, by the layout of the first rows."""
+        if not self._layout_known:
+            self._layout = infer_layout(list(columns), list(columns.values()), batched=True, every_tuple=True)
+            self._layout_known = True
+        return columns if self._layout is None else self._layout.flatten(columns)
+
+    def _conform(self, rows: dict[str, Any]) -> dict[str, Any]:
         """Fixes the stored extra model outputs to those of the first rows: later missing ones are
         zero-filled, new ones dropped (the native schema is fixed once written)."""
         if self._extra_schema is None:
-            self._extra_schema = {k: (v.shape[1:], v.dtype) for k, v in rows.items() if k.startswith(EXTRA_PREFIX)}
+            self._extra_schema = {k: map_structure(_empty_like, v) for k, v in rows.items() if k.startswith(EXTRA_PREFIX)}
         extras = {k for k in rows if k.startswith(EXTRA_PREFIX)}
         if extras == self._extra_schema.keys():
             return rows
         count = len(rows["t"])
         conformed = {k: v for k, v in rows.items() if not k.startswith(EXTRA_PREFIX) or k in self._extra_schema}
-        for name, (shape, dtype) in self._extra_schema.items():
+        for name, empty in self._extra_schema.items():
             if name not in conformed:
-                conformed[name] = np.zeros((count, *shape), dtype=dtype)
+                conformed[name] = map_structure(lambda leaf: np.zeros((count, *leaf.shape[1:]), dtype=leaf.dtype), empty)
         return conformed
 
     def _segment_of(self, episode: Any) -> Segment | None:
@@ -198,10 +224,8 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             return previous
         if self._spaces[0] is None:
             self._spaces = (episode.observation_space, episode.action_space)
-        obs = np.asarray(episode.get_observations(slice(0, num + 1)))
-        actions = np.asarray(episode.get_actions(slice(0, num)))
-        if obs.dtype == object or actions.dtype == object:
-            raise NotImplementedError("ray_replay.rllib stores array observations and actions only (no Dict/Tuple spaces)")
+        obs = _as_batch(episode.get_observations(slice(0, num + 1)))
+        actions = _as_batch(episode.get_actions(slice(0, num)))
         raw_infos = episode.get_infos(slice(0, num + 1))
         chunk = Segment(
             key=-1,
@@ -209,7 +233,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             obs=obs,
             actions=actions,
             rewards=np.asarray(episode.get_rewards(slice(0, num)), dtype=np.float64),
-            extras={k: np.asarray(episode.get_extra_model_outputs(k, slice(0, num))) for k in episode.extra_model_outputs},
+            extras={k: _as_batch(episode.get_extra_model_outputs(k, slice(0, num))) for k in episode.extra_model_outputs},
             infos=list(raw_infos) if any(raw_infos) else None,
         )
         if previous is not None and previous.base + len(previous) == chunk.base:
@@ -217,8 +241,16 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             return previous
         chunk.key = self._next_key
         self._next_key += 1
+        if episode.agent_id is not None or episode.multi_agent_episode_id is not None:
+            self._tag(chunk.key, (episode.agent_id, episode.module_id, episode.multi_agent_episode_id))
         self._counts["episodes_added"] += 1
         return chunk
+
+    def _tag(self, key: int, tag: tuple[Any, Any, Any]) -> None:
+        # Each stored episode holds at least one row, so at most capacity + open episodes have rows.
+        self._tags[key] = tag
+        while len(self._tags) > self.capacity + _MAX_OPEN_EPISODES:
+            self._tags.popitem(last=False)
 
     def _keep_infos(self, infos: list[list[Any] | None], sizes: list[int]) -> None:
         start = self._rows_added
@@ -265,7 +297,11 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 f"replay_buffer_config['n_step'] = {n_step!r} (currently {self._k})"
             )
         size = num_items or batch_size_B or self.batch_size_B
+        if self._awaiting_rows:
+            self._await_rows()
         rows = self._storage.sample(size, self._beta if beta is None else float(beta))
+        if self._layout is not None:
+            rows = self._layout.unflatten(rows)
         batch = assemble(rows, draw_n_steps(n_step, size, self._rng), gamma)
         self._last_ids = rows["ids"]
         self._counts["steps_sampled"] += size
@@ -288,11 +324,25 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             t=batch.t,
             extras=extras,
             infos=infos,
+            tags=[self._tags.get(key, (None, None, None)) for key in rows["episode"].tolist()] if self._tags else None,
         )
         if to_numpy:
             for episode in episodes:
                 episode.to_numpy()
         return episodes
+
+    def _await_rows(self, timeout_s: float = 60.0) -> None:
+        """With env_runners_write, the env runners' first rows may still be on their way to the shards."""
+        deadline = time.monotonic() + timeout_s
+        while len(self._storage) == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no rows reached the sharded replay within {timeout_s} s: do the env runners use DirectWriteEnvRunner?")
+            time.sleep(0.01)
+        self._awaiting_rows = False  # rows never leave a prioritized replay that has them (eviction keeps it full)
+
+    def flush(self) -> None:
+        """Returns once every row added so far is stored (a sharded backend sends its staged rows)."""
+        self._storage.flush()
 
     def update_priorities(self, priorities: Any, module_id: ModuleID | None = None) -> None:
         """Sets the priorities (|TD errors|) of the rows of the last ``sample()``."""
@@ -325,6 +375,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             if name in stats:  # a sharded backend reports counters, not latencies
                 log(("ray_replay", name), stats[name], reduce="item")
         log(("ray_replay", "open_episodes"), len(self._open), reduce="item")
+        log(("ray_replay", "payload_steps_received"), self.payload_steps_received, reduce="item")
         self._reported = dict(counts)
         return self.metrics.reduce()
 
@@ -340,6 +391,9 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             "infos": list(self._infos.items()),
             "spaces": self._spaces,
             "extra_schema": self._extra_schema,
+            "layout": None if self._layout is None else self._layout.to_json(),
+            "layout_known": self._layout_known,
+            "tags": list(self._tags.items()),
             "counts": dict(self._counts),
             "rng": self._rng.bit_generator.state,
         }
@@ -357,7 +411,29 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._info_rows = deque(sorted(self._infos))
         self._spaces = state["spaces"]
         self._extra_schema = state["extra_schema"]
+        if self._extra_schema is not None:  # states of earlier versions hold (shape, dtype) per extra
+            self._extra_schema = {k: np.empty((0, *v[0]), v[1]) if isinstance(v, tuple) and isinstance(v[1], np.dtype) else v
+                                  for k, v in self._extra_schema.items()}
+        self._layout = None if state.get("layout") is None else Layout.from_json(state["layout"])
+        self._layout_known = state.get("layout_known", self._layout is not None)
+        self._tags = OrderedDict(state.get("tags", []))
         self._counts = dict(state["counts"])
         self._reported = dict(self._counts)
         self._rng.bit_generator.state = state["rng"]
         self._last_ids = None
+
+
+def _empty_like(leaf: np.ndarray) -> np.ndarray:
+    return np.empty((0, *leaf.shape[1:]), leaf.dtype)
+
+
+def _concatenate(*parts: np.ndarray) -> np.ndarray:
+    return np.concatenate(parts)
+
+
+def _as_batch(values: Any) -> Any:
+    """What an episode's getters return (an array, a list of per-step values, or a nested structure of
+    either: Dict/Tuple spaces) -> arrays, or a structure of arrays, with the steps as leading axis."""
+    if isinstance(values, list):
+        return stack_structures(values) if values else np.asarray(values)
+    return map_structure(np.asarray, values)

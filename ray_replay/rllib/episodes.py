@@ -18,6 +18,8 @@ from ray.rllib.env.single_agent_episode import _REWARDS_BOX_SPACE, SingleAgentEp
 from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils.spaces.space_utils import get_base_struct_from_space
 
+from ray_replay.nested import map_structure, unbatch
+
 __all__ = ["EpisodeFactory"]
 
 logger = logging.getLogger(__name__)
@@ -47,26 +49,34 @@ class EpisodeFactory:
         terminated: np.ndarray,
         truncated: np.ndarray,
         t: np.ndarray,
-        extras: dict[str, np.ndarray],
+        extras: dict[str, Any],
         infos: list[tuple[dict[str, Any], dict[str, Any]]] | None,
+        tags: list[tuple[Any, Any, Any]] | None = None,
     ) -> list[SingleAgentEpisode]:
-        """One episode per batch row; ``extras`` are the per-row extra model outputs."""
-        size = len(actions)
+        """One episode per batch row; ``extras`` are the per-row extra model outputs. Observations,
+        actions and extras may be nested (dicts/tuples of batched arrays): each row gets its structure.
+        ``tags``: per row ``(agent_id, module_id, multi_agent_episode_id)`` (multi-agent), else all None."""
+        size = len(rewards)
         rewards_list = rewards.tolist()
         terminated_list = terminated.tolist()
         truncated_list = truncated.tolist()
         t_list = t.tolist()
-        extra_items = [(name, list(values)) for name, values in extras.items()]
+        extra_items = [(name, unbatch(values, size)) for name, values in extras.items()]
+        obs_rows, next_rows, action_rows = unbatch(obs, size), unbatch(next_obs, size), unbatch(actions, size)
         if self._fast is None:
-            self._fast = self._fast_path_agrees(observation_space, action_space, obs, next_obs, actions, rewards_list, extra_items)
+            self._fast = self._fast_path_agrees(observation_space, action_space, obs, next_obs, actions, rewards_list, extra_items, tags)
+        no_tags = (None, None, None)
         if not self._fast:
             return [
                 SingleAgentEpisode(
                     id_=self._next_id(),
-                    observations=[obs[i], next_obs[i]],
+                    agent_id=(tags[i] if tags else no_tags)[0],
+                    module_id=(tags[i] if tags else no_tags)[1],
+                    multi_agent_episode_id=(tags[i] if tags else no_tags)[2],
+                    observations=[obs_rows[i], next_rows[i]],
                     observation_space=observation_space,
                     infos=list(infos[i]) if infos is not None else None,
-                    actions=[actions[i]],
+                    actions=[action_rows[i]],
                     action_space=action_space,
                     rewards=[rewards_list[i]],
                     terminated=terminated_list[i],
@@ -85,11 +95,11 @@ class EpisodeFactory:
         for i in range(size):
             ep = _NEW_EPISODE(SingleAgentEpisode)
             ep.id_ = self._next_id()
-            ep.agent_id = ep.module_id = ep.multi_agent_episode_id = None
-            ep.observations = _buffer([obs[i], next_obs[i]], observation_space, obs_struct)
+            ep.agent_id, ep.module_id, ep.multi_agent_episode_id = tags[i] if tags else no_tags
+            ep.observations = _buffer([obs_rows[i], next_rows[i]], observation_space, obs_struct)
             ep._observation_space = observation_space
             ep.infos = _buffer(list(infos[i]) if infos is not None else [{}, {}], None, none_struct)
-            ep.actions = _buffer([actions[i]], action_space, act_struct)
+            ep.actions = _buffer([action_rows[i]], action_space, act_struct)
             ep._action_space = action_space
             ep.rewards = _buffer([rewards_list[i]], _REWARDS_BOX_SPACE, rew_struct)
             ep.is_terminated = terminated_list[i]
@@ -113,13 +123,13 @@ class EpisodeFactory:
             self._structs[key] = get_base_struct_from_space(space)  # type: ignore[no-untyped-call]  # untyped in RLlib
         return self._structs[key]
 
-    def _fast_path_agrees(self, observation_space: Any, action_space: Any, obs: np.ndarray, next_obs: np.ndarray, actions: np.ndarray,
-                          rewards: list[float], extra_items: list[tuple[str, list[Any]]]) -> bool:
+    def _fast_path_agrees(self, observation_space: Any, action_space: Any, obs: Any, next_obs: Any, actions: Any,
+                          rewards: list[float], extra_items: list[tuple[str, list[Any]]], tags: list[tuple[Any, Any, Any]] | None) -> bool:
         self._fast = True
         kwargs: dict[str, Any] = dict(
-            obs=obs[:1], next_obs=next_obs[:1], actions=actions[:1], rewards=np.asarray(rewards[:1]),
+            obs=_head(obs), next_obs=_head(next_obs), actions=_head(actions), rewards=np.asarray(rewards[:1]),
             terminated=np.array([True]), truncated=np.array([False]), t=np.array([5]),
-            extras={name: values[:1] for name, values in extra_items}, infos=None,
+            extras={name: [values[0]] for name, values in extra_items}, infos=None, tags=tags[:1] if tags else None,
         )
         fast = self.build(observation_space, action_space, **kwargs)[0]
         self._fast = False
@@ -128,6 +138,10 @@ class EpisodeFactory:
             return True
         logger.warning("ray_replay: RLlib's SingleAgentEpisode layout changed; using its (slower) constructor")
         return False
+
+
+def _head(batch: Any) -> Any:
+    return map_structure(lambda leaf: leaf[:1], batch)
 
 
 def _buffer(data: list[Any], space: Any, struct: Any) -> InfiniteLookbackBuffer:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ray_replay.nested import map_structure
+
 __all__ = ["END_NONE", "EXTRA_PREFIX", "END_TERMINATED", "END_TRUNCATED", "NStepBatch", "Segment", "assemble", "draw_n_steps", "max_n_step"]
 
 END_NONE, END_TERMINATED, END_TRUNCATED = 0, 1, 2
@@ -53,15 +55,16 @@ class Segment:
     """The not-yet-stored tail of one episode: ``obs`` has one entry more than ``actions``/``rewards``.
 
     ``base`` is the episode timestep of ``obs[0]``; ``infos`` (one per observation) is kept only
-    when the environment returns non-empty infos.
+    when the environment returns non-empty infos. ``obs``, ``actions`` and each extra may be nested
+    (dicts and tuples of arrays with the steps as leading axis: Dict and Tuple spaces).
     """
 
     key: int
     base: int
-    obs: np.ndarray
-    actions: np.ndarray
+    obs: Any
+    actions: Any
     rewards: np.ndarray
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
     infos: list[Any] | None = None
 
     def __len__(self) -> int:
@@ -69,10 +72,10 @@ class Segment:
 
     def extend(self, other: Segment) -> None:
         """Appends the next chunk (whose first observation repeats our last one)."""
-        self.obs = np.concatenate([self.obs[:-1], other.obs])
-        self.actions = np.concatenate([self.actions, other.actions])
+        self.obs = map_structure(lambda mine, theirs: np.concatenate([mine[:-1], theirs]), self.obs, other.obs)
+        self.actions = map_structure(_concatenate, self.actions, other.actions)
         self.rewards = np.concatenate([self.rewards, other.rewards])
-        self.extras = {k: np.concatenate([self.extras[k], v]) for k, v in other.extras.items() if k in self.extras}
+        self.extras = {k: map_structure(_concatenate, self.extras[k], v) for k, v in other.extras.items() if k in self.extras}
         if self.infos is not None or other.infos is not None:
             mine = self.infos if self.infos is not None else [{}] * len(self.obs)
             theirs = other.infos if other.infos is not None else [{}] * len(other.obs)
@@ -91,7 +94,8 @@ class Segment:
         offsets = np.arange(1, k + 1)
         future = np.minimum(j[:, None] + offsets[None, :], length)  # obs indices t+1 .. t+k (clamped)
         reward_idx = j[:, None] + offsets[None, :] - 1
-        rewards = np.where(reward_idx < length, self.rewards[np.minimum(reward_idx, length - 1)], 0.0)
+        valid = (reward_idx < length).reshape(reward_idx.shape + (1,) * (self.rewards.ndim - 1))  # rewards may be (T, agents)
+        rewards = np.where(valid, self.rewards[np.minimum(reward_idx, length - 1)], 0.0)
         to_end = length - j
         if end != END_NONE:
             horizon = np.minimum(to_end, k).astype(np.int32)
@@ -100,9 +104,9 @@ class Segment:
             horizon = np.full(num, k, dtype=np.int32)
             end_code = np.zeros(num, dtype=np.int8)
         rows = {
-            "obs": self.obs[:num],
-            "next_obs": self.obs[future],
-            "actions": self.actions[:num],
+            "obs": map_structure(lambda leaf: leaf[:num], self.obs),
+            "next_obs": map_structure(lambda leaf: leaf[future], self.obs),
+            "actions": map_structure(lambda leaf: leaf[:num], self.actions),
             "rewards": rewards.astype(np.float64),
             "horizon": horizon,
             "end": end_code,
@@ -110,15 +114,15 @@ class Segment:
             "t": self.base + j.astype(np.int64),
         }
         for name, values in self.extras.items():
-            rows[EXTRA_PREFIX + name] = values[:num]
+            rows[EXTRA_PREFIX + name] = map_structure(lambda leaf: leaf[:num], values)
         infos = None
         if self.infos is not None:
             infos = [self.infos[i : min(i + k, length) + 1] for i in range(num)]
         self.base += num
-        self.obs = self.obs[num:]
-        self.actions = self.actions[num:]
+        self.obs = map_structure(lambda leaf: leaf[num:], self.obs)
+        self.actions = map_structure(lambda leaf: leaf[num:], self.actions)
         self.rewards = self.rewards[num:]
-        self.extras = {name: values[num:] for name, values in self.extras.items()}
+        self.extras = {name: map_structure(lambda leaf: leaf[num:], values) for name, values in self.extras.items()}
         if self.infos is not None:
             self.infos = self.infos[num:]
         return rows, infos
@@ -128,18 +132,22 @@ class Segment:
 class NStepBatch:
     """n-step transitions assembled from sampled rows (all arrays have the batch as leading axis)."""
 
-    obs: np.ndarray
-    actions: np.ndarray
+    obs: Any  # arrays, or dicts/tuples of arrays (Dict/Tuple spaces)
+    actions: Any
     rewards: np.ndarray  # sum_{i<n} gamma^i r_{t+i+1}
-    next_obs: np.ndarray  # o_{t+n}
+    next_obs: Any  # o_{t+n}
     n_steps: np.ndarray  # the n actually used (cut short at the episode's end)
     terminated: np.ndarray
     truncated: np.ndarray
     t: np.ndarray
-    extras: dict[str, np.ndarray]
+    extras: dict[str, Any]
 
 
-def assemble(rows: Mapping[str, np.ndarray], n: np.ndarray, gamma: float) -> NStepBatch:
+def _concatenate(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    return np.concatenate([mine, theirs])
+
+
+def assemble(rows: Mapping[str, Any], n: np.ndarray, gamma: float) -> NStepBatch:
     """Turns sampled rows and per-row ``n`` into n-step transitions (vectorised over the batch)."""
     horizon = rows["horizon"].astype(np.int64)
     used = np.minimum(n, horizon)
@@ -153,7 +161,7 @@ def assemble(rows: Mapping[str, np.ndarray], n: np.ndarray, gamma: float) -> NSt
         obs=rows["obs"],
         actions=rows["actions"],
         rewards=rewards,
-        next_obs=rows["next_obs"][np.arange(len(used)), used - 1],
+        next_obs=map_structure(lambda leaf: leaf[np.arange(len(used)), used - 1], rows["next_obs"]),
         n_steps=used,
         terminated=reached_end & (end == END_TERMINATED),
         truncated=reached_end & (end == END_TRUNCATED),

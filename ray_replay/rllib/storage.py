@@ -28,6 +28,7 @@ class Storage(Protocol):
     def stats(self) -> dict[str, Any]: ...
     def get_state(self) -> dict[str, Any]: ...
     def set_state(self, state: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...
 
 
 class LocalStorage:
@@ -57,6 +58,9 @@ class LocalStorage:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._buffer = ReplayBuffer.from_state(state)
+
+    def flush(self) -> None:
+        """Rows are stored as they are added: nothing to wait for."""
 
 
 class ShardedStorage:
@@ -92,6 +96,10 @@ class ShardedStorage:
 
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None:
         self._client.update_priorities(ids, priorities)
+
+    def flush(self) -> None:
+        """Returns once every row added so far is stored in its shard."""
+        self._client.flush()
 
     def __len__(self) -> int:
         self._client.flush()
