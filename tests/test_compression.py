@@ -463,3 +463,12 @@ def test_a_shard_and_the_write_stager_work_with_a_compressed_schema():
     shard.buffer.add_batch(**{name: staged[name] for name in compressed})
     assert shard.buffer.codecs == dict.fromkeys(COMPRESSED, "lz4") and len(shard.buffer) == 30
     assert_rows_exact(shard.buffer.sample(30))
+
+
+def test_compress_given_before_the_schema_survives_save_and_pickle(tmp_path):
+    buf = ReplayBuffer(10, compress={"state": "zstd"})
+    assert buf.codecs == {"state": "zstd:3"}
+    buf.save(tmp_path / "empty.rrb")
+    for other in (ReplayBuffer.load(tmp_path / "empty.rrb"), pickle.loads(pickle.dumps(buf))):
+        other.add(np.zeros(64, np.float32), 1, 0.5, np.zeros(64, np.float32), False)
+        assert other.codecs == {"state": "zstd:3"} and other.stats()["compression"]["state"]["rows_stored_raw"] == 0

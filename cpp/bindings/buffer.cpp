@@ -310,10 +310,16 @@ class NativeBuffer {
     return result;
   }
 
+  // The codec of each field that has one; before the schema is known, what compress= asked for.
   py::dict codecs() const {
     py::dict result;
     for (const Field& field : schema_) {
       if (field.codec.enabled()) result[field.name.c_str()] = field.codec.name();
+    }
+    if (schema_.empty()) {
+      for (const auto& [name, codec] : compress_) {
+        if (codec.enabled()) result[name.c_str()] = codec.name();
+      }
     }
     return result;
   }
@@ -383,11 +389,7 @@ class NativeBuffer {
     py::list fields;
     for (const Field& field : schema_) fields.append(py::make_tuple(field.name, shape_tuple(field.shape), py::str(field.dtype)));
     state["schema"] = fields;
-    py::dict codecs;  // fields with a codec (rows travel decompressed: a state is independent of codecs)
-    for (const Field& field : schema_) {
-      if (field.codec.enabled()) codecs[field.name.c_str()] = field.codec.name();
-    }
-    state["codecs"] = codecs;
+    state["codecs"] = codecs();
     if (!engine_) return state;
     const std::size_t held = engine_->size();
     const std::size_t rows = std::min(newest_rows.value_or(held), held);
