@@ -638,7 +638,7 @@ class ReplayCoordinator:
         "size", "restarts" and, replicated, "backup": the backup's], "total": summed counters of the
         shards that answered, global masses, inserts/s and samples/s since the previous stats() call,
         the p50/p99 of the latest 1,000 sample() calls as callers saw them (``sample_latency_p50_ms``,
-        ``_p99_ms``), "live_shards", "dropped_priority_updates"}."""
+        ``_p99_ms``), "live_shards", "dropped_priority_updates", "checkpoint_failures" (over every replica)}."""
         await self._ensure_started()
         await self._flush()
         everything = await asyncio.gather(*[self._replica_stats(role, k) for role in self._roles for k in range(len(self._shards))])
@@ -660,6 +660,9 @@ class ReplayCoordinator:
             total["min_priority"] = min(positive) if positive else 0.0
             total["max_priority"] = max((s["max_priority"] for s in answered), default=0.0)
         total["restarts"] = sum(s["restarts"] for s in everything)
+        # Checkpoint writes that failed (disk full, read-only, ...) on any replica that answered: the
+        # replica kept serving; its previous checkpoint still restores. Each replica's last error is in its stats.
+        total["checkpoint_failures"] = sum(s.get("checkpoint_failures", 0) for s in everything)
         now = time.monotonic()
         if self._previous_totals is not None and now > self._previous_totals[0]:
             then, adds, samples = self._previous_totals
