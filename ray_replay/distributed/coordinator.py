@@ -228,7 +228,7 @@ class ReplayCoordinator:
     def _bundle(self, k: int, role: str) -> dict[str, Any]:
         if not self._placement_groups:
             return {}
-        if len(self._placement_groups) == 1:
+        if len(self._roles) == 1:  # one group over the shards (with replication: one group per pair, even of one shard)
             group, index = self._placement_groups[0], k
         else:
             group, index = self._placement_groups[k], ROLES.index(role)
@@ -405,7 +405,9 @@ class ReplayCoordinator:
                 k = self._router.pick(self._writable_shards(), write.tried, self._sizes())
             write.shard = k
             self._router.sending(k, write.rows)
-            roles = [role for role in self._roles if self._health[role].alive(k)]
+            # A write that may already be on shard k goes to every replica of k again, down or not: the
+            # batch id keeps it from applying twice, and it must not end up on another shard as well.
+            roles = [role for role in self._roles if write.uncertain or self._health[role].alive(k)]
             results = await asyncio.gather(*[self._call(role, k, "add_batch", *write.columns, **write.named) for role in roles],
                                            return_exceptions=True)
             self._router.acknowledged(k, write.rows)
