@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,4 +44,14 @@ def bind_mount(source: Path, target: Path) -> Iterator[Path]:
 
 
 def set_read_only(target: Path, read_only: bool) -> None:
-    _run("mount", "-o", f"remount,bind,{'ro' if read_only else 'rw'}", str(target))
+    """Remounts the bind mount read-only (or back). The kernel refuses (EBUSY) while a file is open for
+    writing there, e.g. a checkpoint being written: retried for up to 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _run("mount", "-o", f"remount,bind,{'ro' if read_only else 'rw'}", str(target))
+            return
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

@@ -62,9 +62,11 @@ def check_invariants(result: dict, replicated: bool) -> None:
 
 
 def test_the_bed_uses_only_its_own_addresses(bed):
+    """Every TCP connection of every node (the GCS's with each raylet included) is between the bed's addresses."""
+    assert any("6379" in line for line in bed.connections(bed.head)), "no connection to the GCS seen"
     for node in bed.nodes.values():
         for line in bed.connections(node):
-            local, peer = line.split()[2:4]
+            local, peer = line.split()[3:5]  # State Recv-Q Send-Q Local:Port Peer:Port
             for endpoint in (local, peer):
                 host = endpoint.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
                 assert host.startswith("10.77.0.") or host.startswith("127."), f"{node.name}: {line}"
