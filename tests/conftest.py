@@ -51,6 +51,12 @@ for _name, _value in RAY_STARTUP_ENV.items():
     os.environ.setdefault(_name, _value)
 
 
+# tests/chaos (network namespaces, mounts: root only, minutes per scenario) runs only under
+# `make test-chaos`, which sets this; a plain `pytest` or `make test-python` leaves it out.
+CHAOS_ENV = "RAY_REPLAY_CHAOS"
+collect_ignore = [] if os.environ.get(CHAOS_ENV) else ["chaos"]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Marks "ray" (registered in pyproject.toml) every test whose fixtures, direct or not, start or stop Ray."""
     for item in items:

@@ -28,10 +28,38 @@ def test_write_outcomes():
     assert write_outcome([died, object()]) == ACKED  # the backup holds it; the primary is refilled from it
     assert write_outcome([object(), ShardFencedError()]) == RETRY_SAME  # may be on one replica only
     assert write_outcome([TimeoutError()]) == RETRY_SAME  # may have landed
+    # One replica holds it, the other did not answer (partitioned): acknowledged; the silent one is marked
+    # down and refilled before it serves, or applies the batch late (its batch id keeps it once).
+    assert write_outcome([TimeoutError(), object()]) == ACKED
+    assert write_outcome([object(), TimeoutError()]) == ACKED
+    assert write_outcome([TimeoutError(), ShardFencedError()]) == RETRY_SAME
     assert write_outcome([died, died]) == REROUTE
     assert write_outcome([ShardFencedError(), ShardFencedError()]) == REROUTE
     with pytest.raises(ValueError, match="bad"):
         write_outcome([ValueError("bad"), ValueError("bad")])
+
+
+def test_a_write_that_may_be_on_a_shard_is_never_sent_to_another(monkeypatch):
+    """Regression (chaos scenario 3): a write to a partitioned shard timed out, was sent to another shard
+    after its deadline, and the first shard applied it too once the partition healed: stored twice.
+    Now a write that may be held (a timeout, or taken by one replica while another refused) is only
+    retried on its shard, and past the deadline fails with ShardUnavailableError saying so."""
+    from ray_replay.distributed import writes
+
+    clock = [100.0]
+    monkeypatch.setattr(writes.time, "monotonic", lambda: clock[0])
+    write = writes.Write.new((), {"action": np.arange(3)}, 3, timeout_s=2.0)
+    write.shard = 1
+    assert write.settle([TimeoutError()]) == RETRY_SAME and write.uncertain
+    assert write.settle([ray.exceptions.ActorDiedError()]) == RETRY_SAME  # still maybe on shard 1: not elsewhere
+    clock[0] += 2.5
+    with pytest.raises(ShardUnavailableError, match="may be stored there"):
+        write.settle([TimeoutError()])
+    assert write.tried == set()
+    fresh = writes.Write.new((), {"action": np.arange(3)}, 3, timeout_s=2.0)
+    fresh.shard = 0
+    assert fresh.settle([ray.exceptions.ActorDiedError()]) == REROUTE and fresh.tried == {0}  # surely not held: elsewhere
+    assert fresh.settle([TimeoutError(), object()]) == ACKED
 
 
 def test_checkpointer_writes_every_n_adds_and_restores(tmp_path):
@@ -251,6 +279,19 @@ def test_with_every_shard_dead_writes_fail_after_the_bounded_retry(ray_local):
     with pytest.raises(ShardUnavailableError):
         ray.get(replay.add_batch.remote(**transitions(10, 10)))
     assert time.monotonic() - started < 5.0
+    ray.get(replay.shutdown.remote())
+
+
+def test_one_replicated_shard_starts_with_its_backup_in_a_bundle_of_its_own(ray_local):
+    """Regression (chaos scenario 2): with num_shards=1 and replication_factor=2 the single pair's
+    placement group was taken for the one-group-over-all-shards layout, so the backup was put in the
+    primary's bundle, which had no room left: it never started and every call waited forever."""
+    replay = ReplayCoordinator.remote(capacity=100, num_shards=1, schema=SCHEMA, replication_factor=2, shard_timeout_s=2.0)
+    stats = ray.get(replay.stats.remote(), timeout=RECOVERY_TIMEOUT_S)
+    assert stats["shards"][0]["state"] == "alive" and stats["shards"][0]["backup"]["state"] == "alive"
+    ray.get(replay.add_batch.remote(**transitions(10)), timeout=RECOVERY_TIMEOUT_S)
+    backup_state = ray.get(ray.get(replay.backup_handles.remote())[0].get_state.remote())
+    np.testing.assert_array_equal(backup_state["columns"]["action"], np.arange(10))
     ray.get(replay.shutdown.remote())
 
 

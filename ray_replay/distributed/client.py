@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,7 @@ class _Pending:
     write: Write | None = None  # None: a priority update
     ids: Any = None  # a priority update's ids
     backup: bool = False  # a backup's copy of an update (best effort: its verdict is not counted)
+    sent_at: float = field(default_factory=time.monotonic)
 
 
 class ReplayClient:
@@ -271,17 +272,19 @@ class ReplayClient:
             keep = 0 if wait_all else self._max_in_flight
             must = max(len(self._pending) - keep, 0)
             waited = [ref for entry in self._pending[:must] for ref in entry.refs]
-            if waited:
-                ray.wait(waited, num_returns=len(waited))
+            if waited:  # a replica that does not answer (partitioned, hung) is given up on after shard_timeout_s
+                oldest = min(entry.sent_at for entry in self._pending[:must])
+                ray.wait(waited, num_returns=len(waited), timeout=max(oldest + self._timeout_s - time.monotonic(), 0.0))
             everything = [ref for entry in self._pending for ref in entry.refs]
             ready = set(ray.wait(everything, num_returns=len(everything), timeout=0)[0])
-            finished = [entry for entry in self._pending if all(ref in ready for ref in entry.refs)]
+            now = time.monotonic()
+            finished = [entry for entry in self._pending if all(ref in ready for ref in entry.refs) or now - entry.sent_at >= self._timeout_s]
             if not finished:
                 break
             self._pending = [entry for entry in self._pending if entry not in finished]
             for entry in finished:
                 try:
-                    self._settle(entry)
+                    self._settle(entry, ready)
                 except Exception as e:  # keep collecting, then raise the first
                     error = error or e
             if not wait_all and len(self._pending) <= self._max_in_flight:
@@ -293,9 +296,14 @@ class ReplayClient:
         self._health.mark_alive(k)
         self._table.update(k, snapshot)
 
-    def _settle(self, entry: _Pending) -> None:
+    def _settle(self, entry: _Pending, ready: set[Any]) -> None:
+        """Classifies a finished entry; a replica whose reply is not in ``ready`` (unanswered for
+        shard_timeout_s) counts as timed out (the call may still apply: see health.write_outcome)."""
         results: list[Any] = []
         for ref in entry.refs:
+            if ref not in ready:
+                results.append(TimeoutError(f"shard {entry.shard}'s replica did not answer within {self._timeout_s} s"))
+                continue
             try:
                 results.append(ray.get(ref))
             except Exception as e:  # noqa: BLE001 - classified below

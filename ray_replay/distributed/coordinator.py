@@ -157,6 +157,7 @@ class ReplayCoordinatorImpl:
         self._rng = np.random.default_rng(seeds.spawn(1)[0])
         self._name, self._namespace = self._identity()
         roles = ROLES[:replication_factor]
+        self._replication = replication_factor
         self._timeout_s = float(shard_timeout_s)
         options = dict(shard_options or {})
         options.setdefault("max_restarts", -1)
@@ -199,7 +200,7 @@ class ReplayCoordinatorImpl:
 
     def _spawn(self, role: str, k: int, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Starts replica (role, k) (or, named, finds the one a previous coordinator of this name left)."""
-        actor_options = {**options, **bundle_options(self._placement_groups, k, role)}
+        actor_options = {**options, **bundle_options(self._placement_groups, k, role, self._replication)}
         if self._name:  # outlives this coordinator; a successor with this name finds it
             actor_options.update(name=shard_actor_name(self._name, role, k), namespace=self._namespace, lifetime="detached",
                                  get_if_exists=True)
@@ -235,7 +236,9 @@ class ReplayCoordinatorImpl:
                 k = self._router.pick(self._set.writable(), write.tried, self._set.sizes())
             write.shard = k
             self._router.sending(k, write.rows)
-            roles = self._set.live_roles(k)
+            # A write that may already be on shard k goes to every replica of k again, down or not: the
+            # batch id keeps it from applying twice, and it must not end up on another shard as well.
+            roles = [role for role in self._set.roles if write.uncertain or self._set.health[role].alive(k)]
             results = await asyncio.gather(*[self._set.call(role, k, "add_batch", *write.columns, **write.named) for role in roles],
                                            return_exceptions=True)
             self._router.acknowledged(k, write.rows)
@@ -451,7 +454,7 @@ class ReplayCoordinatorImpl:
         shards that answered, global masses, inserts/s and samples/s since the previous stats() call,
         the p50/p99 of the latest 1,000 sample() calls as callers saw them (``sample_latency_p50_ms``,
         ``_p99_ms``), "live_shards", "dropped_priority_updates", "rows_lost",
-        "rows_relayed_by_coordinator"} (see totals.Totals)."""
+        "rows_relayed_by_coordinator", "checkpoint_failures" (over every replica)} (see totals.Totals)."""
         await self._set.ensure_started()
         await self._flush()
         shard_stats = await self._set.all_stats()

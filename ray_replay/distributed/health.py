@@ -37,19 +37,22 @@ def write_outcome(results: list[object]) -> str:
     ``results`` holds each replica's reply or exception. A refusal of the batch itself (ValueError,
     TypeError, BufferFullError: every replica validates alike) is raised. Otherwise:
 
-    * ACKED: a replica holds the rows and every other one either holds them too or died (a dead replica
-      is refilled from a live one before it takes part again);
-    * RETRY_SAME: a replica may hold the rows while another did not take them (fenced for a copy, or
-      timed out): the batch goes to the same shard again, where the batch id keeps it from applying
-      twice;
+    * ACKED: a replica holds the rows and every other one either holds them too, died or did not answer
+      in time (a replica that failed a call is marked down and refilled from a live one before it takes
+      part again; one that merely answers late applies the batch late, or is refilled, its batch ids
+      included, so the batch never applies twice);
+    * RETRY_SAME: a replica may hold the rows while none is known to (every one timed out: the batch may
+      be on its way), or one holds them while another refused them (fenced for a copy): the batch goes
+      to the same shard again, where the batch id keeps it from applying twice. A write that may be held
+      by a shard is never sent to another one (it would be stored twice): see Write.settle;
     * REROUTE: no replica took the rows (each died or was fenced): the batch may go to another shard.
     """
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, SHARD_FAILURES):
             raise result
     accepted = [r for r in results if not isinstance(r, BaseException)]
-    uncertain = [r for r in results if isinstance(r, (ShardFencedError, TimeoutError, asyncio.TimeoutError))]
-    if accepted and not uncertain:
+    fenced = [r for r in results if isinstance(r, ShardFencedError)]
+    if accepted and not fenced:
         return ACKED
     timed_out = any(isinstance(r, (TimeoutError, asyncio.TimeoutError)) for r in results)
     return RETRY_SAME if accepted or timed_out else REROUTE

@@ -54,11 +54,11 @@ def make_placement(coordinator_name: str | None, placement: str, options: dict[s
     return made
 
 
-def bundle_options(groups: list[Any], k: int, role: str) -> dict[str, Any]:
+def bundle_options(groups: list[Any], k: int, role: str, replication: int) -> dict[str, Any]:
     """The scheduling_strategy that puts replica (role, k) in its bundle ({} without groups)."""
     if not groups:
         return {}
-    if len(groups) == 1:
+    if replication == 1:  # one group over the shards (with replication: one group per pair, even of one shard)
         group, index = groups[0], k
     else:
         group, index = groups[k], ROLES.index(role)

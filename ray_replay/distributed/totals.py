@@ -47,6 +47,10 @@ class Totals:
             total["min_priority"] = min(positive) if positive else 0.0
             total["max_priority"] = max((s["max_priority"] for s in answered), default=0.0)
         total["restarts"] = sum(s["restarts"] + (s["backup"]["restarts"] if "backup" in s else 0) for s in shard_stats)
+        # Checkpoint writes that failed (disk full, read-only, ...) on any replica that answered: the
+        # replica kept serving; its previous checkpoint still restores. Each replica's last error is in its stats.
+        total["checkpoint_failures"] = sum(s.get("checkpoint_failures", 0) + (s["backup"].get("checkpoint_failures", 0) if "backup" in s else 0)
+                                           for s in shard_stats)
         now = time.monotonic()
         if self._previous is not None and now > self._previous[0]:
             then, adds, samples = self._previous

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ray_replay.buffer import ReplayBuffer
-from ray_replay.distributed.health import ACKED, REROUTE, RETRY_SAME, write_outcome
+from ray_replay.distributed.health import ACKED, REROUTE, RETRY_SAME, ShardUnavailableError, write_outcome
 
 __all__ = ["RETRY_PAUSE_S", "Router", "Stager", "Write", "check_batch_size", "check_beta", "check_priorities", "check_priority",
            "require_prioritized", "rows_of", "slice_rows"]
@@ -328,6 +328,7 @@ class Write:
     deadline: float
     shard: int = -1
     tried: set[int] = field(default_factory=set)
+    uncertain: bool = False  # an attempt may have stored the rows on ``shard``: never sent elsewhere (see settle)
 
     @classmethod
     def new(cls, columns: tuple[Any, ...], named: Mapping[str, Any], rows: int, timeout_s: float) -> Write:
@@ -335,12 +336,24 @@ class Write:
 
     def settle(self, results: list[object]) -> str:
         """ACKED, RETRY_SAME (send to ``shard`` again after RETRY_PAUSE_S) or REROUTE (to a shard not in
-        ``tried``); raises a refusal of the rows themselves (ValueError, TypeError, BufferFullError)."""
+        ``tried``); raises a refusal of the rows themselves (ValueError, TypeError, BufferFullError).
+
+        Once an attempt may have stored the rows on ``shard`` (a replica timed out, or took them while
+        another refused), the write is ``uncertain``: it is only ever sent to that shard again, and past
+        the deadline raises ShardUnavailableError instead of going elsewhere, so no row is stored on two
+        shards (a partitioned shard applies the writes queued for it once the partition heals).
+        """
         outcome = write_outcome(results)
         if outcome == ACKED:
             return ACKED
-        if outcome == RETRY_SAME and time.monotonic() < self.deadline:
-            return RETRY_SAME
+        if outcome == RETRY_SAME:
+            self.uncertain = True
+        if self.uncertain:
+            if time.monotonic() < self.deadline:
+                return RETRY_SAME
+            raise ShardUnavailableError(f"shard {self.shard} did not acknowledge a write of {self.rows} rows in time; the rows may "
+                                        "be stored there (it may apply the write later) and were not written elsewhere, so that "
+                                        "they are never stored twice")
         self.tried.add(self.shard)
         return REROUTE
 
