@@ -62,6 +62,16 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             this process or another, as of the last flush. Not with ``next_state="dedup"``.
         prefault: map all storage when the schema is known instead of page by page as rows
             arrive: steady add latency from the start, at the cost of resident memory up front.
+        sequence_priority_eta: prioritized only: how ``update_priorities(ids, errors)`` mixes the
+            (n, seq_len) per-step errors of a ``sample(n, seq_len=...)`` into one priority per
+            sequence: ``eta * max|e| + (1 - eta) * mean|e|`` over the valid steps (R2D2's 0.9).
+
+    Sequences (``uniform`` and ``prioritized``, ``next_state="store"``; see docs/sequences.md):
+    ``sample(n, seq_len=L, min_len=None, period=None)`` returns every field shaped (n, L, ...),
+    ``mask`` (n, L) bool, and one ``ids`` (and ``weights``) per sequence. A sequence starts at a
+    sampled row (uniformly, or by its priority) and follows the same stream's next rows
+    (``add(..., stream=k)`` / ``add_batch(..., streams=...)``) until the episode ends (a nonzero
+    ``done``/``terminated``/``truncated``-like scalar field); the rest is zero padding.
     """
 
     def __init__(
@@ -81,6 +91,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         frame_stack_axis: int | None = None,
         storage_dir: str | os.PathLike[str] | None = None,
         prefault: bool = False,
+        sequence_priority_eta: float = 0.9,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
             raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
@@ -107,6 +118,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             frame_stack_axis=frame_stack_axis,
             storage_dir=storage_dir,
             prefault=prefault,
+            sequence_priority_eta=sequence_priority_eta,
         )
 
     def __repr__(self) -> str:
@@ -195,6 +207,7 @@ def _restore(cls: type[ReplayBuffer], state: dict[str, Any], storage_dir: str | 
         frame_stack_axis=state.get("frame_stack_axis"),
         storage_dir=storage_dir,
         prefault=state.get("prefault", False),
+        sequence_priority_eta=state.get("sequence_priority_eta", 0.9),
     )
     buffer._set_state(state)
     return buffer

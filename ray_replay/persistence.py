@@ -52,7 +52,8 @@ _MAX_RESERVED_BYTES = 1 << 42
 _ALLOWED_KINDS = {"b", "i", "u", "f"}
 _COUNTERS = ("total_adds", "samples", "sample_calls", "evictions", "rejected", "priority_updates", "stale_priority_updates")
 _CONFIG = ("capacity", "buffer_type", "seed", "alpha", "beta", "eps", "sampling", "on_full", "collect_stats")
-_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False}  # added in version 2, with these defaults
+# Added in version 2 (sequence_priority_eta later), with these defaults.
+_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False, "sequence_priority_eta": 0.9}
 
 
 class CorruptFileError(ValueError):
@@ -72,7 +73,7 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
         if not external:
             arrays = [(name, np.ascontiguousarray(state["columns"][name])) for name, _, _ in state["schema"]]
         arrays.append(("__masses__", np.ascontiguousarray(state["masses"], dtype="<f8")))
-        if "streams" in state:
+        if "streams" in state:  # dedup, and the sequences of uniform/prioritized buffers
             arrays.append(("__streams__", np.ascontiguousarray(state["streams"], dtype="<i8")))
     header: dict[str, Any] = {key: state[key] for key in _CONFIG}
     header.update({key: state.get(key, default) for key, default in _OPTIONAL_CONFIG.items()})
@@ -84,6 +85,8 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
         header["rows"] = int(state["rows"]) if external else int(len(arrays[0][1]))
         if "newest_rows" in state:
             header["increment"] = {"size": int(state["size"])}
+        if "streams" in state:
+            header["streams"] = True
         if external:
             header["columns_external"] = True
             header["first_slot"] = int(state["first_slot"])
@@ -190,7 +193,7 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     sections = header["sections"]
     external = header.get("columns_external", False) is True
     expected_names = ([] if external else [name for name, _, _ in schema]) + ["__masses__"]
-    if state["next_state"] == "dedup":
+    if state["next_state"] == "dedup" or header.get("streams") is True:
         expected_names.append("__streams__")
     _require(len(sections) == len(expected_names), f"{path}: expected {len(expected_names)} sections, found {len(sections)}")
     held = rows
