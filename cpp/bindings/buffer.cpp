@@ -429,6 +429,7 @@ class NativeBuffer {
     const bool in_place = !state.contains("columns") && state.contains("rows");
     if (!state.contains("columns") && !in_place) return;  // the buffer was saved before its first add
     if (in_place && !storage_dir_) throw py::value_error("a state without columns needs a buffer with storage_dir");
+    if (!engine_) throw py::value_error("_set_state needs a buffer built with the state's schema");
     Columns converted(schema_.size());
     std::size_t rows = 0;
     if (in_place) {

@@ -7,6 +7,8 @@
 #include <limits>
 #include <string>
 
+#include <pybind11/stl.h>
+
 #include "replay_buffer/sampling/sequence_gather.hpp"
 #include "gil.hpp"
 
