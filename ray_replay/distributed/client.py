@@ -33,7 +33,15 @@ import numpy as np
 import ray
 
 from ray_replay.distributed.health import ACKED, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
-from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, split_capacity, split_ids
+from ray_replay.distributed.sampling import (
+    EMPTY_SNAPSHOT,
+    ShardTable,
+    Snapshot,
+    mix_sequence_priorities,
+    sequence_options,
+    split_capacity,
+    split_ids,
+)
 from ray_replay.distributed.writes import (
     RETRY_PAUSE_S,
     Router,
@@ -43,10 +51,10 @@ from ray_replay.distributed.writes import (
     check_beta,
     check_priorities,
     check_priority,
+    plan_batch,
     require_prioritized,
     rows_of,
     slice_rows,
-    validated,
 )
 
 __all__ = ["ReplayClient"]
@@ -107,6 +115,7 @@ class ReplayClient:
         self._buffer_type: str = config["buffer_type"]
         self._capacity: int = config["capacity"]
         self._beta: float = config["beta"]
+        self._sequence_eta: float = config.get("sequence_priority_eta", 0.9)
         self._limiter = config["limiter"]
         self._schema = config["schema"]
         self._table = ShardTable(len(self._shards), self._buffer_type, config["snapshots"])
@@ -121,7 +130,8 @@ class ReplayClient:
         self._pending: list[_Pending] = []
         self._held_updates: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in self._shards]  # ride with the next sample
         self._riding: dict[Any, int] = {}  # sample requests carrying updates -> their rows
-        self._rounds: deque[tuple[int, float, dict[int, Any]]] = deque()  # (batch_size, beta, {shard: ref})
+        # (batch_size, beta, sequence options, {shard: ref})
+        self._rounds: deque[tuple[int, float, tuple[int, int | None, int | None] | None, dict[int, Any]]] = deque()
         self._rows_in_flight = 0  # sample rows requested by prefetched rounds (for the rate limiter)
         self._handed = self._acknowledged = self._failed = 0  # write rows (see stats())
         self._last_error: BaseException | None = None
@@ -129,8 +139,9 @@ class ReplayClient:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def add(self, *fields: Any, priority: Any = None, stream: Any = 0, **named: Any) -> None:
-        """One transition, as ReplayBuffer.add (``stream`` for observation dedup); sent with the next batch."""
+    def add(self, *fields: Any, priority: Any = None, stream: Any = None, **named: Any) -> None:
+        """One transition, as ReplayBuffer.add (``stream``: for observation dedup and sequences, routes the
+        writer's rows to one shard; None is stream 0, routed for balance); sent with the next batch."""
         self._check_open()
         value = None
         if priority is not None:
@@ -213,9 +224,8 @@ class ReplayClient:
     def _send(self, columns: tuple[Any, ...], named: dict[str, Any], rows: int, handed: bool = False) -> None:
         """Sends a batch as runs over the shards (see writes.Router); one cut over shards is validated
         here first, so a bad row leaves no run written. ``handed``: the rows were counted when staged."""
-        plan: Sequence[tuple[int | None, int, int]] = self._router.plan(rows, self._writable(), self._sizes()) or [(None, 0, rows)]
-        if len(plan) > 1:
-            columns, named = (), validated(columns, named, self._schema, rows)
+        columns, named, runs = plan_batch(self._router, columns, named, rows, self._writable(), self._sizes(), self._schema)
+        plan: Sequence[tuple[int | None, int, int]] = runs or [(None, 0, rows)]
         if not handed:
             self._handed += rows
         for k, start, stop in plan:
@@ -309,8 +319,10 @@ class ReplayClient:
 
     # -- sampling ----------------------------------------------------------------------------------
 
-    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> dict[str, np.ndarray]:
-        """One batch over all shards, with the coordinator's semantics (global probabilities and weights).
+    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False, seq_len: int | None = None,
+               min_len: int | None = None, period: int | None = None) -> dict[str, np.ndarray]:
+        """One batch over all shards, with the coordinator's semantics (global probabilities and weights;
+        ``seq_len``, ``min_len``, ``period``: sequences, as ReplayCoordinator.sample).
 
         fifo reads go through the coordinator, which orders pops over shards; ``partial`` is for fifo.
         """
@@ -320,19 +332,22 @@ class ReplayClient:
         if self._buffer_type == "fifo":
             self._send_staged()
             self._reap(wait_all=True)
-            popped: dict[str, np.ndarray] = ray.get(self._coordinator.sample.remote(batch_size, beta, partial))
+            popped: dict[str, np.ndarray] = ray.get(self._coordinator.sample.remote(batch_size, beta, partial, seq_len, min_len, period))
             return popped
         batch_size = check_batch_size(batch_size)
         beta = check_beta(beta, self._beta)
-        while self._rounds and self._rounds[0][:2] != (batch_size, beta):
+        sequence = sequence_options(seq_len, min_len, period)
+        if sequence is not None and self._buffer_type not in ("uniform", "prioritized"):
+            raise ValueError(f"seq_len is supported by buffer_type 'uniform' and 'prioritized' (this replay is '{self._buffer_type}')")
+        while self._rounds and self._rounds[0][:3] != (batch_size, beta, sequence):
             self._discard_round()  # asked for another shape
         if not self._rounds:
             self._admit(batch_size)
-            self._issue(batch_size, beta)
-        n, _, refs = self._rounds.popleft()
+            self._issue(batch_size, beta, sequence=sequence)
+        n, _, _, refs = self._rounds.popleft()
         self._rows_in_flight -= n
         while len(self._rounds) < self._prefetch and self._limiter.blocked(self._table, batch_size + self._rows_in_flight) is None:
-            self._issue(batch_size, beta)
+            self._issue(batch_size, beta, sequence=sequence)
         for _ in range(len(self._shards)):
             parts = self._collect(refs)
             if parts is not None:
@@ -341,7 +356,7 @@ class ReplayClient:
             while self._rounds:
                 self._discard_round()
             self._admit(batch_size)
-            refs = self._issue(batch_size, beta, queue=False)
+            refs = self._issue(batch_size, beta, queue=False, sequence=sequence)
         raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._shards)} rounds")
 
     def _collect(self, refs: dict[int, Any]) -> list[dict[str, np.ndarray] | None] | None:
@@ -363,7 +378,8 @@ class ReplayClient:
             parts[k] = part
         return parts if complete else None
 
-    def _issue(self, batch_size: int, beta: float, queue: bool = True) -> dict[int, Any]:
+    def _issue(self, batch_size: int, beta: float, queue: bool = True,
+               sequence: tuple[int, int | None, int | None] | None = None) -> dict[int, Any]:
         """Asks every shard worth asking for its planned rows (a down one, after a while, for 0: a probe),
         each request carrying the priority updates held for that shard."""
         counts = self._table.plan(self._rng, batch_size)
@@ -371,18 +387,18 @@ class ReplayClient:
         for k in range(len(self._shards)):
             if self._health.worth_trying(k):
                 updates = self._take_updates(k)
-                refs[k] = self._shards[k].sample.remote(int(counts[k]), None, False, updates)
+                refs[k] = self._shards[k].sample.remote(int(counts[k]), None, False, updates, sequence)
                 if updates is not None:
                     self._riding[refs[k]] = len(updates[0])
         if queue:
-            self._rounds.append((batch_size, beta, refs))
+            self._rounds.append((batch_size, beta, sequence, refs))
             self._rows_in_flight += batch_size
         return refs
 
     def _discard_round(self) -> None:
         """Drops the oldest prefetched round; its requests that carried priority updates are waited for,
         so their updates are applied or counted as dropped, never lost."""
-        n, _, refs = self._rounds.popleft()
+        n, _, _, refs = self._rounds.popleft()
         self._rows_in_flight -= n
         carrying = {k: ref for k, ref in refs.items() if ref in self._riding}
         if carrying:
@@ -411,13 +427,15 @@ class ReplayClient:
             delay = min(delay * 2, 0.05)
             self._refresh()
 
-    def update_priorities(self, ids: Any, priorities: Any) -> None:
+    def update_priorities(self, ids: Any, priorities: Any, mask: Any = None) -> None:
         """New priorities for sampled ids, without waiting: each shard's share rides with the next sample
         request to that shard (a learner step costs one round trip), or goes on its own at ``flush()``,
         ``close()`` or past UPDATE_ROWS_HELD rows. A backup gets its copy at once (best effort).
         Errors surface at a later call; updates for a shard that is down are counted as dropped."""
         self._check_open()
         require_prioritized(self._buffer_type, "update_priorities")
+        if mask is not None or np.ndim(priorities) == 2:  # per-step errors of a sequence sample (see mix_sequence_priorities)
+            priorities = mix_sequence_priorities(priorities, mask, self._sequence_eta)
         for k, shard_ids, values in split_ids(ids, priorities, len(self._shards)):
             if not self._health.worth_trying(k):
                 self.dropped_priority_updates += len(shard_ids)

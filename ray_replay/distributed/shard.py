@@ -108,8 +108,12 @@ class ReplayShardImpl:
                 self._checkpoints.changed(self.buffer, rows_added)
 
     def sample(self, batch_size: int, beta: float | None = None, partial: bool = False,
-               updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
+               updates: tuple[np.ndarray, np.ndarray] | None = None,
+               sequence: tuple[int, int | None, int | None] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
         """(rows or None, snapshot); batch_size 0 only reports the snapshot.
+
+        ``sequence``: (seq_len, min_len, period) of ReplayBuffer.sample: sequences of this shard's rows
+        (a stream's rows stay in one shard, see writes.Router.plan_streams), with "mask" and global "ids".
 
         ``updates``: (global ids, priorities) of earlier samples, applied first (as update_priorities),
         so a learner's update rides with its next sample request: one round trip per step.
@@ -126,11 +130,14 @@ class ReplayShardImpl:
             raise StalePlanError(f"shard {self.shard_index} holds no rows (it restarted); plan the sample again")
         # With replacement: any batch_size. Masses come from the draw itself (under the buffer's lock), so
         # they stay exact while the writes thread adds rows between the draw and the snapshot.
-        batch = self.buffer.sample(batch_size, beta=beta, partial=partial, masses=self._prioritized)
+        seq_len, min_len, period = sequence if sequence is not None else (None, None, None)
+        batch = self.buffer.sample(batch_size, beta=beta, partial=partial, masses=self._prioritized, seq_len=seq_len, min_len=min_len,
+                                   period=period)
         self._changed(0)
         snapshot = self.snapshot()
         if self._prioritized:
             del batch["weights"], batch["probabilities"]
+        if "ids" in batch:  # prioritized, and the sequences of any buffer type
             batch["ids"] = encode_ids(self.shard_index, batch["ids"])
         return batch, snapshot
 
@@ -270,8 +277,9 @@ class ReplayShard(ReplayShardImpl):
 
     @ray.method(concurrency_group="reads")
     def sample(self, batch_size: int, beta: float | None = None, partial: bool = False,
-               updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
-        return super().sample(batch_size, beta, partial, updates)
+               updates: tuple[np.ndarray, np.ndarray] | None = None,
+               sequence: tuple[int, int | None, int | None] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
+        return super().sample(batch_size, beta, partial, updates, sequence)
 
     @ray.method(concurrency_group="reads")
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:  # type: ignore[override]
