@@ -153,15 +153,17 @@ def main() -> None:
     common.write_json(data_out, args.out)
     lines = [f"### Sampling {NUM_SEQUENCES} sequences of {SEQ_LEN} from {rows:,} rows (obs float32[64]; {profile} profile, "
              f"medians of {repetitions} interleaved repetitions, with their range)", "",
-             "| implementation | median per sample | range |", "|---|---|---|"]
+             "| implementation | median per sample | range | thread CPU-time median |", "|---|---|---|---|"]
     for name, m in results.items():
         lines.append(f"| {name} | {common.format_value(m.median_ns, 'us')} | {common.format_value(m.min_ns, 'us')} - "
-                     f"{common.format_value(max(m.per_op_ns), 'us')} |")
+                     f"{common.format_value(max(m.per_op_ns), 'us')} | {common.format_value(m.cpu_median_ns, 'us')} |")
     for name, reason in unavailable.items():
-        lines.append(f"| {name} | unavailable: {reason} | |")
+        lines.append(f"| {name} | unavailable: {reason} | | |")
     lines.append("")
     for label, ratio in ratios.items():
         lines.append(f"- {label}: {ratio:.1f}x faster (target >= {TARGET_RATIO:.0f}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+    lines.append(f"\nMachine: {data_out['machine']['cpu_model']}, {data_out['machine']['usable_cpus']} usable CPUs, load average at start "
+                 f"{data_out['machine']['load_average_at_start']} (shared with other sessions: wall figures include waiting for a CPU).")
     text = "\n".join(lines) + "\n"
     Path(args.out).with_suffix(".md").write_text(text, encoding="utf-8")
     print(text)

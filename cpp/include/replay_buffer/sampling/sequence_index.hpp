@@ -13,7 +13,7 @@
 // episode end, by the end of what was added so far, or by seq_len.
 //
 // Costs: record O(count) (one hash lookup per row, skipped while the stream repeats); walk O(length).
-// Memory: 20 bytes per slot, plus one map entry per stream seen (pruned of streams whose last row has
+// Memory: 21 bytes per slot, plus one map entry per stream seen (pruned of streams whose last row has
 // left the ring once the map grows past the capacity). Not synchronized: the caller locks.
 #pragma once
 
@@ -78,13 +78,15 @@ class SequenceIndex {
   std::size_t walk(std::uint64_t start, std::size_t seq_len, std::uint64_t* ids) const noexcept {
     if (!live(start)) return 0;
     std::uint64_t id = start;
+    std::size_t slot = static_cast<std::size_t>(id % capacity_);  // the one division; then slots move by id deltas
     std::size_t length = 0;
     for (;;) {
       ids[length++] = id;
       if (length == seq_len) break;
-      const std::size_t slot = static_cast<std::size_t>(id % capacity_);
       const std::uint64_t next = next_[slot];
       if (end_[slot] != 0 || next == kNone || !live(next)) break;
+      slot += static_cast<std::size_t>(next - id);  // < capacity: a link joins two rows held at once
+      if (slot >= capacity_) slot -= capacity_;
       id = next;
     }
     return length;
