@@ -64,8 +64,13 @@ void SequenceSupport::episode_ends(const std::byte* const* sources, std::size_t 
   ends_.assign(count, 0);
   for (std::size_t e = 0; e < end_columns_.size(); ++e) {
     const auto [column, bytes] = end_columns_[e];
+    const std::byte* values = sources[column];
+    if (bytes == 1) {  // bool, int8, uint8: the common done flag, a loop the compiler vectorizes
+      for (std::size_t i = 0; i < count; ++i) ends_[i] |= static_cast<std::uint8_t>(values[i] != std::byte{0});
+      continue;
+    }
     for (std::size_t i = 0; i < count; ++i) {
-      if (nonzero(sources[column] + i * bytes, kinds_[e], static_cast<int>(bytes))) ends_[i] = 1;
+      if (nonzero(values + i * bytes, kinds_[e], static_cast<int>(bytes))) ends_[i] = 1;
     }
   }
 }

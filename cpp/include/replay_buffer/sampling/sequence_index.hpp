@@ -13,7 +13,7 @@
 // episode end, by the end of what was added so far, or by seq_len.
 //
 // Costs: record O(count) (one hash lookup per row, skipped while the stream repeats); walk O(length).
-// Memory: 21 bytes per slot, plus one map entry per stream seen (pruned of streams whose last row has
+// Memory: 24 bytes per slot, plus one map entry per stream seen (pruned of streams whose last row has
 // left the ring once the map grows past the capacity). Not synchronized: the caller locks.
 #pragma once
 
@@ -31,7 +31,7 @@ class SequenceIndex {
   static constexpr std::uint64_t kNone = ~std::uint64_t{0};
 
   explicit SequenceIndex(std::size_t capacity)
-      : capacity_(capacity), next_(capacity, kNone), stream_(capacity, 0), step_(capacity, 0), end_(capacity, 0) {
+      : capacity_(capacity), slots_(capacity) {
     if (capacity == 0) throw std::invalid_argument("capacity must be > 0");
   }
 
@@ -39,22 +39,21 @@ class SequenceIndex {
   // ends: `count` flags, nonzero where the row ends its episode. steps: null (counted here: 0 at an
   // episode's first row) or `count` given steps (restoring a saved index).
   void record(std::size_t count, const std::int64_t* streams, const std::uint8_t* ends, const std::uint32_t* steps = nullptr) {
+    std::size_t slot = static_cast<std::size_t>(total_ % capacity_);  // the one division; then slot by slot
     for (std::size_t i = 0; i < count; ++i) {
       const std::uint64_t id = total_ + i;
       const std::int64_t stream = streams != nullptr ? streams[i] : 0;
       Last& last = lookup(stream);
       std::uint32_t step = 0;
       if (last.id != kNone && !last.ended) {
-        if (id - last.id < capacity_) next_[last.id % capacity_] = id;  // the previous row is still held
+        if (id - last.id < capacity_) slots_[last.slot].next = id;  // the previous row is still held
         step = last.step + 1;
       }
       if (steps != nullptr) step = steps[i];
-      const std::size_t slot = static_cast<std::size_t>(id % capacity_);
-      next_[slot] = kNone;
-      stream_[slot] = stream;
-      step_[slot] = step;
-      end_[slot] = ends[i] != 0 ? 1 : 0;
-      last = Last{id, step, end_[slot] != 0};
+      const bool ended = ends[i] != 0;
+      slots_[slot] = Slot{kNone, stream, step, static_cast<std::uint8_t>(ended)};
+      last = Last{id, slot, step, ended};
+      if (++slot == capacity_) slot = 0;
     }
     total_ += count;
     if (last_.size() > capacity_ + 64) prune();
@@ -62,7 +61,7 @@ class SequenceIndex {
 
   // Starts over empty with `total` rows already counted (the ids restored rows continue from).
   void reset(std::uint64_t total) {
-    std::fill(next_.begin(), next_.end(), kNone);
+    for (Slot& s : slots_) s.next = kNone;
     last_.clear();
     cached_ = nullptr;
     total_ = total;
@@ -83,8 +82,8 @@ class SequenceIndex {
     for (;;) {
       ids[length++] = id;
       if (length == seq_len) break;
-      const std::uint64_t next = next_[slot];
-      if (end_[slot] != 0 || next == kNone || !live(next)) break;
+      const std::uint64_t next = slots_[slot].next;
+      if (slots_[slot].end != 0 || next == kNone || !live(next)) break;
       slot += static_cast<std::size_t>(next - id);  // < capacity: a link joins two rows held at once
       if (slot >= capacity_) slot -= capacity_;
       id = next;
@@ -93,12 +92,20 @@ class SequenceIndex {
   }
 
   // Of a live id: its stream, and its step within its episode.
-  std::int64_t stream(std::uint64_t id) const noexcept { return stream_[id % capacity_]; }
-  std::uint32_t step(std::uint64_t id) const noexcept { return step_[id % capacity_]; }
+  std::int64_t stream(std::uint64_t id) const noexcept { return slots_[id % capacity_].stream; }
+  std::uint32_t step(std::uint64_t id) const noexcept { return slots_[id % capacity_].step; }
 
  private:
+  struct Slot {  // one per ring slot, together: an add writes one 24-byte record per row
+    std::uint64_t next = kNone;  // the stream's next row in the same episode, once it arrives
+    std::int64_t stream = 0;
+    std::uint32_t step = 0;      // within the episode
+    std::uint8_t end = 0;        // the row ends its episode
+  };
+
   struct Last {
     std::uint64_t id = kNone;  // the stream's newest row
+    std::size_t slot = 0;      // and its slot
     std::uint32_t step = 0;
     bool ended = false;        // it ended its episode: the stream's next row starts a new one
   };
@@ -122,10 +129,7 @@ class SequenceIndex {
 
   std::size_t capacity_;
   std::uint64_t total_ = 0;
-  std::vector<std::uint64_t> next_;
-  std::vector<std::int64_t> stream_;
-  std::vector<std::uint32_t> step_;
-  std::vector<std::uint8_t> end_;
+  std::vector<Slot> slots_;
   std::unordered_map<std::int64_t, Last> last_;
   Last* cached_ = nullptr;
   std::int64_t cached_stream_ = 0;
