@@ -66,7 +66,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             (n, seq_len) per-step errors of a ``sample(n, seq_len=...)`` into one priority per
             sequence: ``eta * max|e| + (1 - eta) * mean|e|`` over the valid steps (R2D2's 0.9).
 
-    Sequences (``uniform`` and ``prioritized``, ``next_state="store"``; see docs/sequences.md):
+    Sequences (``uniform`` and ``prioritized``, either ``next_state``; see docs/sequences.md):
     ``sample(n, seq_len=L, min_len=None, period=None)`` returns every field shaped (n, L, ...),
     ``mask`` (n, L) bool, and one ``ids`` (and ``weights``) per sequence. A sequence starts at a
     sampled row (uniformly, or by its priority) and follows the same stream's next rows

@@ -209,7 +209,7 @@ def test_bad_input_names_the_field_and_changes_nothing() -> None:
     after = buffer.get_state()
     np.testing.assert_array_equal(after["masses"], state["masses"])
     assert after["priority_updates"] == before["priority_updates"]
-    for buffer_type, kwargs in [("fifo", {}), ("lockfree", {}), ("uniform", {"next_state": "dedup"})]:
+    for buffer_type, kwargs in [("fifo", {}), ("lockfree", {}), ("fifo", {"next_state": "dedup"})]:
         other = ReplayBuffer(10, buffer_type, **kwargs)  # type: ignore[arg-type]
         other.add(state=np.zeros(2, np.float32), next_state=np.zeros(2, np.float32), done=False)
         with pytest.raises(ValueError, match="seq_len"):
@@ -242,3 +242,28 @@ def test_sequences_survive_pickle_and_files(tmp_path: object) -> None:
         check_sequences(batch, model, 5)
         for key in expected:
             np.testing.assert_array_equal(batch[key], expected[key])
+
+
+@pytest.mark.parametrize("buffer_type", ["uniform", "prioritized"])
+def test_sequences_with_observation_dedup_equal_a_plain_buffer(buffer_type: str) -> None:
+    # Frames are stored once; the sequences (state and next_state rebuilt from them) are exactly those
+    # of a plain buffer fed the same rows with the same seed.
+    rng = np.random.default_rng(4)
+    plain = ReplayBuffer(50, buffer_type, seed=2)  # type: ignore[arg-type]
+    dedup = ReplayBuffer(50, buffer_type, seed=2, next_state="dedup")  # type: ignore[arg-type]
+    observation = {s: rng.standard_normal(3).astype(np.float32) for s in range(3)}
+    for _ in range(70):
+        s = int(rng.integers(0, 3))
+        next_observation = rng.standard_normal(3).astype(np.float32)
+        done = bool(rng.random() < 0.1)
+        for buffer in (plain, dedup):
+            buffer.add(state=observation[s], next_state=next_observation, done=done, stream=s)
+        observation[s] = rng.standard_normal(3).astype(np.float32) if done else next_observation
+    assert dedup.stats()["frames_held"] < 2 * len(dedup)  # frames shared between state and next_state
+    a, b = plain.sample(40, seq_len=6), dedup.sample(40, seq_len=6)
+    assert a["mask"].any(axis=0).sum() > 1  # some sequences longer than one step
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    # within a valid sequence, each state is the previous next_state (one stream, one episode)
+    m = a["mask"][:, 1:]
+    np.testing.assert_array_equal(a["state"][:, 1:][m], a["next_state"][:, :-1][m])

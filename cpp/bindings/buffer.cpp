@@ -496,10 +496,18 @@ class NativeBuffer {
 
   // streams: null or one per row; only dedup buffers use them (elsewhere they are accepted and moot).
   void add_rows(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
-    if (dedup_ != nullptr) {
+    if (sequences_ != nullptr) {
+      sequences_->add(
+          [this](const std::byte* const* rows, std::size_t n, const double* p, const std::int64_t* s) {
+            if (dedup_ != nullptr) {
+              dedup_->add(rows, n, p, s);
+            } else {
+              engine_->add(rows, n, p);
+            }
+          },
+          sources, count, priorities, streams);
+    } else if (dedup_ != nullptr) {
       dedup_->add(sources, count, priorities, streams);
-    } else if (sequences_ != nullptr) {
-      sequences_->add(*engine_, sources, count, priorities, streams);
     } else {
       engine_->add(sources, count, priorities);
     }
@@ -526,9 +534,8 @@ class NativeBuffer {
   py::dict sample_sequences(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial, bool masses,
                             std::optional<py::ssize_t> seq_len, std::optional<py::ssize_t> min_len, std::optional<py::ssize_t> period) {
     if (!seq_len) throw py::value_error("min_len and period need seq_len");
-    if (sequences_ == nullptr && (type_ == BufferType::kFifo || type_ == BufferType::kLockFree || next_state_ == "dedup")) {
-      throw py::value_error("seq_len is supported by buffer_type 'uniform' and 'prioritized' with next_state='store' (this buffer is '" +
-                            type_name_ + "', next_state='" + next_state_ + "')");
+    if (sequences_ == nullptr && (type_ == BufferType::kFifo || type_ == BufferType::kLockFree)) {
+      throw py::value_error("seq_len is supported by buffer_type 'uniform' and 'prioritized' (this buffer is '" + type_name_ + "')");
     }
     if (!out.is_none()) throw py::value_error("out is not supported with seq_len");
     if (partial) throw py::value_error("partial is for fifo buffers, not with seq_len");
@@ -631,7 +638,7 @@ class NativeBuffer {
       engine->configure_storage(storage);
     }
     engine->set_monitoring(collect_stats_);
-    if (dedup == nullptr && (type_ == BufferType::kUniform || type_ == BufferType::kPrioritized)) {
+    if (type_ == BufferType::kUniform || type_ == BufferType::kPrioritized) {  // dedup too: it reads rows by id
       sequences_ = std::make_unique<SequenceSupport>(capacity_, schema, sequence_priority_eta_);
     }
     schema_ = std::move(schema);

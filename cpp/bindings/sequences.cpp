@@ -75,11 +75,11 @@ void SequenceSupport::episode_ends(const std::byte* const* sources, std::size_t 
   }
 }
 
-void SequenceSupport::add(core::ReplayBufferInterface& engine, const std::byte* const* sources, std::size_t count, const double* priorities,
+void SequenceSupport::add(const AddRows& add_rows, const std::byte* const* sources, std::size_t count, const double* priorities,
                           const std::int64_t* streams) {
   std::lock_guard lock(mutex_);
   episode_ends(sources, count);
-  engine.add(sources, count, priorities);
+  add_rows(sources, count, priorities, streams);
   index_.record(count, streams, ends_.data());
 }
 

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -34,7 +35,9 @@ class SequenceSupport {
 
   // The engine's add and the index's record as one step (GIL may be released; throws only what the
   // engine's add throws, before anything changed).
-  void add(core::ReplayBufferInterface& engine, const std::byte* const* sources, std::size_t count, const double* priorities,
+  // add_rows: the engine's own add of these rows (with their streams, for observation dedup).
+  using AddRows = std::function<void(const std::byte* const*, std::size_t, const double*, const std::int64_t*)>;
+  void add(const AddRows& add_rows, const std::byte* const* sources, std::size_t count, const double* priorities,
            const std::int64_t* streams);
 
   // sample(n, seq_len=...): called with the GIL; releases it for the draws and the gather.
