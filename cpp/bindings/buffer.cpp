@@ -455,8 +455,9 @@ class NativeBuffer {
       if (!streams) throw py::value_error("state 'streams' must be an integer array");
       s.streams.assign(streams.data(), streams.data() + streams.size());
     }
-    py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> streams;
-    if (sequences_ != nullptr && state.contains("streams")) {
+    py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> streams;  // (default-constructed: an empty array, not null)
+    const bool with_streams = sequences_ != nullptr && state.contains("streams");
+    if (with_streams) {
       streams = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(state["streams"]);
       if (!streams || static_cast<std::size_t>(streams.size()) != rows) {
         throw py::value_error("state 'streams' must hold one stream id per row (" + std::to_string(rows) + ")");
@@ -467,7 +468,7 @@ class NativeBuffer {
     if (sequences_ != nullptr) {
       std::vector<std::size_t> row_bytes;
       for (const Field& field : schema_) row_bytes.push_back(field.row_bytes);
-      sequences_->import_rows(*engine_, in_place ? nullptr : converted.pointers(), rows, streams ? streams.data() : nullptr, row_bytes);
+      sequences_->import_rows(*engine_, in_place ? nullptr : converted.pointers(), rows, with_streams ? streams.data() : nullptr, row_bytes);
     }
   }
 
