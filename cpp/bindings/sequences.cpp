@@ -163,6 +163,7 @@ py::dict SequenceSupport::sample(core::ReplayBufferInterface& engine, const Sche
       }
       engine.sample(request, start_pointers.data());
       draws += need;
+      for (std::size_t j = 0; j < need; ++j) index_.prefetch(static_cast<std::uint64_t>(draw_ids[j]));
       for (std::size_t j = 0; j < need; ++j) {
         const auto start = static_cast<std::uint64_t>(draw_ids[j]);
         std::uint64_t* sequence = flat.data() + accepted * length;

@@ -91,6 +91,13 @@ class SequenceIndex {
     return length;
   }
 
+  // Starts loading the first records a walk from `start` reads (a sample prefetches all its starts
+  // before walking any, so their cache misses overlap).
+  void prefetch(std::uint64_t start) const noexcept {
+    const auto* first = reinterpret_cast<const char*>(slots_.data() + start % capacity_);
+    for (int line = 0; line < 4; ++line) __builtin_prefetch(first + line * 64);
+  }
+
   // Of a live id: its stream, and its step within its episode.
   std::int64_t stream(std::uint64_t id) const noexcept { return slots_[id % capacity_].stream; }
   std::uint32_t step(std::uint64_t id) const noexcept { return slots_[id % capacity_].step; }
