@@ -32,6 +32,7 @@ class NativeReplayBuffer:
         storage_dir: str | None = None,
         prefault: bool = False,
         compress: Mapping[str, Any] | None = None,
+        sequence_priority_eta: float = 0.9,
     ) -> None: ...
     def add(self, *fields: Any, priority: float | None = None, stream: int | None = 0, **named_fields: Any) -> None:
         """Appends one transition: values in schema order (``state, action, reward, next_state, done``
@@ -75,18 +76,26 @@ class NativeReplayBuffer:
         out: dict[str, np.ndarray] | None = None,
         partial: bool = False,
         masses: bool = False,
+        seq_len: int | None = None,
+        min_len: int | None = None,
+        period: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Samples ``batch_size`` rows: uniformly or by priority with replacement (any ``batch_size >= 1``),
-        or, for fifo, pops the oldest rows in insertion order.
+        or, for fifo, pops the oldest rows in insertion order; with ``seq_len``, sequences (see below).
 
         Args:
-            batch_size: rows to return (>= 1).
+            batch_size: rows (or sequences) to return (>= 1).
             beta: prioritized only: the importance-sampling exponent for ``weights`` (default: the buffer's).
             out: a dict of preallocated arrays (one per field and extra key, leading axis ``batch_size``)
-                to fill instead of allocating.
+                to fill instead of allocating (not with ``seq_len``).
             partial: fifo only: return what is there when fewer than ``batch_size`` rows are held.
             masses: prioritized only: also return ``masses`` (float64, each sampled row's p_i^alpha as
                 read under the same lock as the draw), for callers that renormalize over shards.
+            seq_len: uniform and prioritized: sequences of this many steps of one stream's episode, every
+                field shaped (batch_size, seq_len, ...) with a (batch_size, seq_len) bool ``mask``, zeros as
+                padding, one ``ids`` (and ``weights``) per sequence (docs/sequences.md).
+            min_len: with ``seq_len``: only starts with at least this many valid steps.
+            period: with ``seq_len``: only starts every ``period`` steps of an episode.
 
         Returns:
             One array per field, plus for prioritized buffers ``weights`` (float32, the largest possible
@@ -96,9 +105,12 @@ class NativeReplayBuffer:
             ValueError: an empty buffer, ``batch_size < 1``, or a fifo holding fewer rows without
                 ``partial``; nothing is removed.
         """
-    def update_priorities(self, ids: npt.ArrayLike, priorities: npt.ArrayLike) -> None:
+    def update_priorities(self, ids: npt.ArrayLike, priorities: npt.ArrayLike, *, mask: npt.ArrayLike | None = None) -> None:
         """Prioritized only: sets the priorities of sampled rows (vectorized). An id whose row was
         overwritten since it was sampled is ignored and counted in ``stats()["stale_priority_updates"]``.
+        For a sequence sample, ``priorities`` may be (n, seq_len) per-step errors, mixed into one
+        priority per sequence (``sequence_priority_eta``) over the steps of ``mask`` (default: the steps
+        the sequence has now).
 
         Raises:
             ValueError, TypeError: lengths differ, a priority is negative or not finite, or an id was not

@@ -71,6 +71,16 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             that does not shrink is stored raw. Fields of at least 32 bytes per row; not with
             ``storage_dir``, nor on ``state``/``next_state`` with ``next_state="dedup"``. See
             docs/compression.md.
+        sequence_priority_eta: prioritized only: how ``update_priorities(ids, errors)`` mixes the
+            (n, seq_len) per-step errors of a ``sample(n, seq_len=...)`` into one priority per
+            sequence: ``eta * max|e| + (1 - eta) * mean|e|`` over the valid steps (R2D2's 0.9).
+
+    Sequences (``uniform`` and ``prioritized``, either ``next_state``; see docs/sequences.md):
+    ``sample(n, seq_len=L, min_len=None, period=None)`` returns every field shaped (n, L, ...),
+    ``mask`` (n, L) bool, and one ``ids`` (and ``weights``) per sequence. A sequence starts at a
+    sampled row (uniformly, or by its priority) and follows the same stream's next rows
+    (``add(..., stream=k)`` / ``add_batch(..., streams=...)``) until the episode ends (a nonzero
+    ``done``/``terminated``/``truncated``-like scalar field); the rest is zero padding.
     """
 
     def __init__(
@@ -91,6 +101,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
         storage_dir: str | os.PathLike[str] | None = None,
         prefault: bool = False,
         compress: Mapping[str, Any] | None = None,
+        sequence_priority_eta: float = 0.9,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
             raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
@@ -121,6 +132,7 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             storage_dir=storage_dir,
             prefault=prefault,
             compress=compress,
+            sequence_priority_eta=sequence_priority_eta,
         )
         if layout is not None:
             nested_buffer.attach(self, layout)
@@ -215,6 +227,7 @@ def _restore(cls: type[ReplayBuffer], state: dict[str, Any], storage_dir: str | 
         storage_dir=storage_dir,
         prefault=state.get("prefault", False),
         compress=codecs,
+        sequence_priority_eta=state.get("sequence_priority_eta", 0.9),
     )
     if state.get("nested"):
         layout = nested.Layout.from_json(state["nested"])

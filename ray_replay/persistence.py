@@ -64,8 +64,9 @@ _MAX_RESERVED_BYTES = 1 << 42
 _ALLOWED_KINDS = {"b", "i", "u", "f"}
 _COUNTERS = ("total_adds", "samples", "sample_calls", "evictions", "rejected", "priority_updates", "stale_priority_updates")
 _CONFIG = ("capacity", "buffer_type", "seed", "alpha", "beta", "eps", "sampling", "on_full", "collect_stats")
-# Added in version 2 (codecs later, in a compatible way: files without it load as before), with these defaults.
-_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False, "codecs": None}
+# Added in version 2 (codecs and sequence_priority_eta later, in a compatible way: files without them
+# load as before), with these defaults.
+_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False, "codecs": None, "sequence_priority_eta": 0.9}
 
 
 class CorruptFileError(ValueError):
@@ -91,7 +92,7 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
                 else:
                     arrays.append((name, np.ascontiguousarray(state["columns"][name])))
         arrays.append(("__masses__", np.ascontiguousarray(state["masses"], dtype="<f8")))
-        if "streams" in state:
+        if "streams" in state:  # dedup, and the sequences of uniform/prioritized buffers
             arrays.append(("__streams__", np.ascontiguousarray(state["streams"], dtype="<i8")))
     header: dict[str, Any] = {key: state[key] for key in _CONFIG}
     header.update({key: state.get(key, default) for key, default in _OPTIONAL_CONFIG.items()})
@@ -107,6 +108,8 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
             header["stored_fields"] = [name for name, _, _ in state["schema"] if name in state["stored"]]
         if "newest_rows" in state:
             header["increment"] = {"size": int(state["size"])}
+        if "streams" in state:
+            header["streams"] = True
         if external:
             header["columns_external"] = True
             header["first_slot"] = int(state["first_slot"])
@@ -247,7 +250,7 @@ def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -
     for (name, _, _), field_bytes in zip([] if external else schema, row_bytes):
         layout += [(f"__lengths__:{name}", 4), (f"__stored__:{name}", 0)] if name in stored_fields else [(name, field_bytes)]
     expected_names = [name for name, _ in layout] + ["__masses__"]
-    if state["next_state"] == "dedup":
+    if state["next_state"] == "dedup" or header.get("streams") is True:
         expected_names.append("__streams__")
     _require(len(sections) == len(expected_names), f"{path}: expected {len(expected_names)} sections, found {len(sections)}")
     held = rows

@@ -24,8 +24,8 @@ def snapshot(buf: ReplayBuffer) -> dict:
 
 def assert_unchanged(buf: ReplayBuffer, before: dict) -> None:
     after = snapshot(buf)
-    masses_before, masses_after = before["state"].pop("masses"), after["state"].pop("masses")
-    np.testing.assert_array_equal(masses_before, masses_after)
+    for key in ("masses", "streams"):  # arrays (streams: each row's stream, uniform/prioritized and dedup)
+        np.testing.assert_array_equal(before["state"].pop(key, None), after["state"].pop(key, None))
     assert after["state"] == before["state"]
     for name, column in before["columns"].items():
         np.testing.assert_array_equal(after["columns"][name], column)

@@ -134,6 +134,15 @@ def test_persistence_benchmark_measures_save_and_load(bench_run) -> None:
     assert "| load |" in out.with_suffix(".md").read_text(encoding="utf-8")
 
 
+def test_sequences_benchmark_measures_ray_replay_beside_torchrl(bench_run) -> None:
+    out = bench_run[0] / "sequences.json"
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert {"ray_replay uniform (min_len=80)", "ray_replay prioritized (min_len=80)", "TorchRL SliceSampler"} <= set(data["results"])
+    assert all(r["median_ns_per_op"] > 0 for r in data["results"].values())
+    assert set(data["results"]) | set(data["unavailable"]) >= {"TorchRL PrioritizedSliceSampler"}  # measured, or says why not
+    assert "ray_replay uniform (min_len=80) vs TorchRL SliceSampler" in data["ratios"]
+
+
 def test_torchrl_measured_or_skipped_with_a_note(smoke_run) -> None:
     data, markdown, stdout = smoke_run
     if "torchrl" in data["skipped"]:

@@ -472,3 +472,13 @@ def test_compress_given_before_the_schema_survives_save_and_pickle(tmp_path):
     for other in (ReplayBuffer.load(tmp_path / "empty.rrb"), pickle.loads(pickle.dumps(buf))):
         other.add(np.zeros(64, np.float32), 1, 0.5, np.zeros(64, np.float32), False)
         assert other.codecs == {"state": "zstd:3"} and other.stats()["compression"]["state"]["rows_stored_raw"] == 0
+
+
+@pytest.mark.parametrize("buffer_type", ["uniform", "prioritized"])
+def test_sequences_over_compressed_fields_are_refused_clearly_and_transitions_still_sample(buffer_type):
+    schema = {"obs": ((8, 8), np.uint8, "lz4"), "action": ((), np.int64), "done": ((), np.bool_)}
+    buf = ReplayBuffer(100, buffer_type, schema=schema, seed=0)
+    buf.add_batch(obs=np.zeros((10, 8, 8), np.uint8), action=np.arange(10), done=np.zeros(10, bool), streams=0)
+    with pytest.raises(ValueError, match="seq_len is not supported on a buffer with compressed fields"):
+        buf.sample(4, seq_len=3)
+    assert len(buf) == 10 and buf.sample(4)["obs"].shape == (4, 8, 8)

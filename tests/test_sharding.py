@@ -70,6 +70,48 @@ def test_no_row_is_evicted_while_the_replay_has_room_and_shards_stay_balanced(nu
         assert model.sizes.max() - model.sizes.min() <= max(batches) + 1
 
 
+@settings(max_examples=150, deadline=None)
+@given(num_shards=st.integers(2, 5), per_shard=st.integers(1, 400),
+       batches=st.lists(st.tuples(st.integers(1, 300), st.integers(1, 6)), min_size=1, max_size=30), seed=st.integers(0, 2**16))
+def test_stream_routing_keeps_streams_on_their_shard_and_evicts_nothing_while_there_is_room(num_shards, per_shard, batches, seed):
+    capacities = [per_shard] * num_shards
+    router, model = Router(capacities), ShardModel(capacities)
+    rng = np.random.default_rng(seed)
+    home: dict[int, int] = {}
+    added = moves = 0
+    for rows, n_streams in batches:
+        streams = rng.integers(0, n_streams, size=rows) + 10 * rng.integers(0, 2)
+        room_before = model.capacities - model.sizes
+        order, plan = router.plan_streams(streams, [True] * num_shards, model.sizes.tolist())
+        if order is not None:
+            assert sorted(order.tolist()) == list(range(rows))
+        assert [start for _, start, _ in plan] == [0] + [stop for _, _, stop in plan[:-1]] and plan[-1][2] == rows
+        shard_of = np.empty(rows, dtype=np.int64)
+        for k, start, stop in plan:
+            assert stop - start <= router.max_run_rows
+            shard_of[start:stop] = k
+            model.take(k, stop - start)
+        added += rows
+        assert model.evicted == max(added - sum(capacities), 0), "a row was evicted while the replay had room"
+        original = np.arange(rows) if order is None else order
+        for k in range(num_shards):  # each shard gets its rows in the batch's order (a stream's, so too)
+            assert (np.diff(original[shard_of == k]) > 0).all()
+        shard_by_row = np.empty(rows, dtype=np.int64)
+        shard_by_row[original] = shard_of
+        room = room_before.copy()  # as the router sees it, stream after stream in order of first appearance
+        _, first = np.unique(streams, return_index=True)
+        for s in streams[np.sort(first)]:
+            shards = shard_by_row[streams == s]
+            changes = int((np.diff(shards) != 0).sum()) + (int(s) in home and home[int(s)] != shards[0])
+            if changes:  # a stream moves only when its home has no room for its rows and another shard has some
+                assert int(s) not in home or room[home[int(s)]] < len(shards)
+                assert room.sum() > 0
+            room = np.maximum(room - np.bincount(shards, minlength=num_shards), 0)
+            moves += changes
+            home[int(s)] = int(shards[-1])
+    assert router.stream_moves == moves
+
+
 def test_the_issue_cases():
     model = ShardModel([1000] * 3)
     route(Router([1000] * 3), model, 3000)

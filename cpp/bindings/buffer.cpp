@@ -26,6 +26,7 @@
 #include "codecs.hpp"
 #include "gil.hpp"
 #include "schema.hpp"
+#include "sequences.hpp"
 
 namespace replay_buffer::bindings {
 
@@ -140,11 +141,16 @@ class NativeBuffer {
  public:
   NativeBuffer(py::ssize_t capacity, const std::string& buffer_type, py::object schema, py::object seed, double alpha, double beta,
                double eps, const std::string& sampling, const std::string& on_full, bool collect_stats, const std::string& next_state,
-               std::optional<py::ssize_t> frame_stack_axis, std::optional<std::string> storage_dir, bool prefault, py::object compress)
+               std::optional<py::ssize_t> frame_stack_axis, std::optional<std::string> storage_dir, bool prefault, py::object compress,
+               double sequence_priority_eta)
       : type_(parse_buffer_type(buffer_type)), type_name_(buffer_type), alpha_(check_exponent("alpha", alpha)),
         beta_(check_exponent("beta", beta)), eps_(check_exponent("eps", eps)), sampling_(sampling), on_full_(on_full),
         collect_stats_(collect_stats), next_state_(next_state), frame_stack_axis_(frame_stack_axis), storage_dir_(storage_dir),
         prefault_(prefault), compress_(parse_compress(compress)) {
+    if (!(sequence_priority_eta >= 0.0 && sequence_priority_eta <= 1.0)) {
+      throw py::value_error("sequence_priority_eta must be in [0, 1], got " + std::to_string(sequence_priority_eta));
+    }
+    sequence_priority_eta_ = sequence_priority_eta;
     if (storage_dir && next_state == "dedup") throw py::value_error("storage_dir does not combine with next_state='dedup' (frames live in memory)");
     if (next_state != "store" && next_state != "dedup") throw py::value_error("next_state must be 'store' or 'dedup', got '" + next_state + "'");
     if (frame_stack_axis && next_state != "dedup") {
@@ -230,8 +236,10 @@ class NativeBuffer {
     add_rows(columns.pointers(), rows, priorities.empty() ? nullptr : priorities.data(), streams.empty() ? nullptr : streams.data());
   }
 
-  py::dict sample(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial, bool masses) {
+  py::dict sample(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial, bool masses,
+                  std::optional<py::ssize_t> seq_len, std::optional<py::ssize_t> min_len, std::optional<py::ssize_t> period) {
     if (batch_size <= 0) throw py::value_error("batch_size must be > 0, got " + std::to_string(batch_size));
+    if (seq_len || min_len || period) return sample_sequences(batch_size, beta, out, partial, masses, seq_len, min_len, period);
     // Uniform, prioritized and lock-free sampling is with replacement: any batch_size >= 1 (as numpy,
     // cpprb, TorchRL, RLlib and Reverb allow). A fifo read keeps its queue contract (checked by the engine).
     if (!engine_ || engine_->size() == 0) throw py::value_error("cannot sample from an empty buffer");
@@ -279,7 +287,7 @@ class NativeBuffer {
     return partial_result;
   }
 
-  void update_priorities(const py::object& ids, const py::object& priorities) {
+  void update_priorities(const py::object& ids, const py::object& priorities, const py::object& mask) {
     require_prioritized("update_priorities");
     py::array id_array = py::array::ensure(ids);
     if (!id_array || (id_array.dtype().kind() != 'i' && id_array.dtype().kind() != 'u')) {
@@ -289,8 +297,14 @@ class NativeBuffer {
     if (id_array.ndim() != 1) throw py::value_error("ids must be one-dimensional, got " + std::to_string(id_array.ndim()) + " dimensions");
     const auto count = static_cast<std::size_t>(id_array.size());
     auto id_values = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(id_array);
-    const auto priority_values = convert_priorities(priorities, count, "priorities");
     if (!engine_) throw py::value_error("ids[0] was never issued by this buffer (it is empty)");
+    // (n, seq_len) per-step errors of a sequence sample are mixed into one priority per sequence.
+    const py::array as_array = py::array::ensure(priorities);
+    if (!as_array) PyErr_Clear();
+    const bool per_step = sequences_ != nullptr && (!mask.is_none() || (as_array && as_array.ndim() == 2));
+    if (!mask.is_none() && sequences_ == nullptr) throw py::value_error("mask is for the per-step priorities of a sequence sample");
+    const auto priority_values =
+        per_step ? sequences_->mix(id_values.data(), count, priorities, mask) : convert_priorities(priorities, count, "priorities");
     ReleaseGil release;
     engine_->update_priorities(id_values.data(), priority_values.data(), count);
   }
@@ -386,6 +400,7 @@ class NativeBuffer {
     state["next_state"] = next_state_;
     state["frame_stack_axis"] = frame_stack_axis_ ? py::object(py::int_(*frame_stack_axis_)) : py::object(py::none());
     state["prefault"] = prefault_;
+    state["sequence_priority_eta"] = sequence_priority_eta_;
     py::list fields;
     for (const Field& field : schema_) fields.append(py::make_tuple(field.name, shape_tuple(field.shape), py::str(field.dtype)));
     state["schema"] = fields;
@@ -433,6 +448,10 @@ class NativeBuffer {
     state["random"] = py::array_t<std::uint64_t>(4, s.random.data());
     state["masses"] = py::array_t<double>(static_cast<py::ssize_t>(s.priorities.size()), s.priorities.data());
     if (dedup_ != nullptr) state["streams"] = py::array_t<std::int64_t>(static_cast<py::ssize_t>(s.streams.size()), s.streams.data());
+    if (sequences_ != nullptr) {  // each row's stream, so the sequences survive a restore
+      const auto streams = sequences_->export_rows(with_rows ? rows : held).streams;
+      state["streams"] = py::array_t<std::int64_t>(static_cast<py::ssize_t>(streams.size()), streams.data());
+    }
     return state;
   }
 
@@ -442,6 +461,7 @@ class NativeBuffer {
     const bool in_place = !state.contains("columns") && state.contains("rows");
     if (!state.contains("columns") && !in_place) return;  // the buffer was saved before its first add
     if (in_place && !storage_dir_) throw py::value_error("a state without columns needs a buffer with storage_dir");
+    if (!engine_) throw py::value_error("_set_state needs a buffer built with the state's schema");
     Columns converted(schema_.size());
     std::size_t rows = 0;
     const bool stored = state.contains("stored") && !in_place;
@@ -485,8 +505,21 @@ class NativeBuffer {
       import_stored(*engine_, s, converted.pointers(), stored_rows);
       return;
     }
+    py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> streams;  // (default-constructed: an empty array, not null)
+    const bool with_streams = sequences_ != nullptr && state.contains("streams");
+    if (with_streams) {
+      streams = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(state["streams"]);
+      if (!streams || static_cast<std::size_t>(streams.size()) != rows) {
+        throw py::value_error("state 'streams' must hold one stream id per row (" + std::to_string(rows) + ")");
+      }
+    }
     ReleaseGil release;
     engine_->import_state(s, in_place ? nullptr : converted.pointers(), rows);
+    if (sequences_ != nullptr) {
+      std::vector<std::size_t> row_bytes;
+      for (const Field& field : schema_) row_bytes.push_back(field.row_bytes);
+      sequences_->import_rows(*engine_, in_place ? nullptr : converted.pointers(), rows, with_streams ? streams.data() : nullptr, row_bytes);
+    }
   }
 
   // File-backed buffers: returns once every row added so far is in the files.
@@ -514,7 +547,13 @@ class NativeBuffer {
 
   // streams: null or one per row; only dedup buffers use them (elsewhere they are accepted and moot).
   void add_rows(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
-    if (streams != nullptr) {
+    if (sequences_ != nullptr) {
+      sequences_->add(
+          [this](const std::byte* const* rows, std::size_t n, const double* p, const std::int64_t* s) {
+            engine_->add_with_streams(rows, n, p, s);  // (dedup links a row to its stream's previous one)
+          },
+          sources, count, priorities, streams);
+    } else if (streams != nullptr) {
       engine_->add_with_streams(sources, count, priorities, streams);
     } else {
       engine_->add(sources, count, priorities);
@@ -536,6 +575,23 @@ class NativeBuffer {
   static py::handle streams_key() {
     static const py::handle key = interned("streams");
     return key;
+  }
+
+  // sample(seq_len=...): sequences of stored rows, shaped (batch_size, seq_len, ...) (sequences.cpp).
+  py::dict sample_sequences(py::ssize_t batch_size, std::optional<double> beta, const py::object& out, bool partial, bool masses,
+                            std::optional<py::ssize_t> seq_len, std::optional<py::ssize_t> min_len, std::optional<py::ssize_t> period) {
+    if (!seq_len) throw py::value_error("min_len and period need seq_len");
+    if (sequences_ == nullptr && (type_ == BufferType::kFifo || type_ == BufferType::kLockFree)) {
+      throw py::value_error("seq_len is supported by buffer_type 'uniform' and 'prioritized' (this buffer is '" + type_name_ + "')");
+    }
+    if (sequences_ == nullptr && compressed_) {
+      throw py::value_error("seq_len is not supported on a buffer with compressed fields yet (sample transitions, or store the fields without a codec)");
+    }
+    if (!out.is_none()) throw py::value_error("out is not supported with seq_len");
+    if (partial) throw py::value_error("partial is for fifo buffers, not with seq_len");
+    if (!engine_ || engine_->size() == 0) throw py::value_error("cannot sample from an empty buffer");
+    return sequences_->sample(*engine_, schema_, *outputs_, type_ == BufferType::kPrioritized, batch_size, *seq_len, min_len, period,
+                              beta ? check_exponent("beta", *beta) : beta_, masses);
   }
 
   // A fresh array, or the caller's out= array (a dict) after checking that it fits exactly.
@@ -648,6 +704,10 @@ class NativeBuffer {
       engine->configure_storage(storage);
     }
     engine->set_monitoring(collect_stats_);
+    // dedup too: it reads rows by id; not over compressed fields (the decorator does not read rows by id yet)
+    if ((type_ == BufferType::kUniform || type_ == BufferType::kPrioritized) && !compressed) {
+      sequences_ = std::make_unique<SequenceSupport>(capacity_, schema, sequence_priority_eta_);
+    }
     schema_ = std::move(schema);
     engine_ = std::move(engine);
     dedup_ = dedup;
@@ -665,11 +725,13 @@ class NativeBuffer {
   std::optional<py::ssize_t> frame_stack_axis_;
   std::optional<std::string> storage_dir_;
   bool prefault_;
+  double sequence_priority_eta_ = 0.9;
   Schema schema_;
   std::unique_ptr<core::ReplayBufferInterface> engine_;  // created with the schema (given, or inferred at the first add)
   dedup::DedupBuffer* dedup_ = nullptr;                  // engine_ itself or its inner buffer, when observations are deduplicated
   std::vector<std::pair<std::string, compression::Codec>> compress_;  // compress=, applied when the schema is known
   bool compressed_ = false;                              // engine_ is a CompressedBuffer
+  std::unique_ptr<SequenceSupport> sequences_;           // uniform/prioritized without codecs: stream links of the rows, for seq_len
   std::shared_ptr<ArrayPool> outputs_ = std::make_shared<ArrayPool>();  // memory of large sample() arrays
 };
 
@@ -716,15 +778,17 @@ void add_method(py::handle cls, PyMethodDef* definition) {
 void bind_buffer(py::module_& m) {
   auto cls = py::class_<NativeBuffer>(m, "NativeReplayBuffer")
       .def(py::init<py::ssize_t, const std::string&, py::object, py::object, double, double, double, const std::string&, const std::string&, bool,
-                    const std::string&, std::optional<py::ssize_t>, std::optional<std::string>, bool, py::object>(),
+                    const std::string&, std::optional<py::ssize_t>, std::optional<std::string>, bool, py::object, double>(),
            py::arg("capacity"), py::arg("buffer_type") = "uniform", py::kw_only(), py::arg("schema") = py::none(),
            py::arg("seed") = py::none(), py::arg("alpha") = 0.6, py::arg("beta") = 0.4, py::arg("eps") = 1e-6,
            py::arg("sampling") = "stratified", py::arg("on_full") = "error", py::arg("collect_stats") = true,
            py::arg("next_state") = "store", py::arg("frame_stack_axis") = py::none(), py::arg("storage_dir") = py::none(),
-           py::arg("prefault") = false, py::arg("compress") = py::none())
+           py::arg("prefault") = false, py::arg("compress") = py::none(), py::arg("sequence_priority_eta") = 0.9)
       .def("sample", &Guarded<&NativeBuffer::sample>::call, py::arg("batch_size"), py::kw_only(), py::arg("beta") = py::none(),
-           py::arg("out") = py::none(), py::arg("partial") = false, py::arg("masses") = false)
-      .def("update_priorities", &Guarded<&NativeBuffer::update_priorities>::call, py::arg("ids"), py::arg("priorities"))
+           py::arg("out") = py::none(), py::arg("partial") = false, py::arg("masses") = false, py::arg("seq_len") = py::none(),
+           py::arg("min_len") = py::none(), py::arg("period") = py::none())
+      .def("update_priorities", &Guarded<&NativeBuffer::update_priorities>::call, py::arg("ids"), py::arg("priorities"), py::kw_only(),
+           py::arg("mask") = py::none())
       .def("__len__", &Guarded<&NativeBuffer::size>::call)
       .def_property_readonly("capacity", &Guarded<&NativeBuffer::capacity>::call)
       .def_property_readonly("buffer_type", &Guarded<&NativeBuffer::buffer_type>::call)

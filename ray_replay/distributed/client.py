@@ -33,7 +33,7 @@ import ray
 
 from ray_replay.distributed.health import ACKED, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
 from ray_replay.distributed.rounds import SampleRounds
-from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, split_capacity, split_ids
+from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, mix_sequence_priorities, sequence_options, split_capacity, split_ids
 from ray_replay.distributed.writes import (
     RETRY_PAUSE_S,
     Router,
@@ -43,10 +43,10 @@ from ray_replay.distributed.writes import (
     check_beta,
     check_priorities,
     check_priority,
+    plan_batch,
     require_prioritized,
     rows_of,
     slice_rows,
-    validated,
 )
 from ray_replay.nested import Layout, refuse_unknown_nesting
 
@@ -116,6 +116,7 @@ class ReplayClient:
         self._buffer_type: str = config["buffer_type"]
         self._capacity: int = config["capacity"]
         self._beta: float = config["beta"]
+        self._sequence_eta: float = config.get("sequence_priority_eta", 0.9)
         self._limiter = config["limiter"]
         self._schema = config["schema"]
         nested = config.get("nested")
@@ -137,8 +138,9 @@ class ReplayClient:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def add(self, *fields: Any, priority: Any = None, stream: Any = 0, **named: Any) -> None:
-        """One transition, as ReplayBuffer.add (``stream`` for observation dedup); sent with the next batch."""
+    def add(self, *fields: Any, priority: Any = None, stream: Any = None, **named: Any) -> None:
+        """One transition, as ReplayBuffer.add (``stream``: for observation dedup and sequences, routes the
+        writer's rows to one shard; None is stream 0, routed for balance); sent with the next batch."""
         self._check_open()
         if self._layout is not None:
             fields, named = (), self._layout.flatten_call(fields, named)
@@ -235,9 +237,8 @@ class ReplayClient:
     def _send(self, columns: tuple[Any, ...], named: dict[str, Any], rows: int, handed: bool = False) -> None:
         """Sends a batch as runs over the shards (see writes.Router); one cut over shards is validated
         here first, so a bad row leaves no run written. ``handed``: the rows were counted when staged."""
-        plan: Sequence[tuple[int | None, int, int]] = self._router.plan(rows, self._writable(), self._sizes()) or [(None, 0, rows)]
-        if len(plan) > 1:
-            columns, named = (), validated(columns, named, self._schema, rows)
+        columns, named, runs = plan_batch(self._router, columns, named, rows, self._writable(), self._sizes(), self._schema)
+        plan: Sequence[tuple[int | None, int, int]] = runs or [(None, 0, rows)]
         if not handed:
             self._handed += rows
         for k, start, stop in plan:
@@ -338,41 +339,48 @@ class ReplayClient:
 
     # -- sampling ----------------------------------------------------------------------------------
 
-    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> dict[str, Any]:
+    def sample(self, batch_size: int, beta: float | None = None, partial: bool = False, seq_len: int | None = None,
+               min_len: int | None = None, period: int | None = None) -> dict[str, Any]:
         """One batch over all shards, with the coordinator's semantics (global probabilities and weights;
-        see rounds.SampleRounds).
+        see rounds.SampleRounds; ``seq_len``, ``min_len``, ``period``: sequences, as ReplayCoordinator.sample).
 
         fifo reads go through the coordinator, which orders pops over shards; ``partial`` is for fifo.
         Nested fields come back nested (rebuilt here from the shards' flat columns).
         """
-        batch = self._sample(batch_size, beta, partial)
+        batch = self._sample(batch_size, beta, partial, seq_len, min_len, period)
         return batch if self._layout is None or self._buffer_type == "fifo" else self._layout.unflatten(batch)
 
-    def _sample(self, batch_size: int, beta: float | None, partial: bool) -> dict[str, np.ndarray]:
+    def _sample(self, batch_size: int, beta: float | None, partial: bool, seq_len: int | None, min_len: int | None,
+                period: int | None) -> dict[str, np.ndarray]:
         self._check_open()
         if self._pending:
             self._reap()
         if self._buffer_type == "fifo":
             self._send_staged()
             self._reap(wait_all=True)
-            popped: dict[str, np.ndarray] = ray.get(self._coordinator.sample.remote(batch_size, beta, partial))
+            popped: dict[str, np.ndarray] = ray.get(self._coordinator.sample.remote(batch_size, beta, partial, seq_len, min_len, period))
             return popped
         batch_size, beta = check_batch_size(batch_size), check_beta(beta, self._beta)
+        sequence = sequence_options(seq_len, min_len, period)
+        if sequence is not None and self._buffer_type not in ("uniform", "prioritized"):
+            raise ValueError(f"seq_len is supported by buffer_type 'uniform' and 'prioritized' (this replay is '{self._buffer_type}')")
         # This client's own rows are visible to its samples: staged ones are sent now, and while no
         # shard is known to hold anything, the writes in flight are waited for (costs nothing once
         # the replay holds rows).
         self._send_staged()
         if self._table.total_mass == 0 and self._pending:
             self._reap(wait_all=True)
-        return self._rounds.sample(batch_size, beta)
+        return self._rounds.sample(batch_size, beta, sequence)
 
-    def update_priorities(self, ids: Any, priorities: Any) -> None:
+    def update_priorities(self, ids: Any, priorities: Any, mask: Any = None) -> None:
         """New priorities for sampled ids, without waiting: each shard's share rides with the next sample
         request to that shard (a learner step costs one round trip), or goes on its own at ``flush()``,
         ``close()`` or past UPDATE_ROWS_HELD rows. A backup gets its copy at once (best effort).
         Errors surface at a later call; updates for a shard that is down are counted as dropped."""
         self._check_open()
         require_prioritized(self._buffer_type, "update_priorities")
+        if mask is not None or np.ndim(priorities) == 2:  # per-step errors of a sequence sample (see mix_sequence_priorities)
+            priorities = mix_sequence_priorities(priorities, mask, self._sequence_eta)
         for k, shard_ids, values in split_ids(ids, priorities, len(self._shards)):
             if not self._health.worth_trying(k):
                 self._dropped_updates += len(shard_ids)

@@ -47,7 +47,7 @@ import ray
 from ray_replay.buffer import BUFFER_TYPES, BufferType, ReplayBuffer
 from ray_replay.distributed.health import ACKED, RETRY_SAME, SHARD_FAILURES, ShardUnavailableError
 from ray_replay.distributed.placement import PLACEMENTS, ROLES, bundle_options, make_placement, remove_placement, shard_actor_name
-from ray_replay.distributed.sampling import RateLimiter, split_capacity, split_ids
+from ray_replay.distributed.sampling import RateLimiter, mix_sequence_priorities, sequence_options, split_capacity, split_ids
 from ray_replay.distributed.shard import ReplayShard
 from ray_replay.distributed.shard_set import ShardSet
 from ray_replay.distributed.totals import Totals
@@ -59,10 +59,10 @@ from ray_replay.distributed.writes import (
     check_batch_size,
     check_beta,
     check_priority,
+    plan_batch,
     require_prioritized,
     rows_of,
     slice_rows,
-    validated,
 )
 from ray_replay.monitoring import SampleLatencyHistogram
 from ray_replay.nested import flat_buffer_kwargs
@@ -152,6 +152,7 @@ class ReplayCoordinatorImpl:
         self._buffer_type = buffer_type
         self._beta = float(beta)
         self._schema = buffer_kwargs.get("schema")
+        self._sequence_eta = float(buffer_kwargs.get("sequence_priority_eta", 0.9))
         seeds = np.random.SeedSequence(seed)
         shard_seeds = [int(s.generate_state(1, np.uint64)[0]) for s in seeds.spawn(num_shards)]
         self._rng = np.random.default_rng(seeds.spawn(1)[0])
@@ -214,9 +215,8 @@ class ReplayCoordinatorImpl:
         here whole first, so a bad row leaves no run written."""
         rows = rows_of(columns, named)
         self._rows_relayed += rows
-        plan: Sequence[tuple[int | None, int, int]] = self._router.plan(rows, self._set.writable(), self._set.sizes()) or [(None, 0, rows)]
-        if len(plan) > 1:
-            columns, named = (), validated(columns, named, self._schema, rows)
+        columns, named, planned = plan_batch(self._router, columns, named, rows, self._set.writable(), self._set.sizes(), self._schema)
+        plan: Sequence[tuple[int | None, int, int]] = planned or [(None, 0, rows)]
         runs = [Write.new(*((columns, named) if len(plan) == 1 else slice_rows(columns, named, start, stop, rows)), stop - start,
                           self._timeout_s) for _, start, stop in plan]
         results = await asyncio.gather(*[self._write_run(run, k) for run, (k, _, _) in zip(runs, plan)], return_exceptions=True)
@@ -252,7 +252,7 @@ class ReplayCoordinatorImpl:
             else:
                 k = self._router.pick(self._set.writable(), write.tried, self._set.sizes())
 
-    async def add(self, *fields: Any, priority: Any = None, stream: Any = 0, **named: Any) -> None:
+    async def add(self, *fields: Any, priority: Any = None, stream: Any = None, **named: Any) -> None:
         """One transition: validated now (same errors as a local buffer), written within flush_interval_s.
         ``stream``: the writer's stream, for observation dedup (see ReplayBuffer)."""
         await self._set.ensure_started()
@@ -329,8 +329,13 @@ class ReplayCoordinatorImpl:
             await self._flush()
             await self._set.refresh()
 
-    async def sample(self, batch_size: int, beta: float | None = None, partial: bool = False) -> dict[str, np.ndarray]:
+    async def sample(self, batch_size: int, beta: float | None = None, partial: bool = False, seq_len: int | None = None,
+                     min_len: int | None = None, period: int | None = None) -> dict[str, np.ndarray]:
         """One batch over all shards; prioritized adds global "weights", "ids" and "probabilities".
+
+        ``seq_len`` (with ``min_len``, ``period``): sequences as ReplayBuffer.sample makes them, each
+        from one shard (shards are drawn by mass, as for transitions: the starts have the distribution
+        of one buffer), with "mask" and global "ids".
 
         Prioritized, uniform and lockfree: rows per shard ~ Multinomial(batch_size, mass or size share).
         fifo: pops the oldest rows of each shard, in proportion to the shard sizes (see fifo_counts);
@@ -338,16 +343,19 @@ class ReplayCoordinatorImpl:
         """
         await self._set.ensure_started()
         start = time.perf_counter()
-        batch = await self._sample(batch_size, beta, partial)
+        batch = await self._sample(batch_size, beta, partial, sequence_options(seq_len, min_len, period))
         elapsed = time.perf_counter() - start
         self._totals.observe_sample(elapsed)
         if self._sample_latency is not None:
             self._sample_latency.observe(elapsed)
         return batch if self._layout is None else self._layout.unflatten(batch)
 
-    async def _sample(self, batch_size: int, beta: float | None, partial: bool) -> dict[str, np.ndarray]:
+    async def _sample(self, batch_size: int, beta: float | None, partial: bool,
+                      sequence: tuple[int, int | None, int | None] | None = None) -> dict[str, np.ndarray]:
         batch_size = check_batch_size(batch_size)
         beta = check_beta(beta, self._beta)
+        if sequence is not None and self._buffer_type not in ("uniform", "prioritized"):
+            raise ValueError(f"seq_len is supported by buffer_type 'uniform' and 'prioritized' (this replay is '{self._buffer_type}')")
         await self._flush()
         await self._await_live()
         # One round trip per sample: every shard answers each round (rows or just its snapshot), so
@@ -361,7 +369,8 @@ class ReplayCoordinatorImpl:
         for _ in range(len(self._set)):  # a round that loses a shard is planned again without it
             counts = self._set.table.plan(self._rng, batch_size)
             live = self._set.live()
-            replies = await asyncio.gather(*[self._set.call("shard", k, "sample", int(counts[k])) for k in live], return_exceptions=True)
+            replies = await asyncio.gather(*[self._set.call("shard", k, "sample", int(counts[k]), None, False, None, sequence) for k in live],
+                                           return_exceptions=True)
             failed = [r for r in replies if isinstance(r, BaseException)]
             for r in failed:
                 if not isinstance(r, SHARD_FAILURES):
@@ -417,9 +426,12 @@ class ReplayCoordinatorImpl:
                 break
         return self._set.table.merge(parts, 0.0)
 
-    async def update_priorities(self, ids: Any, priorities: Any) -> None:
-        """Sends each id to the shard it came from; stale ids are ignored and counted there."""
+    async def update_priorities(self, ids: Any, priorities: Any, mask: Any = None) -> None:
+        """Sends each id to the shard it came from; stale ids are ignored and counted there. (n, seq_len)
+        per-step priorities of a sequence sample are mixed first (needs ``mask``, see mix_sequence_priorities)."""
         await self._set.ensure_started()
+        if mask is not None or np.ndim(priorities) == 2:
+            priorities = mix_sequence_priorities(priorities, mask, self._sequence_eta)
         groups = split_ids(ids, priorities, len(self._set))
         calls, targets = [], []
         for k, shard_ids, values in groups:
@@ -487,6 +499,7 @@ class ReplayCoordinatorImpl:
             "snapshots": list(self._set.table.snapshots),
             "schema": self._schema,
             "nested": None if self._layout is None else self._layout.to_json(),
+            "sequence_priority_eta": self._sequence_eta,
         }
 
     async def shutdown(self, grace_period_s: float = 5.0) -> None:

@@ -31,6 +31,7 @@ from ray_replay.errors import ShardUnavailableError
 __all__ = ["SampleRounds"]
 
 Part = dict[str, np.ndarray]
+Sequence_ = tuple[int, int | None, int | None]  # (seq_len, min_len, period) of a sequence sample
 
 
 class _Call:
@@ -81,7 +82,8 @@ class SampleRounds:
         self._group = rounds_per_call if prefetch else 1
         self._held: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in shards]  # ride with the next request
         self._riding: dict[Any, int] = {}  # requests carrying updates -> their rows
-        self._rounds: deque[tuple[int, float, dict[int, Any]]] = deque()  # (batch_size, beta, {shard: ref or _Share})
+        # (batch_size, beta, sequence options (seq_len, min_len, period) or None, {shard: ref or _Share})
+        self._rounds: deque[tuple[int, float, Sequence_ | None, dict[int, Any]]] = deque()
         self._rows_in_flight = 0  # rows requested by prefetched rounds (for the rate limiter)
         self.dropped = 0  # priority updates whose shard was down
 
@@ -89,19 +91,20 @@ class SampleRounds:
         """Rounds in flight."""
         return len(self._rounds)
 
-    def sample(self, batch_size: int, beta: float) -> Part:
-        """One merged batch (validated arguments). Blocks for the oldest round in flight, or for a new
-        one; raises TimeoutError (rate limiter) or ShardUnavailableError (no shard answers)."""
-        while self._rounds and self._rounds[0][:2] != (batch_size, beta):
+    def sample(self, batch_size: int, beta: float, sequence: Sequence_ | None = None) -> Part:
+        """One merged batch (validated arguments; ``sequence``: (seq_len, min_len, period) for sequences).
+        Blocks for the oldest round in flight, or for a new one; raises TimeoutError (rate limiter) or
+        ShardUnavailableError (no shard answers)."""
+        while self._rounds and self._rounds[0][:3] != (batch_size, beta, sequence):
             self._discard_round()  # asked for another shape
         if not self._rounds:
             self._admit(batch_size)
-            self._issue(batch_size, beta, rounds=self._group)
-        n, _, refs = self._rounds.popleft()
+            self._issue(batch_size, beta, sequence, rounds=self._group)
+        n, _, _, refs = self._rounds.popleft()
         self._rows_in_flight -= n
         while (len(self._rounds) + self._group <= self._prefetch
                and self._limiter.blocked(self._table, self._group * batch_size + self._rows_in_flight) is None):
-            self._issue(batch_size, beta, rounds=self._group)
+            self._issue(batch_size, beta, sequence, rounds=self._group)
         for _ in range(len(self._shards)):
             parts = self._collect(refs)
             if parts is not None:
@@ -109,7 +112,7 @@ class SampleRounds:
             # a shard was lost: this round is short of its rows; plan it again over the live shards
             self.discard_all()
             self._admit(batch_size)
-            refs = self._issue(batch_size, beta, queue=False)
+            refs = self._issue(batch_size, beta, sequence, queue=False)
         raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._shards)} rounds")
 
     def discard_all(self) -> None:
@@ -160,7 +163,7 @@ class SampleRounds:
             parts[k] = part
         return parts if complete else None
 
-    def _issue(self, batch_size: int, beta: float, queue: bool = True, rounds: int = 1) -> dict[int, Any]:
+    def _issue(self, batch_size: int, beta: float, sequence: Sequence_ | None, queue: bool = True, rounds: int = 1) -> dict[int, Any]:
         """Asks every shard worth asking for its planned rows of ``rounds`` rounds in one call (a down
         one, after a while, for 0: a probe), each request carrying the updates held for that shard;
         queues the rounds (or not) and returns the first round's {shard: ref or _Share}."""
@@ -170,23 +173,23 @@ class SampleRounds:
             if self._health.worth_trying(k):
                 updates = self.take_updates(k)
                 if rounds == 1:
-                    issued[0][k] = self._shards[k].sample.remote(int(plans[0][k]), None, False, updates)
+                    issued[0][k] = self._shards[k].sample.remote(int(plans[0][k]), None, False, updates, sequence)
                 else:
-                    call = _Call(self._shards[k].sample_rounds.remote([int(counts[k]) for counts in plans], None, updates))
+                    call = _Call(self._shards[k].sample_rounds.remote([int(counts[k]) for counts in plans], None, updates, sequence))
                     for j in range(rounds):
                         issued[j][k] = _Share(call, j)
                 if updates is not None:
                     self._riding[issued[0][k]] = len(updates[0])  # (counted once, with the call's first round)
         if queue:
             for refs in issued:
-                self._rounds.append((batch_size, beta, refs))
+                self._rounds.append((batch_size, beta, sequence, refs))
                 self._rows_in_flight += batch_size
         return issued[0]
 
     def _discard_round(self) -> None:
         """Drops the oldest prefetched round; its requests that carried priority updates are waited for,
         so their updates are applied or counted as dropped, never lost."""
-        n, _, refs = self._rounds.popleft()
+        n, _, _, refs = self._rounds.popleft()
         self._rows_in_flight -= n
         carrying = {k: ref for k, ref in refs.items() if ref in self._riding}
         if carrying:

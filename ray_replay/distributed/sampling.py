@@ -24,6 +24,8 @@ __all__ = [
     "encode_ids",
     "local_ids",
     "fifo_counts",
+    "mix_sequence_priorities",
+    "sequence_options",
     "global_weights",
     "multinomial_counts",
     "split_capacity",
@@ -110,6 +112,50 @@ def split_ids(ids: Any, priorities: Any, num_shards: int) -> list[tuple[int, np.
         if index.size:
             groups.append((k, id_array[index], priority_array[index]))
     return groups
+
+
+def sequence_options(seq_len: Any, min_len: Any, period: Any) -> tuple[int, int | None, int | None] | None:
+    """sample(seq_len=, min_len=, period=) checked as the local buffer checks them; None: transitions."""
+    if seq_len is None:
+        if min_len is not None or period is not None:
+            raise ValueError("min_len and period need seq_len")
+        return None
+    values: list[int | None] = []
+    for name, value, low in (("seq_len", seq_len, 1), ("min_len", min_len, 1), ("period", period, 1)):
+        if value is None:
+            values.append(None)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+        values.append(int(value))
+    if values[1] is not None and values[1] > int(seq_len):
+        raise ValueError(f"min_len must be in [1, seq_len={seq_len}], got {min_len}")
+    return int(seq_len), values[1], values[2]
+
+
+def mix_sequence_priorities(priorities: Any, mask: Any, eta: float) -> np.ndarray:
+    """(n, seq_len) per-step errors -> one priority per sequence: eta * max|e| + (1 - eta) * mean|e|
+    over the steps ``mask`` (the sample's "mask") marks valid, as the local buffer mixes them."""
+    errors = np.asarray(priorities, dtype=np.float64)
+    if mask is None:
+        raise ValueError("mask: (n, seq_len) priorities of a distributed replay need mask=batch['mask'] (the sample's mask)")
+    valid = np.asarray(mask)
+    if valid.dtype != np.bool_:
+        raise TypeError('mask must be a bool array (the "mask" of the sample)')
+    if valid.shape != errors.shape:
+        raise ValueError(f"mask: expected shape {errors.shape} like priorities, got shape {valid.shape}")
+    empty = ~valid.any(axis=1)
+    if empty.any():
+        raise ValueError(f"mask[{int(np.argmax(empty))}] has no valid step")
+    bad = valid & ~np.isfinite(errors)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"priorities[{i}, {j}] = {errors[i, j]}: per-step errors must be finite on the valid steps")
+    magnitude = np.where(valid, np.abs(np.where(valid, errors, 0.0)), 0.0)
+    mixed: np.ndarray = eta * magnitude.max(axis=1) + (1.0 - eta) * magnitude.sum(axis=1) / valid.sum(axis=1)
+    return mixed
 
 
 def local_ids(global_ids: np.ndarray) -> np.ndarray:

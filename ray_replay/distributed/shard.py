@@ -101,8 +101,12 @@ class ReplayShardImpl:
                 self._checkpoints.changed(self.buffer, rows_added)
 
     def sample(self, batch_size: int, beta: float | None = None, partial: bool = False,
-               updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
+               updates: tuple[np.ndarray, np.ndarray] | None = None,
+               sequence: tuple[int, int | None, int | None] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
         """(rows or None, snapshot); batch_size 0 only reports the snapshot.
+
+        ``sequence``: (seq_len, min_len, period) of ReplayBuffer.sample: sequences of this shard's rows
+        (a stream's rows stay in one shard, see writes.Router.plan_streams), with "mask" and global "ids".
 
         ``updates``: (global ids, priorities) of earlier samples, applied first (as update_priorities),
         so a learner's update rides with its next sample request: one round trip per step.
@@ -115,27 +119,31 @@ class ReplayShardImpl:
             return None, self.snapshot()
         if self.buffer.buffer_type == "fifo" and partial and len(self.buffer) == 0:
             return None, self.snapshot()
-        batch = self._draw(batch_size, beta, partial)
+        batch = self._draw(batch_size, beta, partial, sequence)
         return batch, self.snapshot()
 
-    def sample_rounds(self, counts: Sequence[int], beta: float | None = None,
-                      updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
+    def sample_rounds(self, counts: Sequence[int], beta: float | None = None, updates: tuple[np.ndarray, np.ndarray] | None = None,
+                      sequence: tuple[int, int | None, int | None] | None = None) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
         """Several prefetched rounds in one call (not fifo): the rows of each count (None for a count of
-        0), then one snapshot; ``updates`` as for sample. Saves a round trip per extra round."""
+        0), then one snapshot; ``updates`` and ``sequence`` as for sample. Saves a round trip per extra round."""
         if updates is not None:
             self._apply_updates(*updates)
-        parts = [self._draw(int(n), beta, False) if n else None for n in counts]
+        parts = [self._draw(int(n), beta, False, sequence) if n else None for n in counts]
         return parts, self.snapshot()
 
-    def _draw(self, batch_size: int, beta: float | None, partial: bool) -> dict[str, np.ndarray]:
+    def _draw(self, batch_size: int, beta: float | None, partial: bool,
+              sequence: tuple[int, int | None, int | None] | None) -> dict[str, np.ndarray]:
         if len(self.buffer) == 0:
             raise StalePlanError(f"shard {self.shard_index} holds no rows (it restarted); plan the sample again")
         # With replacement: any batch_size. Masses come from the draw itself (under the buffer's lock), so
         # they stay exact while the writes thread adds rows between the draw and the snapshot.
-        batch = self.buffer.sample(batch_size, beta=beta, partial=partial, masses=self._prioritized)
+        seq_len, min_len, period = sequence if sequence is not None else (None, None, None)
+        batch = self.buffer.sample(batch_size, beta=beta, partial=partial, masses=self._prioritized, seq_len=seq_len, min_len=min_len,
+                                   period=period)
         self._changed(0)
         if self._prioritized:
             del batch["weights"], batch["probabilities"]
+        if "ids" in batch:  # prioritized, and the sequences of any buffer type
             batch["ids"] = encode_ids(self.shard_index, batch["ids"])
         return batch
 
@@ -278,13 +286,14 @@ class ReplayShard(ReplayShardImpl):
 
     @ray.method(concurrency_group="reads")
     def sample(self, batch_size: int, beta: float | None = None, partial: bool = False,
-               updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
-        return super().sample(batch_size, beta, partial, updates)
+               updates: tuple[np.ndarray, np.ndarray] | None = None,
+               sequence: tuple[int, int | None, int | None] | None = None) -> tuple[dict[str, np.ndarray] | None, Snapshot]:
+        return super().sample(batch_size, beta, partial, updates, sequence)
 
     @ray.method(concurrency_group="reads")
-    def sample_rounds(self, counts: Sequence[int], beta: float | None = None,
-                      updates: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
-        return super().sample_rounds(counts, beta, updates)
+    def sample_rounds(self, counts: Sequence[int], beta: float | None = None, updates: tuple[np.ndarray, np.ndarray] | None = None,
+                      sequence: tuple[int, int | None, int | None] | None = None) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
+        return super().sample_rounds(counts, beta, updates, sequence)
 
     @ray.method(concurrency_group="reads")
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:  # type: ignore[override]

@@ -15,6 +15,15 @@ room for them (fewer, larger calls), so a small batch goes whole to one shard an
 within about one batch of each other. A stream's consecutive rows stay consecutive within a run:
 observation dedup loses one link per cut (the first row of a run stores its state in full).
 
+Stream-aware routing (``Router.plan_streams``, used when the writer passes ``stream=``/``streams=``):
+each stream has a home shard and its rows go there, so a stream's consecutive rows stay in one shard
+and sequences (``sample(seq_len=...)``) run across batches. The no-eviction rule still comes first: a
+stream whose home lacks room for its rows while another shard has room moves (its rows fill the
+emptiest shards in turn and the last of them becomes its home), which cuts its sequences once there.
+A new stream's home is the emptiest shard. Once the replay is full, rows go to their home shard (each
+evicts one there); a stream without a writable home is placed round robin. The homes are the
+caller's own, like its sizes; past MAX_STREAM_HOMES streams they are forgotten (one more cut each).
+
 Several writers route independently, each from what it has seen: two writers that both see the same
 emptiest shard may overfill it by at most the rows they have in flight, when the replay is within
 that many rows of full.
@@ -39,11 +48,12 @@ import numpy as np
 from ray_replay.buffer import ReplayBuffer
 from ray_replay.distributed.health import ACKED, REROUTE, RETRY_SAME, ShardUnavailableError, write_outcome
 
-__all__ = ["RETRY_PAUSE_S", "Router", "Stager", "Write", "check_batch_size", "check_beta", "check_priorities", "check_priority",
+__all__ = ["RETRY_PAUSE_S", "Router", "Stager", "Write", "check_batch_size", "plan_batch", "check_beta", "check_priorities", "check_priority",
            "require_prioritized", "rows_of", "slice_rows"]
 
 RETRY_PAUSE_S = 0.05  # between attempts at a shard that may come back (a restart takes about a second)
 DEFAULT_MIN_RUN_ROWS = 256  # below this a separate shard call costs more than the balance it buys
+MAX_STREAM_HOMES = 1 << 20  # stream -> home shard entries a Router keeps
 
 
 # -- validation (the local buffer's rules, checked before any shard is asked) -----------------------
@@ -131,6 +141,7 @@ class Stager:
         self._priorities = np.empty(self.capacity, dtype=np.float64)
         self._streams = np.zeros(self.capacity, dtype=np.int64)
         self.has_priorities = False
+        self.has_streams = False  # some staged row came with an explicit stream (stream-aware routing)
         self.since = 0.0  # time.monotonic() when the oldest staged row arrived
 
     def __len__(self) -> int:
@@ -150,6 +161,7 @@ class Stager:
             self._buffer = ReplayBuffer(self.capacity, "fifo", schema=self._schema, collect_stats=False)
         if not len(self._buffer):
             self.has_priorities = with_priorities
+            self.has_streams = False
             self.since = time.monotonic()
         return self._buffer
 
@@ -161,6 +173,7 @@ class Stager:
         if priority is not None:
             self._priorities[at] = priority
         self._streams[at] = 0 if stream is None else int(stream)
+        self.has_streams |= stream is not None
 
     def stage_batch(self, columns: Sequence[Any], named: Mapping[str, Any], priorities: np.ndarray | None, streams: Any,
                     rows: int) -> None:
@@ -171,15 +184,18 @@ class Stager:
         if priorities is not None:
             self._priorities[start : start + rows] = priorities
         self._streams[start : start + rows] = 0 if streams is None else np.broadcast_to(np.asarray(streams, dtype=np.int64), (rows,))
+        self.has_streams |= streams is not None
 
     def take(self) -> dict[str, Any]:
-        """Every staged row as named columns (with "streams", and "priorities" when they have them)."""
+        """Every staged row as named columns (with "streams", and "priorities" when they have them;
+        "streams" only when some row came with an explicit stream)."""
         rows = len(self)
         assert self._buffer is not None
         columns: dict[str, Any] = self._buffer.sample(rows)
         if self.has_priorities:
             columns["priorities"] = self._priorities[:rows].copy()
-        columns["streams"] = self._streams[:rows].copy()
+        if self.has_streams:  # else every row is stream 0, what a buffer assumes without streams
+            columns["streams"] = self._streams[:rows].copy()
         return columns
 
 
@@ -239,6 +255,8 @@ class Router:
         self.sent = np.zeros(len(capacities), dtype=np.int64)  # rows on their way, not yet acknowledged
         self.min_run_rows = int(min_run_rows)
         self._cursor = 0  # round robin once the replay is full
+        self._home: dict[int, int] = {}  # stream -> the shard that took its last rows (plan_streams)
+        self.stream_moves = 0  # streams moved to another shard (each a sequence cut), for tests and stats
 
     @property
     def num_shards(self) -> int:
@@ -287,6 +305,71 @@ class Router:
                 start += int(x[j])
         return plan
 
+    def plan_streams(self, streams: np.ndarray, writable: Sequence[bool],
+                     sizes: Sequence[int]) -> tuple[np.ndarray | None, list[tuple[int, int, int]]]:
+        """Stream-aware routing (module doc): (order, runs). ``order`` (None: the rows as given) permutes
+        the rows so that each shard's rows are contiguous, each stream's rows keeping their order; the
+        runs (shard, start, stop) cover the permuted rows, none longer than max_run_rows. Pure but for
+        the stream homes it updates. O(rows log rows)."""
+        rows = len(streams)
+        live = [k for k in range(self.num_shards) if writable[k]]
+        if rows <= 0 or not live:
+            return None, []
+        held = np.asarray(sizes, dtype=np.int64) + self.sent
+        room = np.maximum(self.capacities - held, 0)
+        room[[k for k in range(self.num_shards) if not writable[k]]] = 0
+        if len(self._home) > MAX_STREAM_HOMES:
+            self._home.clear()
+        unique, first, inverse, counts = np.unique(streams, return_index=True, return_inverse=True, return_counts=True)
+        by_stream = np.argsort(inverse, kind="stable")  # each stream's rows, in order
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        target = np.empty(rows, dtype=np.int64)
+
+        def emptiest() -> list[int]:
+            return sorted(live, key=lambda k: (held[k] / self.capacities[k], self._rank[k]))
+
+        for u in np.argsort(first, kind="stable"):  # streams in order of first appearance
+            stream, count = int(unique[u]), int(counts[u])
+            index = by_stream[starts[u] : starts[u + 1]]
+            home = self._home.get(stream)
+            shares: list[tuple[int, int]]  # (shard, rows of this stream), in the stream's order
+            if home is not None and writable[home] and (room[home] >= count or room.sum() == 0):
+                shares = [(home, count)]  # the common case; or the replay is full: it evicts at home
+            elif room.sum() == 0:
+                shares = [(live[self._cursor % len(live)], count)]
+                self._cursor += 1
+            else:  # a new stream, or its home is out of room while others have some: emptiest first
+                shares, left = [], count
+                for k in emptiest():
+                    take = min(left, int(room[k]))
+                    if take:
+                        shares.append((k, take))
+                        left -= take
+                    if not left:
+                        break
+                if left:  # beyond the replay's room: the rest evicts where the stream ends up
+                    k, take = shares[-1]
+                    shares[-1] = (k, take + left)
+                if home is not None and shares[0][0] != home:
+                    self.stream_moves += 1
+                self.stream_moves += len(shares) - 1
+            done = 0
+            for k, take in shares:
+                target[index[done : done + take]] = k
+                done += take
+                room[k] = max(room[k] - take, 0)
+                held[k] += take
+            self._home[stream] = shares[-1][0]
+        order = np.argsort(target, kind="stable")
+        sorted_target = target[order]
+        runs: list[tuple[int, int, int]] = []
+        for k in np.unique(sorted_target):
+            lo, hi = np.searchsorted(sorted_target, [k, k + 1])
+            for start in range(int(lo), int(hi), self.max_run_rows):
+                runs.append((int(k), start, min(start + self.max_run_rows, int(hi))))
+        identity = bool((order == np.arange(rows)).all())
+        return (None if identity else order), runs
+
     def sending(self, k: int, rows: int) -> None:
         """``rows`` rows are on their way to shard k (counted until ``acknowledged``)."""
         self.sent[k] += rows
@@ -314,6 +397,29 @@ class Router:
         if not candidates:
             return None
         return min(candidates, key=lambda k: ((sizes[k] + self.sent[k]) / self.capacities[k], self._rank[k]))
+
+
+def plan_batch(router: Router, columns: tuple[Any, ...], named: dict[str, Any], rows: int, writable: Sequence[bool], sizes: Sequence[int],
+               schema: Mapping[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any], list[tuple[int, int, int]]]:
+    """The runs of a batch (Router.plan, or Router.plan_streams when it has "streams") and the batch as
+    the runs cut it: validated whole here when cut (or reordered), so a bad row leaves no run written."""
+    streams = named.get("streams")
+    if streams is not None and router.num_shards > 1:
+        try:
+            stream_array = np.broadcast_to(np.asarray(streams, dtype=np.int64), (rows,))
+        except (TypeError, ValueError, OverflowError):
+            validated(columns, named, schema, rows)  # raises the buffer's own error for the streams
+            raise
+        order, plan = router.plan_streams(stream_array, writable, sizes)
+        if order is not None or len(plan) > 1:
+            columns, named = (), validated(columns, named, schema, rows)
+        if order is not None:
+            named = {key: value[order] if isinstance(value, np.ndarray) and len(value) == rows else value for key, value in named.items()}
+        return columns, named, plan
+    plan = router.plan(rows, writable, sizes)
+    if len(plan) > 1:
+        columns, named = (), validated(columns, named, schema, rows)
+    return columns, named, plan
 
 
 # -- one run in flight --------------------------------------------------------------------------------

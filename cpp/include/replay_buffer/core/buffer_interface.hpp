@@ -104,6 +104,14 @@ class ReplayBufferInterface {
     throw std::logic_error("update_priorities is only supported by the prioritized buffer");
   }
 
+  // Sequence sampling: copies the rows of `count` ids into destinations[c] (contiguous rows, in
+  // order), a row of zeros where an id is ~0 (padding). The caller guarantees every other id is live
+  // (it serializes this with add). Ring buffers only; the others throw std::logic_error.
+  virtual void gather_ids(const std::uint64_t* ids, std::size_t count, std::byte* const* destinations) const {
+    (void)ids; (void)count; (void)destinations;
+    throw std::logic_error("this buffer type does not read rows by id (sequence sampling needs 'uniform' or 'prioritized')");
+  }
+
   // Throws std::invalid_argument naming the first id that was never issued, without changing anything.
   virtual void check_ids_issued(const std::int64_t* ids, std::size_t count) const = 0;
 

@@ -23,6 +23,7 @@
 #include "replay_buffer/core/buffer_interface.hpp"
 #include "replay_buffer/core/selector.hpp"
 #include "replay_buffer/memory/column_store.hpp"
+#include "replay_buffer/sampling/sequence_gather.hpp"
 
 namespace replay_buffer::core {
 
@@ -106,6 +107,11 @@ class RingBuffer final : public ReplayBufferInterface {
       counters_.stale_priority_updates += result.stale;
       return result;
     }
+  }
+
+  void gather_ids(const std::uint64_t* ids, std::size_t count, std::byte* const* destinations) const override {
+    std::lock_guard lock(mutex_);
+    sampling::gather_ids_or_zero(store_, ids, count, destinations);
   }
 
   void check_ids_issued(const std::int64_t* ids, std::size_t count) const override {

@@ -126,6 +126,27 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     released_upto_ = std::max(released_upto_, oldest);
   }
 
+  // Sequence sampling: the inner rows of the ids (its ids are this buffer's), observations rebuilt
+  // from their frames; padding ids (~0) give zeros in every column. The caller serializes with add.
+  void gather_ids(const std::uint64_t* ids, std::size_t count, std::byte* const* destinations) const override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::uint64_t> sequence_numbers(count);
+    inner_->gather_ids(ids, count, inner_destinations(destinations, sequence_numbers.data()).data());
+    const std::size_t bytes = layout_.stack_bytes();
+    for (std::size_t i = 0; i < count; ++i) {
+      std::byte* state = destinations[observations_.state] + i * bytes;
+      std::byte* next_state = destinations[observations_.next_state] + i * bytes;
+      if (ids[i] == ~std::uint64_t{0}) {
+        std::memset(state, 0, bytes);
+        std::memset(next_state, 0, bytes);
+        continue;
+      }
+      const FramePool::Slot* refs = row_refs(sequence_numbers[i]);
+      assemble(refs, state);
+      assemble(refs + k_, next_state);
+    }
+  }
+
   std::size_t sample(const core::SampleRequest& request, std::byte* const* destinations) override {
     std::lock_guard lock(mutex_);
     core::ScopedTimer timer(sample_latency_, monitoring());
