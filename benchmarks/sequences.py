@@ -126,13 +126,17 @@ def main() -> None:
         "ray_replay uniform (min_len=80)": (ray_replay_case(data, "uniform", SEQ_LEN), 10_000),
         "ray_replay uniform (padded, mask)": (ray_replay_case(data, "uniform", None), 10_000),
         "ray_replay prioritized (min_len=80)": (ray_replay_case(data, "prioritized", SEQ_LEN), 10_000),
-        "TorchRL SliceSampler": (torchrl_case(data, False), 1_000),
     }
     unavailable: dict[str, str] = {}
     try:
-        cases["TorchRL PrioritizedSliceSampler"] = (torchrl_case(data, True), 1_000)
-    except RuntimeError as error:  # its sum tree lives in torchrl's C++ extension, which must match the torch build
-        unavailable["TorchRL PrioritizedSliceSampler"] = f"{error} ({extension_error()})"
+        cases["TorchRL SliceSampler"] = (torchrl_case(data, False), 1_000)
+    except ImportError as error:  # torchrl and tensordict come with the bench extra (make bench installs them)
+        unavailable["TorchRL SliceSampler"] = unavailable["TorchRL PrioritizedSliceSampler"] = f"not installed ({error})"
+    if "TorchRL SliceSampler" in cases:
+        try:
+            cases["TorchRL PrioritizedSliceSampler"] = (torchrl_case(data, True), 1_000)
+        except RuntimeError as error:  # its sum tree lives in torchrl's C++ extension, which must match the torch build
+            unavailable["TorchRL PrioritizedSliceSampler"] = f"{error} ({extension_error()})"
     results = common.measure_interleaved(cases, repetitions=repetitions, rep_seconds=rep_seconds)
     pairs = [("ray_replay uniform (min_len=80)", "TorchRL SliceSampler"),
              ("ray_replay prioritized (min_len=80)", "TorchRL PrioritizedSliceSampler")]
