@@ -181,7 +181,10 @@ class NetBed:
         sys.path.insert(0, str(HERE.parent))
         from conftest import RAY_STARTUP_ENV  # tests/conftest.py
 
-        path = os.pathsep.join([str(REPOSITORY), str(HERE), str(HERE.parent)])
+        # The checkout goes on the path only when it holds a built extension (an in-place build): from a
+        # clean clone its ray_replay/ has no _core and would hide the installed package.
+        checkout = [str(REPOSITORY)] if any((REPOSITORY / "ray_replay").glob("_core.*.so")) else []
+        path = os.pathsep.join([*checkout, str(HERE), str(HERE.parent)])
         return {**os.environ, **RAY_STARTUP_ENV, "PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0",
                 "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self._token,
                 "RAY_REPLAY_NETBED": json.dumps(self.describe())}
