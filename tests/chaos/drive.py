@@ -158,14 +158,22 @@ def coordinator_cut(faults: Faults, options: dict[str, Any]) -> dict[str, Any]:
     before = time.monotonic()
     time.sleep(2)
     through_coordinator: list[int] = []  # rows acknowledged by coordinator.add_batch during the cut
+    uncertain: list[int] = []  # rows of a write that failed: maybe stored (once), never written again
     fault_at = time.monotonic()
     faults.block(options["coordinator_node"], [options["cut_from"]])
     coordinator_samples, coordinator_errors = 0, []
     base = 9 * 10_000_000  # a writer of its own, through the coordinator
+    next_id = base
     while time.monotonic() - fault_at < options.get("fault_s", 5):
+        ids = range(next_id, next_id + 50)
+        next_id += 50  # a failed write's rows are not written again: they may be stored (ShardUnavailableError says so)
         try:
-            ray.get(replay.add_batch.remote(**transitions(50, base + len(through_coordinator))), timeout=30)
-            through_coordinator.extend(range(base + len(through_coordinator), base + len(through_coordinator) + 50))
+            ray.get(replay.add_batch.remote(**transitions(50, ids.start)), timeout=30)
+            through_coordinator.extend(ids)
+        except Exception as error:  # noqa: BLE001 - reported
+            uncertain.extend(ids)
+            coordinator_errors.append(repr(error))
+        try:
             ray.get(replay.sample.remote(32), timeout=30)
             coordinator_samples += 1
         except Exception as error:  # noqa: BLE001 - reported
@@ -185,8 +193,13 @@ def coordinator_cut(faults: Faults, options: dict[str, Any]) -> dict[str, Any]:
     summary = load.summary()
     sampled = np.unique(np.concatenate(load.sampled)) if load.sampled else np.zeros(0, np.int64)
     summary["sampled_never_acknowledged"] = int(np.setdiff1d(sampled, acknowledged).size)
-    result.update({**summary, "hung_threads": hung, "settled_s": settled_s, "primaries": held_exactly(stored(replay), acknowledged),
-                   "rows_lost": stats["total"]["rows_lost"]})
+    held = stored(replay)
+    maybe = np.isin(held, np.asarray(uncertain, np.int64))
+    _, uncertain_counts = np.unique(held[maybe], return_counts=True)
+    summary["sampled_never_acknowledged"] = int(np.setdiff1d(sampled, np.concatenate([acknowledged, np.asarray(uncertain, np.int64)])).size)
+    result.update({**summary, "hung_threads": hung, "settled_s": settled_s, "primaries": held_exactly(held[~maybe], acknowledged),
+                   "uncertain_rows": len(uncertain), "uncertain_rows_held": int(maybe.sum()),
+                   "uncertain_rows_held_twice": int((uncertain_counts > 1).sum()), "rows_lost": stats["total"]["rows_lost"]})
     return result
 
 
