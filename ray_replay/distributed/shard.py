@@ -26,6 +26,7 @@ import numpy as np
 import ray
 
 from ray_replay.buffer import BufferType, ReplayBuffer
+from ray_replay.distributed.allocator import fix_mmap_threshold
 from ray_replay.distributed.checkpoint import Checkpointer
 from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, encode_ids, local_ids
 from ray_replay.errors import ShardFencedError, StalePlanError
@@ -238,6 +239,7 @@ class ReplayShard(ReplayShardImpl):
 
     def __init__(self, shard_index: int, capacity: int, buffer_type: BufferType = "uniform", *, metrics_name: str | None = None,
                  **buffer_kwargs: Any) -> None:
+        self.mmap_threshold_fixed = fix_mmap_threshold()  # before the buffer exists: see allocator.py
         super().__init__(shard_index, capacity, buffer_type, **buffer_kwargs)
         with warnings.catch_warnings():  # Ray 2.60's property calls one of its own deprecated APIs
             warnings.simplefilter("ignore", DeprecationWarning)
