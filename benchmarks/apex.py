@@ -7,13 +7,17 @@ and one Ape-X seed with a replay shard killed halfway (Ray restarts it empty) to
 Same network (2 hidden layers of 128, ReLU... RLlib: an encoder of 128 and a Q head of 128), Adam at
 1e-3, gamma 0.99, 3-step double-DQN targets, batch 128, 16 sampled rows per inserted row, target sync
 every 500 updates (RLlib: 4,000 env steps = 500 updates), prioritized replay alpha 0.6, beta 0.4,
-capacity 100k. Exploration: Ape-X's epsilon ladder; RLlib: epsilon 1.0 -> 0.02 over 10k steps. Both are
-evaluated by the same greedy evaluation every 4 s of training; RLlib's wall-clock excludes the
+capacity 20k. Exploration: Ape-X's epsilon ladder; RLlib: epsilon 1.0 -> 0.02 over 10k steps. Both are
+evaluated by the same greedy evaluation every 1 s of training; RLlib's wall-clock excludes the
 evaluations (they run between its training iterations), Ape-X's evaluations run beside its training.
 
     python benchmarks/apex.py                # 3 seeds each (budgets: Ape-X 300 s, RLlib 600 s a run)
     python benchmarks/apex.py --quick        # 1 seed each, budgets 150 s / 240 s
-    python benchmarks/apex.py --seeds 2 --skip rllib_native
+    python benchmarks/apex.py --smoke --out /tmp/apex-smoke   # 1 seed each, 20 s budgets: checks it runs
+    python benchmarks/apex.py --seeds 2 --budget-s 120 --rllib-budget-s 300 --skip rllib_native
+
+When RLlib does not reach 475 in every seed within its budget, the ratio is reported as a bound: Ape-X's
+median time to 475 as a share of RLlib's budget.
 
 Writes benchmarks/results/apex.md, apex.json and apex.png. Needs the [rllib] extra (+ matplotlib).
 """
@@ -43,7 +47,7 @@ from ray_replay.distributed.runtime import init_ray  # noqa: E402
 
 RESULTS = HERE / "results"
 TARGET = 475.0
-EVAL_EVERY_S = 4.0
+EVAL_EVERY_S = 1.0
 AGENTS = ("apex", "rllib_builtin", "rllib_native")
 
 
@@ -64,7 +68,7 @@ def rllib_config(buffer: str, seed: int) -> Any:
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
-    replay: dict[str, Any] = {"capacity": 100_000, "alpha": 0.6, "beta": 0.4}
+    replay: dict[str, Any] = {"capacity": ApexConfig().capacity, "alpha": 0.6, "beta": 0.4}
     if buffer == "rllib_builtin":
         replay["type"] = "PrioritizedEpisodeReplayBuffer"
     else:
@@ -151,7 +155,11 @@ def report(runs: list[dict[str, Any]], budgets: dict[str, float]) -> tuple[str, 
         lines += ["", f"Ape-X median wall-clock / RLlib's best: **{ratio:.2f}** (target <= 0.5)"]
         medians["apex_vs_best_rllib_time"] = ratio
     elif ours:
-        lines += ["", "RLlib DQN did not reach 475 in every seed within its budget: no ratio (Ape-X's median is below RLlib's budget)."]
+        bound = ours / budgets["rllib"]
+        lines += ["", f"RLlib DQN did not reach 475 in every seed within its budget ({budgets['rllib']:.0f} s): as a bound, Ape-X's "
+                  f"median time to 475 is **<= {100 * bound:.0f}%** of RLlib's budget (RLlib's time to 475, where it got there, is above it "
+                  "for the seeds it missed)."]
+        medians["apex_vs_rllib_budget_bound"] = bound
     for r in runs:
         if r["agent"] == "apex_shard_killed":
             after = [p["eval_return"] for p in r["curve"] if r["events"] and p["wall_s"] > float(r["events"][0].split(" at ")[1].split(" s")[0])]
@@ -165,13 +173,17 @@ def report(runs: list[dict[str, Any]], budgets: dict[str, float]) -> tuple[str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 seed each (unless --seeds), budgets 150 s (Ape-X) / 240 s (RLlib)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per agent (default 3; 1 with --quick)")
+    parser.add_argument("--smoke", action="store_true", help="1 seed each, 20 s budgets, shard kill at 8 s: checks that everything runs")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per agent (default 3; 1 with --quick or --smoke)")
+    parser.add_argument("--budget-s", type=float, default=None, help="Ape-X's budget per run (default 300; 150 --quick; 20 --smoke)")
+    parser.add_argument("--rllib-budget-s", type=float, default=None, help="RLlib's budget per run (default 600; 240 --quick; 20 --smoke)")
     parser.add_argument("--skip", nargs="*", default=[], choices=[*AGENTS, "shard_kill"], help="agents to leave out")
     parser.add_argument("--keep", action="store_true", help="keep the skipped agents' runs from the existing apex.json")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    seeds = args.seeds or (1 if args.quick else 3)
-    budgets = {"apex": 150.0 if args.quick else 300.0, "rllib": 240.0 if args.quick else 600.0}
+    seeds = args.seeds or (1 if args.quick or args.smoke else 3)
+    budgets = {"apex": args.budget_s or (20.0 if args.smoke else 150.0 if args.quick else 300.0),
+               "rllib": args.rllib_budget_s or (20.0 if args.smoke else 240.0 if args.quick else 600.0)}
     import torch
 
     torch.set_num_threads(1)
@@ -195,6 +207,7 @@ def main() -> int:
         if "shard_kill" not in args.skip:
             first = next((r for r in runs if r["agent"] == "apex" and r["seed"] == 0), None)
             kill_at = first["time_to_target_s"] / 2 if first and first["solved"] else budgets["apex"] / 4
+            kill_at = max(kill_at, 2.0)
             print(f"apex seed 0 with shard 0 killed at {kill_at:.0f} s (half of seed 0's time to 475)", flush=True)
             runs.append(run_apex(0, budgets["apex"], kill_shard_at_s=kill_at))
     finally:
@@ -202,7 +215,7 @@ def main() -> int:
     text, medians = report(runs, budgets)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "apex.md").write_text(text)
-    write_json({"machine": machine, "mode": "quick" if args.quick else "full", "seeds": seeds, "budgets_s": budgets, "target": TARGET,
+    write_json({"machine": machine, "mode": "smoke" if args.smoke else "quick" if args.quick else "full", "seeds": seeds, "budgets_s": budgets, "target": TARGET,
                 "medians": medians, "runs": runs, "markdown": text, "seconds": time.monotonic() - started}, args.out / "apex.json")
     curves = {f"{r['agent']} seed {r['seed']}": r["curve"] for r in runs}
     if plot_curves(curves, args.out / "apex.png", TARGET, "CartPole-v1"):

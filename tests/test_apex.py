@@ -176,12 +176,98 @@ def test_demo_json_summary_has_every_key(ray_local: None, tmp_path: object) -> N
     assert state["updates"] == summary["learner_updates"]
 
 
-def test_demo_refuses_image_observations(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_spaces_accepts_vectors_and_frame_stacks_only() -> None:
     from gymnasium import spaces
 
     from ray_replay.apex.networks import check_spaces
 
-    with pytest.raises(ValueError, match="flat vector observations"):
-        check_spaces(spaces.Box(0, 255, (84, 84, 4), np.uint8), spaces.Discrete(6))
+    assert check_spaces(spaces.Box(0, 255, (4, 84, 84), np.uint8), spaces.Discrete(6)) == ((4, 84, 84), 6)
+    with pytest.raises(ValueError, match="flat vector"):
+        check_spaces(spaces.Box(0, 1, (84, 84)), spaces.Discrete(6))
     with pytest.raises(ValueError, match="discrete action space"):
         check_spaces(spaces.Box(-1, 1, (3,)), spaces.Box(-1, 1, (1,)))
+
+
+def test_nstep_from_sequences_matches_the_nstep_rows() -> None:
+    """One-step rows written in step order per stream (what actors of pixel envs write) into a dedup
+    buffer, sampled as sequences of n and rebuilt: every sampled transition equals the n-step row that
+    NStepBuilder built for that start step (frames as uint8 stacks, dedup on axis 0)."""
+    from ray_replay import ReplayBuffer
+    from ray_replay.apex.nstep import nstep_from_sequences
+
+    n, gamma, envs, steps = 3, 0.9, 2, 60
+    rng = np.random.default_rng(3)
+    builder = NStepBuilder(envs, n, gamma, one_step=True)
+    buf = ReplayBuffer(1_000, "prioritized", seed=0, next_state="dedup", frame_stack_axis=0)
+    frame = lambda j, t: np.frombuffer(np.int64(100_000 * j + t + 10).tobytes()[:6], np.uint8).reshape(2, 3)  # noqa: E731  # unique
+    stack = lambda j, t: np.stack([frame(j, t - 1), frame(j, t)])  # noqa: E731
+    t_env = [0] * envs
+    expected: dict[bytes, tuple[int, float, bytes, float]] = {}
+    obs = np.stack([stack(j, 0) for j in range(envs)])
+    for _ in range(steps):
+        actions = rng.integers(0, 4, envs)
+        rewards = rng.standard_normal(envs).round(2)
+        terminated, truncated = rng.random(envs) < 0.08, rng.random(envs) < 0.04
+        final = np.stack([stack(j, t_env[j] + 1) for j in range(envs)])
+        for j in range(envs):
+            t_env[j] = 1000 * (j + 1) + t_env[j] + 1 if terminated[j] or truncated[j] else t_env[j] + 1  # a fresh episode's frames
+        next_obs = np.stack([stack(j, t_env[j]) for j in range(envs)])
+        rows = builder.step(obs, actions, rewards, next_obs, terminated, truncated, list(final))
+        obs = next_obs
+        if rows is None:
+            continue
+        for i in range(len(rows["action"])):
+            expected[rows["state"][i].tobytes() + bytes([int(rows["env"][i])])] = (
+                int(rows["action"][i]), float(rows["reward"][i]), rows["next_state"][i].tobytes(), float(rows["discount"][i]))
+        buf.add_batch(state=rows["state"], action=rows["action"], reward=rows["step_reward"], next_state=rows["step_next_state"],
+                      terminated=rows["step_terminated"], truncated=rows["step_truncated"], env=rows["env"],
+                      priorities=np.ones(len(rows["action"])), streams=rows["env"])
+    assert buf.stats()["frames_held"] < 1.5 * len(buf)  # about one new frame per row, not 4 per row
+    sample = buf.sample(200, seq_len=n)
+    got = nstep_from_sequences(sample, gamma)
+    m = sample["mask"].sum(axis=1)
+    last = m - 1
+    ended = (sample["terminated"][np.arange(200), last] + sample["truncated"][np.arange(200), last]) > 0
+    complete = (m == n) | ended  # else cut short by its stream's newest row: an m-step transition, not the builder's row
+    assert complete.sum() > 150
+    for i in np.flatnonzero(complete):
+        key = got["state"][i].tobytes() + bytes([int(sample["env"][i, 0])])
+        action, ret, next_state, discount = expected[key]
+        assert got["action"][i] == action and got["next_state"][i].tobytes() == next_state
+        assert got["reward"][i] == pytest.approx(ret, abs=1e-5) and got["discount"][i] == pytest.approx(discount, abs=1e-6)
+
+
+def test_pixel_env_dedups_frames_and_priorities_flow(ray_local: None) -> None:
+    """A few hundred steps of ALE/Pong-v5 (grayscale, downsampled, 4 stacked frames): the replay holds
+    about one frame per row (frame-stack dedup), the actor's priorities arrive and the learner (the
+    convolutional network, sequences of n one-step rows) updates them. No learning is asserted."""
+    pytest.importorskip("ale_py")
+    import ray
+
+    from ray_replay.apex.actor import Actor
+    from ray_replay.apex.learner import Learner
+    from ray_replay.apex.run import _spaces, make_replay
+
+    config = _small_config(env_id="ALE/Pong-v5", envs_per_actor=2, capacity=2_000, batch_size=16, min_size_to_sample=64,
+                           hidden=(64,), actor_batch_rows=64)
+    obs_shape, num_actions = _spaces(config.env_id, config.frame_stack)
+    assert obs_shape[0] == 4 and len(obs_shape) == 3
+    replay = make_replay(config, obs_shape)
+    learner = Learner.options(max_concurrency=4).remote(replay, config, obs_shape, num_actions)
+    actor = Actor.options(max_concurrency=2).remote(replay, learner, config, 0)
+    try:
+        acted = ray.get(actor.run.remote(max_steps=300))
+        stats = ray.get(replay.stats.remote())
+        total = stats["total"]
+        frames = sum(s["frames_held"] for s in stats["shards"])
+        assert total["adds"] == acted["inserted"] >= 250
+        assert total["size"] <= frames <= total["size"] + 8 * (acted["episodes"] + 2 * config.envs_per_actor)  # 8 a row without dedup
+        assert total["min_priority"] < total["max_priority"]  # the actor's |TD| priorities, not one default
+        learned = ray.get(learner.run.remote(max_updates=4))
+        assert learned["updates"] == 4
+        total = ray.get(replay.stats.remote())["total"]
+        assert total["priority_updates"] + total["stale_priority_updates"] >= 4 * config.batch_size
+        ray.get(replay.shutdown.remote())
+    finally:
+        for h in (actor, learner, replay):
+            ray.kill(h)

@@ -5,7 +5,9 @@ Each :class:`Actor` steps ``envs_per_actor`` copies of the env (gymnasium's Sync
 SAME_STEP so the final observation of an episode is at hand), builds n-step transitions per env
 (:mod:`ray_replay.apex.nstep`), computes their initial priorities |TD error| with its own copy of the
 Q-network, and writes them with ``ReplayClient.add_batch(..., priorities=..., streams=env ids)``.
-Every ``weight_refresh_steps`` env steps it fetches the learner's latest weights (an object-store
+Pixel envs (stacked frames) write one-step rows instead, in step order per env (the stream), with
+the priority of the n-step transition that starts there, so that the replay's frame-stack dedup
+stores each frame once. Every ``weight_refresh_steps`` env steps it fetches the learner's latest weights (an object-store
 reference from ``Learner.latest``). It pauses while it is too far ahead of the learner (see
 :class:`~ray_replay.apex.config.ApexConfig`).
 """
@@ -21,25 +23,14 @@ import numpy as np
 import ray
 
 from ray_replay.apex.config import ApexConfig
+from ray_replay.apex.envs import make_vector_env
 
 __all__ = ["Actor", "evaluate", "make_vector_env"]
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int) -> Any:
-    """A seeded SyncVectorEnv of ``num_envs`` copies of ``env_id`` (autoreset SAME_STEP); returns (env, first obs)."""
-    import gymnasium as gym
-    from gymnasium.vector import AutoresetMode, SyncVectorEnv
-
-    env = SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)], autoreset_mode=AutoresetMode.SAME_STEP)
-    obs: np.ndarray
-    obs, _ = env.reset(seed=[seed + j for j in range(num_envs)])
-    env.action_space.seed(seed)
-    return env, obs
-
-
-def evaluate(net: Any, env_id: str, episodes: int, seed: int) -> float:
+def evaluate(net: Any, env_id: str, episodes: int, seed: int, frame_stack: int = 4) -> float:
     """Mean return of ``episodes`` greedy episodes (one per env of a vector env, stepped together)."""
-    env, obs = make_vector_env(env_id, episodes, seed)
+    env, obs = make_vector_env(env_id, episodes, seed, frame_stack)
     returns = np.zeros(episodes)
     running = np.ones(episodes, dtype=bool)
     try:
@@ -70,7 +61,7 @@ class Actor:
     def __init__(self, replay: Any, learner: Any, config: ApexConfig, index: int) -> None:
         import torch
 
-        from ray_replay.apex.networks import QNetwork, check_spaces
+        from ray_replay.apex.networks import check_spaces, is_image, make_network
         from ray_replay.apex.nstep import NStepBuilder
         from ray_replay.distributed import ReplayClient
 
@@ -79,11 +70,14 @@ class Actor:
         self.index = index
         self.epsilon = config.epsilon(index)
         self.seed = config.seed * 100_003 + 1_000 * index
-        self.env, self.obs = make_vector_env(config.env_id, config.envs_per_actor, self.seed)
-        obs_size, num_actions = check_spaces(self.env.single_observation_space, self.env.single_action_space)
+        self.env, self.obs = make_vector_env(config.env_id, config.envs_per_actor, self.seed, config.frame_stack)
+        obs_shape, num_actions = check_spaces(self.env.single_observation_space, self.env.single_action_space)
         self.num_actions = num_actions
-        self.net = QNetwork(obs_size, num_actions, config.hidden)
-        self.builder = NStepBuilder(config.envs_per_actor, config.n_step, config.gamma)
+        self.net = make_network(obs_shape, num_actions, config.hidden)
+        # Image envs write one-step rows (frame-stack dedup stores each frame once); the learner rebuilds
+        # the n-step transitions from sequences of n rows. Vector envs write n-step rows.
+        self.one_step = is_image(obs_shape)
+        self.builder = NStepBuilder(config.envs_per_actor, config.n_step, config.gamma, one_step=self.one_step)
         self.client = ReplayClient(replay, batch_rows=config.actor_batch_rows, prefetch=0, seed=self.seed)
         self.learner = learner
         self.rng = np.random.default_rng(self.seed)
@@ -142,7 +136,7 @@ class Actor:
             self.refresh()
             if not self._ahead():
                 break
-            time.sleep(0.005)
+            time.sleep(0.02)  # each refresh is a call on the learner (its GIL): poll gently
         self.paused_s += time.monotonic() - started
 
     def _write(self) -> None:
@@ -151,8 +145,11 @@ class Actor:
         # (values as Any: else mypy matches **rows against add_batch's wait: bool)
         rows: dict[str, Any] = {k: np.concatenate([p[k] for p in self._pending]) for k in self._pending[0]}
         self._pending, self._pending_rows = [], 0
-        priorities = initial_priorities(self.net, rows, self.config.priority_eps)
+        priorities = initial_priorities(self.net, rows, self.config.priority_eps)  # |n-step TD| of the row's transition
         streams = self.env_ids[rows.pop("env")]
+        if self.one_step:
+            rows = {"state": rows["state"], "action": rows["action"], "reward": rows["step_reward"],
+                    "next_state": rows["step_next_state"], "terminated": rows["step_terminated"], "truncated": rows["step_truncated"]}
         self.client.add_batch(priorities=priorities, streams=streams, **rows)
         self.inserted += len(priorities)
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ray_replay.apex.config import ApexConfig
-from ray_replay.apex.networks import QNetwork, get_weights
+from ray_replay.apex.networks import get_weights, is_image, make_network
+from ray_replay.apex.nstep import nstep_from_sequences
 
 __all__ = ["CHECKPOINT_NAME", "DQNCore", "Learner", "td_loss"]
 
@@ -59,19 +60,19 @@ def td_loss(online: torch.nn.Module, target: torch.nn.Module, batch: Mapping[str
 class DQNCore:
     """Online and target Q-networks with Adam; ``train_step`` on a numpy batch returns |TD errors|."""
 
-    def __init__(self, obs_size: int, num_actions: int, config: ApexConfig) -> None:
+    def __init__(self, obs_shape: int | tuple[int, ...], num_actions: int, config: ApexConfig) -> None:
         self.config = config
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
-        self.online = QNetwork(obs_size, num_actions, config.hidden).to(self.device)
+        self.obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
+        self.online = make_network(self.obs_shape, num_actions, config.hidden).to(self.device)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.lr)
         self.updates = 0
 
     def tensors(self, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        out = {k: torch.as_tensor(np.asarray(batch[k]), device=self.device) for k in FIELDS}
-        out["state"], out["next_state"] = out["state"].float(), out["next_state"].float()
+        out = {k: torch.as_tensor(np.asarray(batch[k]), device=self.device) for k in FIELDS}  # frames stay uint8: the network scales them
         if "weights" in batch:
             out["weights"] = torch.as_tensor(np.asarray(batch["weights"], np.float32), device=self.device)
         return out
@@ -114,12 +115,13 @@ class DQNCore:
 class Learner:
     """The learner actor (create with ``.options(max_concurrency=4)``): ``run`` trains until ``stop``."""
 
-    def __init__(self, replay: Any, config: ApexConfig, obs_size: int, num_actions: int) -> None:
+    def __init__(self, replay: Any, config: ApexConfig, obs_shape: int | tuple[int, ...], num_actions: int) -> None:
         torch.set_num_threads(1)
         from ray_replay.distributed import ReplayClient
 
         self.config = config
-        self.core = DQNCore(obs_size, num_actions, config)
+        self.core = DQNCore(obs_shape, num_actions, config)
+        self.sequences = is_image(self.core.obs_shape)  # one-step rows: sample sequences of n_step, rebuild the n-step transitions
         self.client = ReplayClient(replay, prefetch=config.prefetch, seed=config.seed)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -170,7 +172,10 @@ class Learner:
             beta = round(cfg.beta_at(self.core.updates), 2)  # a changed beta drops the prefetched rounds: change it rarely
             rows = cfg.batch_size * cfg.updates_per_sample
             try:
-                batch = self.client.sample(rows, beta=beta)
+                if self.sequences:
+                    batch = nstep_from_sequences(self.client.sample(rows, beta=beta, seq_len=cfg.n_step), cfg.gamma)
+                else:
+                    batch = self.client.sample(rows, beta=beta)
             except (TimeoutError, ShardUnavailableError):
                 self._sample_waits += 1
                 continue

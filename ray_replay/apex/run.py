@@ -27,36 +27,54 @@ __all__ = ["SUMMARY_KEYS", "main", "make_replay", "plot_curves", "replay_schema"
 SUMMARY_KEYS = ("solved", "eval_return", "env_steps", "learner_updates", "wall_s", "inserted_per_s", "sampled_per_s")
 
 
-def replay_schema(obs_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """The replay's row: an n-step transition with its bootstrap discount (0 at a terminal)."""
-    return {"state": ((obs_size,), np.float32), "action": ((), np.int64), "reward": ((), np.float32),
-            "next_state": ((obs_size,), np.float32), "discount": ((), np.float32)}
+def replay_schema(obs_shape: int | tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """The replay's row. Vector observations: an n-step transition with its bootstrap discount (0 at a
+    terminal). Stacked frames (uint8 (frames, height, width)): a one-step row with its episode-end flags,
+    which end the replay's sequences (the learner rebuilds n-step transitions from sequences of n)."""
+    from ray_replay.apex.networks import is_image
+
+    shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
+    if is_image(shape):
+        return {"state": (shape, np.uint8), "action": ((), np.int64), "reward": ((), np.float32), "next_state": (shape, np.uint8),
+                "terminated": ((), np.float32), "truncated": ((), np.float32)}
+    return {"state": (shape, np.float32), "action": ((), np.int64), "reward": ((), np.float32),
+            "next_state": (shape, np.float32), "discount": ((), np.float32)}
 
 
-def make_replay(config: ApexConfig, obs_size: int) -> Any:
-    """The sharded prioritized ReplayCoordinator of a run, rate limited by samples_per_insert."""
+def make_replay(config: ApexConfig, obs_shape: int | tuple[int, ...]) -> Any:
+    """The sharded prioritized ReplayCoordinator of a run, rate limited by samples_per_insert; for stacked
+    frames with frame-stack dedup (``next_state="dedup", frame_stack_axis=0``: each frame stored once)."""
+    from ray_replay.apex.networks import is_image
     from ray_replay.distributed import ReplayCoordinator
 
     durability: dict[str, Any] = {}
+    if is_image((obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)):
+        durability.update(next_state="dedup", frame_stack_axis=0)
     if config.checkpoint_dir:
         durability = {"checkpoint_dir": config.checkpoint_dir, "checkpoint_every_s": config.checkpoint_every_s}
     return ReplayCoordinator.remote(  # type: ignore[attr-defined]  # @ray.remote's ActorClass
         capacity=config.capacity, num_shards=config.num_shards, buffer_type="prioritized", alpha=config.alpha, beta=config.beta,
         seed=config.seed, min_size_to_sample=config.min_size_to_sample, samples_per_insert=config.samples_per_insert,
-        error_buffer=config.error_buffer, sample_timeout_s=config.sample_timeout_s, schema=replay_schema(obs_size),
+        error_buffer=config.error_buffer, sample_timeout_s=config.sample_timeout_s, schema=replay_schema(obs_shape),
         metrics=False, **durability)
 
 
-def _spaces(env_id: str) -> tuple[int, int]:
-    import gymnasium as gym
+def gym_errors() -> type[Exception]:
+    """gymnasium's base error (an unknown env id raises one)."""
+    from gymnasium import error
 
+    return error.Error
+
+
+def _spaces(env_id: str, frame_stack: int = 4) -> tuple[tuple[int, ...], int]:
+    from ray_replay.apex.envs import make_env
     from ray_replay.apex.networks import check_spaces
 
-    env = gym.make(env_id)
+    env = make_env(env_id, frame_stack)
     try:
         return check_spaces(env.observation_space, env.action_space)
     finally:
-        env.close()  # type: ignore[no-untyped-call]  # untyped in gymnasium
+        env.close()
 
 
 class _Line:
@@ -93,17 +111,17 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
 
     from ray_replay.apex.actor import Actor, evaluate
     from ray_replay.apex.learner import CHECKPOINT_NAME, Learner
-    from ray_replay.apex.networks import QNetwork, set_weights
+    from ray_replay.apex.networks import make_network, set_weights
 
     torch.set_num_threads(1)
-    obs_size, num_actions = _spaces(config.env_id)
-    replay = make_replay(config, obs_size)
+    obs_shape, num_actions = _spaces(config.env_id, config.frame_stack)
+    replay = make_replay(config, obs_shape)
     learner = Learner.options(max_concurrency=4).remote(  # type: ignore[attr-defined]  # @ray.remote's ActorClass
-        replay, config, obs_size, num_actions)
+        replay, config, obs_shape, num_actions)
     actors = [Actor.options(max_concurrency=2).remote(replay, learner, config, i)  # type: ignore[attr-defined]  # @ray.remote's ActorClass
               for i in range(config.num_actors)]
     handles = [replay, learner, *actors]
-    net = QNetwork(obs_size, num_actions, config.hidden)
+    net = make_network(obs_shape, num_actions, config.hidden)
     line = _Line(progress)
     curve: list[dict[str, Any]] = []
     events: list[str] = []
@@ -139,7 +157,7 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
                 killed = True
             if now >= next_eval and latest["version"] != evaluated_version and latest["updates"] > 0:
                 set_weights(net, ray.get(latest["weights"][0]))
-                ret = evaluate(net, config.env_id, config.eval_episodes, seed=10_000 + len(curve))
+                ret = evaluate(net, config.env_id, config.eval_episodes, seed=10_000 + len(curve), frame_stack=config.frame_stack)
                 evaluated_version = latest["version"]
                 point = {"wall_s": elapsed, "env_steps": env_steps, "updates": latest["updates"], "eval_return": ret}
                 curve.append(point)
@@ -162,10 +180,12 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
         if not curve or (solved_at is None and curve[-1]["updates"] != learned["updates"]):
             latest = ray.get(learner.latest.remote())
             set_weights(net, ray.get(latest["weights"][0]))
-            ret = evaluate(net, config.env_id, config.eval_episodes, seed=10_000 + len(curve))
+            ret = evaluate(net, config.env_id, config.eval_episodes, seed=10_000 + len(curve), frame_stack=config.frame_stack)
             curve.append({"wall_s": wall, "env_steps": sum(a["env_steps"] for a in acted), "updates": learned["updates"],
                           "eval_return": ret})
-        stats = ray.get(replay.stats.remote())["total"]
+        all_stats = ray.get(replay.stats.remote())
+        stats = all_stats["total"]
+        stats["frames_held"] = sum(s.get("frames_held", 0) for s in all_stats["shards"])  # dedup: frames stored once
         checkpoint = None
         if config.checkpoint_dir:
             checkpoint = ray.get(learner.save.remote(str(Path(config.checkpoint_dir) / CHECKPOINT_NAME)))
@@ -188,7 +208,7 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
         "curve": curve,
         "events": events,
         "replay": {k: stats.get(k) for k in ("size", "adds", "samples", "priority_updates", "stale_priority_updates", "restarts",
-                                             "dropped_priority_updates", "max_priority", "min_priority")},
+                                             "dropped_priority_updates", "max_priority", "min_priority", "frames_held")},
         "learner": learned,
         "actors": acted,
         "learner_checkpoint": checkpoint,
@@ -250,8 +270,8 @@ def main(args: argparse.Namespace) -> int:
 
     config = ApexConfig(env_id=args.env, num_actors=args.actors, seed=args.seed, device=args.device, checkpoint_dir=args.checkpoint_dir)
     try:
-        _spaces(config.env_id)
-    except ValueError as e:
+        _spaces(config.env_id, config.frame_stack)
+    except (ValueError, ImportError, gym_errors()) as e:
         print(f"ray-replay demo: {config.env_id}: {e}", file=sys.stderr)
         return 2
     owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is used as it is and left running
