@@ -79,7 +79,7 @@ class SynchronizedStore:
                 segment = chunk
         if segment is None:
             return 0
-        rows, _ = segment.take_rows(self._k, end)
+        rows, _ = segment.take_windows(self._k, end)
         if end == END_NONE:
             self._open[episode.id_] = segment
             if len(self._open) > _MAX_OPEN_EPISODES:
