@@ -11,6 +11,7 @@ whatever n-step or sequence length is sampled later.
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -39,7 +40,9 @@ class RowWriter:
         self.storage = storage
         self.capacity = capacity
         self.open: OrderedDict[str, Segment] = OrderedDict()  # episode id -> its unstored last observation
-        self.next_key = 0
+        # Episode keys are the rows' stream ids: writers sharing a sharded replay (env runners writing
+        # directly) must not share them, so each writer numbers from its own random 2^32-aligned base.
+        self.next_key = secrets.randbits(30) << 32
         self.rows_added = 0
         self.infos: dict[tuple[int, int], Any] = {}  # (episode key, t) -> non-empty info; evicted with its row
         self._info_rows: deque[tuple[int, tuple[int, int]]] = deque()
