@@ -5,7 +5,7 @@ transition of every agent that has a full one there (``o_t``, ``a_t`` and ``o_t+
 the modules' batches come from the same environment steps. Here each native row is one environment
 step of a ``MultiAgentEpisode`` with one slot per agent (the agents of the first episode): the slot's
 observation, action, presence flags and, per observation, whether the agent's own episode ended there;
-rewards are an (n_step, agents) window. Rows are built by the same held-back n-step segments as the
+rewards are an (n_step, agents) window. Rows are built by the same held-back n-step windows as the
 single-agent buffer (``ray_replay.rllib.nstep``), along environment steps.
 
 Sampling is uniform (RLlib's synchronized mode has no priorities): ``weights`` are 1, and priority
