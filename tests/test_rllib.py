@@ -298,3 +298,23 @@ def test_sac_config_accepts_native_buffer_and_trains(ray_local: None) -> None:
         assert algo.local_replay_buffer._storage.stats()["priority_updates"] > 0
     finally:
         algo.stop()
+
+
+@pytest.mark.parametrize("backend", ["local", "sharded"])
+def test_sequences_follow_the_episodes(backend: str, request: pytest.FixtureRequest) -> None:
+    """sample(batch_length_T=T) on either backend: consecutive steps of one episode, cut at its end."""
+    source = Source(seed=11)
+    buffer = make_buffer(backend, request, seed=3)
+    buffer.add(source.chunks())
+    T = 5
+    for sequence in buffer.sample(batch_size_B=128, batch_length_T=T):
+        e, t0 = (int(v) for v in sequence.get_observations(0))
+        ep, n = source.episodes[e], len(sequence)
+        assert sequence.t_started == t0 and 1 <= n == min(T, ep["length"] - t0)
+        np.testing.assert_array_equal(np.asarray(sequence.get_observations()), np.stack([source.obs(e, t0 + i) for i in range(n + 1)]))
+        np.testing.assert_array_equal(np.asarray(sequence.get_rewards()), ep["rewards"][t0:t0 + n])
+        np.testing.assert_array_equal(np.asarray(sequence.get_actions()), ep["actions"][t0:t0 + n])
+        at_end = t0 + n == ep["length"]
+        assert (sequence.is_terminated, sequence.is_truncated) == (at_end and ep["end"] == "terminated", at_end and ep["end"] == "truncated")
+        assert sequence.id_ == ep["id"]
+        assert sequence.get_infos() == [{"e": e, "t": t0 + i} for i in range(n + 1)]
