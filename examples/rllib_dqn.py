@@ -47,9 +47,9 @@ def main() -> None:
             lr=5e-4,
             n_step=(2, 5),
             epsilon=[(0, 1.0), (10_000, 0.02)],
-            # The one line that matters: a dotted type string (a class object crashes RLlib 2.60)
-            # and the same n_step as above, so every stored step carries enough future.
-            replay_buffer_config={"type": "ray_replay.rllib.NativeEpisodeReplayBuffer", "n_step": (2, 5), **storage},
+            # The one line that matters: a dotted type string (a class object crashes RLlib 2.60).
+            # n_step comes from the algorithm (above): each step is stored once, n-step gathered at sample time.
+            replay_buffer_config={"type": "ray_replay.rllib.NativeEpisodeReplayBuffer", **storage},
         )
         .rl_module(model_config={"fcnet_hiddens": [256], "fcnet_activation": "tanh", "head_fcnet_hiddens": [256]})
         .reporting(min_sample_timesteps_per_iteration=1000)

@@ -39,7 +39,6 @@ def main() -> None:
                 "capacity": 100_000,
                 "alpha": 1.0,
                 "beta": 0.0,
-                "n_step": (1, 3),
             },
         )
         .rl_module(model_config={"fcnet_hiddens": [256, 256], "fcnet_activation": "relu", "head_fcnet_hiddens": []})

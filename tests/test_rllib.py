@@ -117,13 +117,17 @@ def test_n_step_transitions_match_independent_computation(n_step: int | tuple[in
     source = Source(seed=7)
     k = n_step if isinstance(n_step, int) else n_step[1]
     low = n_step if isinstance(n_step, int) else n_step[0]
-    buffer = make_buffer(backend, request, n_step=n_step, seed=1)
+    buffer = make_buffer(backend, request, seed=1)  # no n_step in the config: the sample's n_step is enough
     buffer.add(source.chunks())
 
     open_ep = source.episodes[-1]
+    # Every step is stored once; a start of the unfinished episode serves only once its n future steps
+    # arrived (with n drawn from the range, at least `low` of them).
     stored = {(e, t) for e, ep in enumerate(source.episodes) for t in range(ep["length"]) if ep["end"] != "open"}
-    stored |= {(len(source.episodes) - 1, t) for t in range(max(0, open_ep["length"] - k + 1))}
-    assert len(buffer) == len(stored)
+    stored |= {(len(source.episodes) - 1, t) for t in range(max(0, open_ep["length"] - low + 1))}
+    finished = sum(ep["end"] != "open" for ep in source.episodes)
+    # A sharded backend counts rows: one more per finished episode (its final observation).
+    assert len(buffer) == sum(ep["length"] for ep in source.episodes) + (finished if backend == "sharded" else 0)
 
     seen, drawn = set(), set()
     for _ in range(40):
@@ -151,13 +155,16 @@ def test_n_step_transitions_match_independent_computation(n_step: int | tuple[in
         assert drawn == set(range(n_step[0], n_step[1] + 1))  # the closed range, both ends
 
 
-def test_open_episode_rows_arrive_with_later_chunks() -> None:
-    buffer = NativeEpisodeReplayBuffer(100, n_step=3, seed=0)
+def test_open_episode_steps_serve_once_their_future_arrives() -> None:
+    buffer = NativeEpisodeReplayBuffer(100, seed=0)
     source = Source(seed=3, num_episodes=1)  # one unfinished episode
     chunks = source.chunks()
     length = source.episodes[0]["length"]
     buffer.add(chunks)
-    assert len(buffer) == max(0, length - 2)
+    assert len(buffer) == length  # every step stored at once
+    if length >= 3:
+        starts = {int(e.get_observations(0)[1]) for e in buffer.sample(num_items=400, n_step=3, gamma=GAMMA)}
+        assert starts == set(range(length - 2))  # the last 2 lack their 3 future steps: drawn again
     final = SingleAgentEpisode(
         id_=source.episodes[0]["id"], observations=[source.obs(0, length), source.obs(0, length + 1)],
         actions=[np.int64(0)], rewards=[1.0], observation_space=OBS_SPACE, action_space=ACT_SPACE,
@@ -165,6 +172,8 @@ def test_open_episode_rows_arrive_with_later_chunks() -> None:
     ).to_numpy()
     buffer.add([final])
     assert len(buffer) == length + 1
+    starts = {int(e.get_observations(0)[1]) for e in buffer.sample(num_items=400, n_step=3, gamma=GAMMA)}
+    assert starts == set(range(length + 1))  # the episode ended: its last steps are cut short there
 
 
 def test_sampling_more_items_than_the_buffer_holds_is_with_replacement() -> None:
@@ -205,10 +214,14 @@ def test_bad_options_are_clear_errors() -> None:
             NativeEpisodeReplayBuffer(capacity)
     with pytest.raises(ValueError, match="n_step"):
         NativeEpisodeReplayBuffer(10, n_step=(3, 1))
-    buffer = NativeEpisodeReplayBuffer(100, n_step=1)
+    buffer = NativeEpisodeReplayBuffer(100, n_step=1)  # the old key is accepted (the default n of sample())
     buffer.add(Source(seed=2).chunks())
-    with pytest.raises(ValueError, match=r"replay_buffer_config\['n_step'\] = 3"):
-        buffer.sample(num_items=4, n_step=3)
+    assert {int(e.get_extra_model_outputs("n_step", 0)) for e in buffer.sample(num_items=64)} == {1}
+    assert max(int(e.get_extra_model_outputs("n_step", 0)) for e in buffer.sample(num_items=64, n_step=3)) == 3
+    with pytest.raises(ValueError, match="n_step"):
+        buffer.sample(num_items=4, n_step=0)
+    with pytest.raises(ValueError, match="batch_length_T must be an int >= 0"):
+        NativeEpisodeReplayBuffer(10, batch_length_T=-1)
 
 
 # --- algorithms ------------------------------------------------------------------------------------
@@ -237,15 +250,17 @@ def test_dqn_trains_with_native_buffer(ray_local: None, backend: str, request: p
     options: dict[str, Any] = {"capacity": 2000, "alpha": 0.6, "beta": 0.4}
     if backend == "sharded":
         options = {"backend": request.getfixturevalue("coordinator")}
-    algo = tiny_dqn({**options, "n_step": (1, 3)}, n_step=(1, 3)).build_algo()
+    algo = tiny_dqn(options, n_step=(1, 3)).build_algo()  # n_step from the algorithm's config only
     try:
         results = [algo.train() for _ in range(3)]
         buffer = algo.local_replay_buffer
         assert isinstance(buffer, NativeEpisodeReplayBuffer)
         stats = buffer._storage.stats()
         assert stats["priority_updates"] > 0
-        # Every sampled row got its priority back (the last update may still be in flight when sharded).
-        assert stats["samples"] - 32 <= stats["priority_updates"] <= stats["samples"]
+        # Every sampled row got its priority back (the last update may still be in flight when sharded);
+        # the native draws also count the starts drawn again (an unfinished episode's newest steps).
+        sampled = buffer.get_sampled_timesteps()
+        assert sampled - 32 <= stats["priority_updates"] <= sampled <= stats["samples"]
         metrics = results[-1]["replay_buffer"]
         assert metrics["num_env_steps_stored"] > 0
         assert metrics["ray_replay"]["priority_updates"] > 0
@@ -283,3 +298,23 @@ def test_sac_config_accepts_native_buffer_and_trains(ray_local: None) -> None:
         assert algo.local_replay_buffer._storage.stats()["priority_updates"] > 0
     finally:
         algo.stop()
+
+
+@pytest.mark.parametrize("backend", ["local", "sharded"])
+def test_sequences_follow_the_episodes(backend: str, request: pytest.FixtureRequest) -> None:
+    """sample(batch_length_T=T) on either backend: consecutive steps of one episode, cut at its end."""
+    source = Source(seed=11)
+    buffer = make_buffer(backend, request, seed=3)
+    buffer.add(source.chunks())
+    T = 5
+    for sequence in buffer.sample(batch_size_B=128, batch_length_T=T):
+        e, t0 = (int(v) for v in sequence.get_observations(0))
+        ep, n = source.episodes[e], len(sequence)
+        assert sequence.t_started == t0 and 1 <= n == min(T, ep["length"] - t0)
+        np.testing.assert_array_equal(np.asarray(sequence.get_observations()), np.stack([source.obs(e, t0 + i) for i in range(n + 1)]))
+        np.testing.assert_array_equal(np.asarray(sequence.get_rewards()), ep["rewards"][t0:t0 + n])
+        np.testing.assert_array_equal(np.asarray(sequence.get_actions()), ep["actions"][t0:t0 + n])
+        at_end = t0 + n == ep["length"]
+        assert (sequence.is_terminated, sequence.is_truncated) == (at_end and ep["end"] == "terminated", at_end and ep["end"] == "truncated")
+        assert sequence.id_ == ep["id"]
+        assert sequence.get_infos() == [{"e": e, "t": t0 + i} for i in range(n + 1)]

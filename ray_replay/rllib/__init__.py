@@ -5,8 +5,10 @@ One config line::
     config.training(replay_buffer_config={
         "type": "ray_replay.rllib.NativeEpisodeReplayBuffer",  # a dotted string, not the class
         "capacity": 100_000, "alpha": 0.6, "beta": 0.4,
-        "n_step": 3,  # the same value as config.training(n_step=...)
-    })
+    })  # n_step: the algorithm's config.training(n_step=...), served at sample time
+
+Each timestep is stored once; n-step transitions (any n or range) and RLlib sequences
+(``batch_length_T``) are gathered at sample time (docs/sequences.md, "RLlib").
 
 Multi-agent DQN: ``"type": "ray_replay.rllib.NativeMultiAgentEpisodeReplayBuffer"`` (one native
 prioritized buffer per module; ``update_priorities(td_errors, module_id)``).

@@ -3,14 +3,16 @@
 With RLlib's new API stack every sampled episode travels env runner -> Algorithm (driver) -> buffer.
 With ``DirectWriteEnvRunner`` (``config.env_runners(env_runner_cls=DirectWriteEnvRunner)``) and
 ``replay_buffer_config={"type": "ray_replay.rllib.NativeEpisodeReplayBuffer", "backend": coordinator,
-"env_runners_write": True, ...}``, each env runner turns its episodes into n-step rows itself (the same
-held-back segments as the driver-side buffer) and writes them through its own ``ReplayClient`` to the
+"env_runners_write": True, ...}``, each env runner turns its episodes into timestep rows itself (the same
+rows, one per step in its episode's stream, as the driver-side buffer) and writes them through its own ``ReplayClient`` to the
 shards, returning no episodes: the driver's process handles no transition payload on the way in (its
 buffer counts what it receives, ``get_metrics()["ray_replay"]["payload_steps_received"]``, which stays
 0) and samples prioritized batches from the shards for the learner. An env runner's writes go out
 asynchronously (its ReplayClient sends every ``flush_interval_s``), so env stepping never waits for
 the shards; the driver's first sample waits for the first rows. Flat (Box/Discrete)
-spaces: the driver does not see the episodes, so it cannot learn a Dict/Tuple layout from them.
+spaces: the driver does not see the episodes, so it cannot learn a Dict/Tuple layout from them. Nor
+does it hold the newest observation of an unfinished episode (its env runner does), so the driver
+draws again the starts whose o_t+n is that observation; sampled sequences carry no episode ids.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from ray.rllib.utils.typing import ModuleID, ResultDict
 
 from ray_replay.rllib.episode_buffer import NativeEpisodeReplayBuffer
 from ray_replay.rllib.nstep import max_n_step
+from ray_replay.rllib.options import BufferOptions
 from ray_replay.rllib.synchronized import SynchronizedStore
 
 __all__ = ["NativeMultiAgentEpisodeReplayBuffer"]
@@ -32,9 +33,6 @@ NUM_MODULE_STEPS_STORED = "num_module_steps_stored"
 NUM_MODULE_STEPS_ADDED = "num_module_steps_added_lifetime"
 NUM_MODULE_STEPS_SAMPLED = "num_module_steps_sampled_lifetime"
 
-REPLAY_MODES = ("independent", "synchronized")
-_OPTIONS = ("capacity", "alpha", "beta", "eps", "n_step", "backend", "seed", "replay_mode", "batch_size_B", "batch_length_T",
-            "metrics_num_episodes_for_smoothing")
 
 
 class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuffer):
@@ -43,10 +41,12 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
     Use it with ``config.training(replay_buffer_config={"type": "ray_replay.rllib.NativeMultiAgentEpisodeReplayBuffer",
     "capacity": ..., ...})`` (a dotted string) in a multi-agent config.
 
-    Options (keys of ``replay_buffer_config``):
+    Options (keys of ``replay_buffer_config``; the same type as NativeEpisodeReplayBuffer's,
+    :class:`ray_replay.rllib.options.BufferOptions`):
         capacity: agent timesteps held per module (> 0), oldest evicted first.
         alpha, beta, eps, n_step, seed, batch_size_B, batch_length_T: as for NativeEpisodeReplayBuffer
-            (each module's buffer gets its own seed drawn from ``seed``).
+            (each module's buffer gets its own seed drawn from ``seed``; any n_step the algorithm
+            passes is served, except in synchronized mode, which stores windows of this n_step).
         backend: ``"local"``, or a mapping ``module_id -> ReplayCoordinator`` (handle or name) to keep
             each module's rows on its own sharded replay.
         replay_mode: ``"independent"`` (RLlib's default: ``sample(B)`` returns B transitions of every
@@ -59,44 +59,21 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
     Observations and actions may be Dict/Tuple spaces, per agent (see NativeEpisodeReplayBuffer).
     """
 
-    def __init__(
-        self,
-        capacity: int = 10000,
-        *,
-        alpha: float = 0.6,
-        beta: float = 0.4,
-        eps: float = 1e-6,
-        n_step: int | tuple[int, int] = 1,
-        backend: Any = "local",
-        seed: int | None = None,
-        replay_mode: str = "independent",
-        batch_size_B: int = 16,
-        batch_length_T: int = 1,
-        metrics_num_episodes_for_smoothing: int = 100,
-        **unknown: Any,
-    ) -> None:
+    def __init__(self, capacity: int = 10000, **options: Any) -> None:
         # The parent's __init__ is not called: it would allocate segment trees this class never uses.
-        if unknown:
-            raise ValueError(f"{type(self).__name__}: unknown replay_buffer_config option(s) {sorted(unknown)}; "
-                             f"valid options: type, {', '.join(_OPTIONS)}")
-        if replay_mode not in REPLAY_MODES:
-            raise ValueError(f"{type(self).__name__}: replay_mode must be one of {REPLAY_MODES}, got {replay_mode!r}")
-        if not (isinstance(backend, str) and backend == "local") and not isinstance(backend, dict):
-            raise ValueError(f"{type(self).__name__}: backend must be 'local' or a dict module_id -> ReplayCoordinator, got {backend!r}")
-        self._options: dict[str, Any] = dict(capacity=capacity, alpha=alpha, beta=beta, eps=eps, n_step=n_step, batch_size_B=batch_size_B,
-                                             batch_length_T=batch_length_T, metrics_num_episodes_for_smoothing=metrics_num_episodes_for_smoothing)
-        NativeEpisodeReplayBuffer(1, **{k: v for k, v in self._options.items() if k != "capacity"})  # fails here for a bad option
+        parsed = BufferOptions.parse(type(self).__name__, capacity, options, multi_agent=True)
+        self.options = parsed
+        capacity, n_step, replay_mode, backend, seed = parsed.capacity, parsed.n_step, parsed.replay_mode, parsed.backend, parsed.seed
+        batch_size_B = parsed.batch_size_B
         self.capacity = int(capacity)
         self.batch_size_B = batch_size_B
-        self.batch_length_T = 1
+        self.batch_length_T = parsed.batch_length_T
         self.replay_mode = replay_mode
         self._backend = backend
         self._seeds = np.random.SeedSequence(seed)
         self._modules: dict[ModuleID, NativeEpisodeReplayBuffer] = {}
         self._sync: SynchronizedStore | None = None
         if replay_mode == "synchronized":
-            if not isinstance(backend, str):
-                raise ValueError(f"{type(self).__name__}: replay_mode='synchronized' keeps its rows locally; backend must be 'local'")
             self._sync = SynchronizedStore(self.capacity, max_n_step(n_step), seed=int(self._seeds.spawn(1)[0].generate_state(1)[0]))
         self._counts = {"env_steps_added": 0, "steps_sampled": 0}
         self._reported = dict(self._counts)
@@ -112,7 +89,7 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
                 raise ValueError(f"{type(self).__name__}: no ReplayCoordinator for module {module_id!r} in backend "
                                  f"(has {sorted(map(str, self._backend))})")
             seed = int(self._seeds.spawn(1)[0].generate_state(1)[0])
-            buffer = self._modules[module_id] = NativeEpisodeReplayBuffer(backend=backend, seed=seed, **self._options)
+            buffer = self._modules[module_id] = NativeEpisodeReplayBuffer(**self.options.for_module(backend, seed))
         return buffer
 
     def module_buffer(self, module_id: ModuleID) -> NativeEpisodeReplayBuffer:
@@ -247,7 +224,7 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         """A picklable snapshot: every module's buffer state, counters and seed sequence."""
         return {"modules": {module_id: buffer.get_state() for module_id, buffer in self._modules.items()},
                 "sync": None if self._sync is None else self._sync.get_state(),
-                "counts": dict(self._counts), "seeds": self._seeds, "options": dict(self._options)}
+                "counts": dict(self._counts), "seeds": self._seeds}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores :meth:`get_state`'s snapshot into a buffer built with the same options."""

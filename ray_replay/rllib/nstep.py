@@ -1,13 +1,13 @@
-"""Episode chunks to self-contained replay rows, and rows back to n-step transitions.
+"""Episode chunks to replay rows, and sampled rows back to n-step transitions.
 
-Each stored row is one timestep ``t`` of an episode together with the next ``K`` observations and
-rewards (``K`` = the largest n-step the buffer serves). A row therefore holds everything an n-step
-transition needs for any ``n <= K``: sampling never has to find a neighbouring row, which is what
-lets the rows live in any native buffer or be spread over Ray shards.
+The episode buffer stores each timestep once: one row per env step ``(o_t, a_t, r_t, extras_t)`` in
+the stream of its episode (the native sequence index links a stream's rows), and, when an episode
+ends, one more row holding its final observation (``end`` = terminated / truncated; priority 0, so it
+is never drawn as a start). An n-step transition is the sequence of the n + 1 rows from a drawn start,
+gathered by the native ``sample(seq_len=...)`` (:func:`n_step_batch`), for any n, at sample time.
 
-Rows of an unfinished episode are held back until their K future steps are known, so transitions are
-correct across chunk boundaries; at an episode's end the window is cut short (``horizon < K``) and
-the terminated / truncated flag is set only on transitions that actually reach the end.
+Synchronized multi-agent replay still stores windows of the next ``K`` observations and rewards in
+every row (:meth:`Segment.take_windows`), held back until their K future steps are known.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import numpy as np
 
 from ray_replay.nested import map_structure
 
-__all__ = ["END_NONE", "EXTRA_PREFIX", "END_TERMINATED", "END_TRUNCATED", "NStepBatch", "Segment", "assemble", "draw_n_steps", "max_n_step"]
+__all__ = [
+    "END_NONE", "EXTRA_PREFIX", "END_TERMINATED", "END_TRUNCATED", "NStepBatch", "Segment", "complete", "draw_n_steps", "max_n_step",
+    "n_step_batch",
+]
 
 END_NONE, END_TERMINATED, END_TRUNCATED = 0, 1, 2
 EXTRA_PREFIX = "extra."
@@ -81,7 +84,34 @@ class Segment:
             theirs = other.infos if other.infos is not None else [{}] * len(other.obs)
             self.infos = mine[:-1] + theirs
 
-    def take_rows(self, k: int, end: int) -> tuple[dict[str, np.ndarray], list[list[Any]] | None]:
+    def take_steps(self) -> tuple[dict[str, Any], list[Any] | None]:
+        """Cuts off every step whose action is known: rows ``obs, actions, rewards, end (0), episode, t``
+        and extras, plus each row's info when infos are kept. What is left is the last observation
+        (and its info): the episode's final observation, or the first of its next chunk."""
+        num = len(self)
+        if num == 0:
+            return {}, None
+        rows: dict[str, Any] = {
+            "obs": map_structure(lambda leaf: leaf[:num], self.obs),
+            "actions": self.actions,
+            "rewards": self.rewards.astype(np.float64),
+            "end": np.zeros(num, dtype=np.int8),
+            "episode": np.full(num, self.key, dtype=np.int64),
+            "t": self.base + np.arange(num, dtype=np.int64),
+        }
+        for name, values in self.extras.items():
+            rows[EXTRA_PREFIX + name] = values
+        infos = None if self.infos is None else self.infos[:num]
+        self.base += num
+        self.obs = map_structure(lambda leaf: leaf[num:], self.obs)
+        self.actions = map_structure(lambda leaf: leaf[:0], self.actions)
+        self.rewards = self.rewards[:0]
+        self.extras = {name: map_structure(lambda leaf: leaf[:0], values) for name, values in self.extras.items()}
+        if self.infos is not None:
+            self.infos = self.infos[num:]
+        return rows, infos
+
+    def take_windows(self, k: int, end: int) -> tuple[dict[str, np.ndarray], list[list[Any]] | None]:
         """Cuts off every row whose k-step future is known (all of them once ``end`` is set).
 
         Returns the row columns and, if infos are kept, each row's infos ``[info_t .. info_t+k]``.
@@ -147,24 +177,38 @@ def _concatenate(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     return np.concatenate([mine, theirs])
 
 
-def assemble(rows: Mapping[str, Any], n: np.ndarray, gamma: float) -> NStepBatch:
-    """Turns sampled rows and per-row ``n`` into n-step transitions (vectorised over the batch)."""
-    horizon = rows["horizon"].astype(np.int64)
-    used = np.minimum(n, horizon)
-    k = rows["rewards"].shape[1]
-    steps = np.arange(k)
-    discounts = np.power(gamma, steps, dtype=np.float64)
-    rewards = (rows["rewards"] * discounts * (steps[None, :] < used[:, None])).sum(axis=1)
-    reached_end = used == horizon
-    end = rows["end"]
+def n_step_batch(rows: Mapping[str, Any], n: np.ndarray, gamma: float, steps: np.ndarray, final: np.ndarray) -> NStepBatch:
+    """n-step transitions from sampled sequences of rows (every field ``(B, L, ...)``, L >= max(n) + 1),
+    the per-item ``n`` and what :meth:`RowWriter.available_steps` says of them (``steps`` available
+    from each start, ``final``: the last of them reaches the episode's final observation).
+
+    ``used = min(n, steps)`` (cut short only at an episode's end: the caller draws again the items of
+    an unfinished episode with fewer than n steps, see :func:`complete`); terminated / truncated are
+    set when the transition reaches the final observation. ``next_obs`` is row ``used``, which for a
+    step reaching an unfinished episode's newest observation is padding: the caller fills it in.
+    Vectorised: O(B * L).
+    """
+    span = np.arange(len(n))
+    used = np.maximum(np.minimum(n, steps), 1)
+    last = rows["mask"].shape[1] - 1
+    end = rows["end"][span, np.minimum(steps, last)]
+    positions = np.arange(rows["rewards"].shape[1])
+    discounts = np.power(gamma, positions, dtype=np.float64)[None, :] * (positions[None, :] < used[:, None])
+    reached_end = final & (used == steps)
     return NStepBatch(
-        obs=rows["obs"],
-        actions=rows["actions"],
-        rewards=rewards,
-        next_obs=map_structure(lambda leaf: leaf[np.arange(len(used)), used - 1], rows["next_obs"]),
+        obs=map_structure(lambda leaf: leaf[:, 0], rows["obs"]),
+        actions=map_structure(lambda leaf: leaf[:, 0], rows["actions"]),
+        rewards=(rows["rewards"] * discounts).sum(axis=1),
+        next_obs=map_structure(lambda leaf: leaf[span, np.minimum(used, last)], rows["obs"]),
         n_steps=used,
         terminated=reached_end & (end == END_TERMINATED),
         truncated=reached_end & (end == END_TRUNCATED),
-        t=rows["t"],
-        extras={name[len(EXTRA_PREFIX) :]: v for name, v in rows.items() if name.startswith(EXTRA_PREFIX)},
+        t=rows["t"][:, 0],
+        extras={name[len(EXTRA_PREFIX) :]: map_structure(lambda leaf: leaf[:, 0], v) for name, v in rows.items() if name.startswith(EXTRA_PREFIX)},
     )
+
+
+def complete(steps: np.ndarray, final: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """Which sampled starts can serve ``need`` steps: at least one step, and ``need`` of them unless
+    their episode ends first (RLlib's prioritized buffer draws the others again)."""
+    return (steps >= 1) & (final | (steps >= need))

@@ -1,8 +1,10 @@
 """Where the episode buffer's rows live: the seam between the RLlib adapter and ray_replay's backends.
 
 ``LocalStorage`` keeps them in one native prioritized buffer in the Algorithm's process. A sharded
-backend (rows spread over Ray shards behind a ``ReplayCoordinator``, with global prioritized sampling)
-implements the same five methods; ``make_storage`` picks one from the ``backend`` option.
+backend (rows spread over Ray shards behind a ``ReplayCoordinator``, with global prioritized sampling;
+a stream's rows stay on one shard) implements the same methods; ``make_storage`` picks one from the
+``backend`` option. Rows are sampled as sequences of their stream (``seq_len``): the episode buffer
+gathers n-step transitions and RLlib sequences from them.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ __all__ = ["LocalStorage", "ShardedStorage", "Storage", "make_storage"]
 
 
 class Storage(Protocol):
-    """Rows in, prioritized rows (plus ``weights`` and ``ids``) out."""
+    """Rows in (each in its episode's stream), prioritized sequences of rows (plus ``mask``, and one
+    ``weights`` and ``ids`` per sequence) out; priorities per sequence, or per step with a mask."""
 
     capacity: int
 
-    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None) -> None: ...
-    def sample(self, size: int, beta: float) -> dict[str, np.ndarray]: ...
-    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None: ...
+    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray) -> None: ...
+    def sample(self, size: int, beta: float, seq_len: int) -> dict[str, np.ndarray]: ...
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray, mask: np.ndarray | None = None) -> None: ...
     def __len__(self) -> int: ...
     def stats(self) -> dict[str, Any]: ...
     def get_state(self) -> dict[str, Any]: ...
@@ -38,14 +41,14 @@ class LocalStorage:
         self._buffer = ReplayBuffer(capacity, "prioritized", alpha=alpha, beta=beta, eps=eps, seed=seed)
         self.capacity = capacity
 
-    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None) -> None:
-        self._buffer.add_batch(**columns, priorities=priorities)
+    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray) -> None:
+        self._buffer.add_batch(**columns, priorities=priorities, streams=streams)
 
-    def sample(self, size: int, beta: float) -> dict[str, np.ndarray]:
-        return self._buffer.sample(size, beta=beta)
+    def sample(self, size: int, beta: float, seq_len: int) -> dict[str, np.ndarray]:
+        return self._buffer.sample(size, beta=beta, seq_len=seq_len)
 
-    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None:
-        self._buffer.update_priorities(ids, priorities)
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray, mask: np.ndarray | None = None) -> None:
+        self._buffer.update_priorities(ids, priorities, mask=mask)
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -86,16 +89,16 @@ class ShardedStorage:
             raise ValueError(f"the ReplayCoordinator must be 'prioritized', it is {stats['buffer_type']!r}")
         self.capacity = int(stats["capacity"])
 
-    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None) -> None:
+    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray) -> None:
         named: dict[str, Any] = columns  # (as Any: mypy would match **columns against add_batch's wait: bool)
-        self._client.add_batch(**named, priorities=priorities)
+        self._client.add_batch(**named, priorities=priorities, streams=streams)
 
-    def sample(self, size: int, beta: float) -> dict[str, np.ndarray]:
+    def sample(self, size: int, beta: float, seq_len: int) -> dict[str, np.ndarray]:
         self._client.flush()
-        return self._client.sample(size, beta=beta)
+        return self._client.sample(size, beta=beta, seq_len=seq_len)
 
-    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None:
-        self._client.update_priorities(ids, priorities)
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray, mask: np.ndarray | None = None) -> None:
+        self._client.update_priorities(ids, priorities, mask=mask)
 
     def flush(self) -> None:
         """Returns once every row added so far is stored in its shard."""

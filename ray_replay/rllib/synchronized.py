@@ -5,7 +5,7 @@ transition of every agent that has a full one there (``o_t``, ``a_t`` and ``o_t+
 the modules' batches come from the same environment steps. Here each native row is one environment
 step of a ``MultiAgentEpisode`` with one slot per agent (the agents of the first episode): the slot's
 observation, action, presence flags and, per observation, whether the agent's own episode ended there;
-rewards are an (n_step, agents) window. Rows are built by the same held-back n-step segments as the
+rewards are an (n_step, agents) window. Rows are built by the same held-back n-step windows as the
 single-agent buffer (``ray_replay.rllib.nstep``), along environment steps.
 
 Sampling is uniform (RLlib's synchronized mode has no priorities): ``weights`` are 1, and priority
@@ -79,7 +79,7 @@ class SynchronizedStore:
                 segment = chunk
         if segment is None:
             return 0
-        rows, _ = segment.take_rows(self._k, end)
+        rows, _ = segment.take_windows(self._k, end)
         if end == END_NONE:
             self._open[episode.id_] = segment
             if len(self._open) > _MAX_OPEN_EPISODES:
