@@ -325,7 +325,7 @@ class ReplayCoordinatorImpl:
             if loop.time() >= deadline:
                 raise TimeoutError(f"sample({batch_size}) not allowed after {self._limiter.timeout_s} s: {reason}")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, RETRY_PAUSE_S)
             await self._flush()
             await self._set.refresh()
 
@@ -392,7 +392,7 @@ class ReplayCoordinatorImpl:
         while not self._set.live():
             if time.monotonic() >= deadline:
                 raise ShardUnavailableError(f"no shard has been alive for {self._timeout_s} s (all restarting or dead)")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(RETRY_PAUSE_S)
 
     async def _pop(self, batch_size: int, partial: bool) -> dict[str, np.ndarray]:
         held = self._set.table.size

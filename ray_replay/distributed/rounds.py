@@ -26,6 +26,7 @@ import ray
 
 from ray_replay.distributed.health import PROCESS_FAILURES, SHARD_FAILURES, ShardHealth
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, Snapshot
+from ray_replay.distributed.writes import RETRY_PAUSE_S
 from ray_replay.errors import ShardUnavailableError
 
 __all__ = ["SampleRounds"]
@@ -208,7 +209,7 @@ class SampleRounds:
         while not self._health.live():
             if time.monotonic() >= deadline:
                 raise ShardUnavailableError(f"no shard has answered for {self._timeout_s} s (all restarting or dead)")
-            time.sleep(0.05)
+            time.sleep(RETRY_PAUSE_S)
             self.refresh()
         deadline = time.monotonic() + self._limiter.timeout_s
         delay = 0.001
@@ -216,5 +217,5 @@ class SampleRounds:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"sample({batch_size}) not allowed after {self._limiter.timeout_s} s: {reason}")
             time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, RETRY_PAUSE_S)
             self.refresh()
