@@ -150,3 +150,20 @@ def test_priority_updates_for_a_down_shard_are_counted_as_dropped():
         assert (await c.stats())["total"]["dropped_priority_updates"] == on_shard_0
 
     asyncio.run(run())
+
+
+def test_single_adds_go_out_in_batches_of_batch_rows_and_staging_rows_still_names_it():
+    async def run(**options: Any) -> list[int]:
+        c = coordinator(1000, 2, "uniform", flush_interval_s=60.0, **options)
+        rows = transitions(100)
+        for i in range(100):
+            await c.add(**{k: v[i] for k, v in rows.items()})
+        return [len(h) for h in held(c)]  # what reached the shards before any flush interval passed
+
+    assert sum(asyncio.run(run(batch_rows=25))) == 100
+    assert sum(asyncio.run(run(batch_rows=30))) == 90  # 10 rows still staged
+    assert asyncio.run(run(staging_rows=30)) == asyncio.run(run(batch_rows=30))
+    with pytest.raises(ValueError, match="disagree"):
+        coordinator(1000, 2, batch_rows=10, staging_rows=20)
+    with pytest.raises(ValueError, match="batch_rows must be an int > 0"):
+        coordinator(1000, 2, batch_rows=0)

@@ -322,7 +322,7 @@ def test_uniform_sampling_weighs_shards_by_size(replays):
 
 
 def test_single_adds_through_the_coordinator_arrive(replays):
-    replay = replays(1000, 2, "prioritized", staging_rows=64)
+    replay = replays(1000, 2, "prioritized", batch_rows=64)
     rows = transitions(300)
     refs = [replay.add.remote(**{k: v[i] for k, v in rows.items()}, priority=1.0 + i % 2) for i in range(150)]
     refs += [replay.add.remote(**{k: v[i] for k, v in rows.items()}) for i in range(150, 300)]

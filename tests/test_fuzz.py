@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 FUZZ = Path(__file__).resolve().parent / "fuzz"
@@ -32,5 +31,7 @@ def test_loader_corpus_holds_valid_files():
 
     files = sorted((FUZZ / "corpus" / "loader").iterdir())
     assert files
-    assert all(len(ReplayBuffer.load(path)) >= 0 for path in files)
-    assert np.any([len(ReplayBuffer.load(path)) > 0 for path in files])
+    loaded = [ReplayBuffer.load(path) for path in files]  # every seed file of the corpus loads
+    assert all(len(buffer) <= buffer.capacity for buffer in loaded)
+    assert all(buffer.stats()["size"] == len(buffer) for buffer in loaded)
+    assert any(len(buffer) > 0 for buffer in loaded)

@@ -80,7 +80,8 @@ class ReplayCoordinatorImpl:
         alpha, beta, seed, buffer_kwargs: as for ReplayBuffer (schema, eps, sampling, on_full,
             collect_stats); shard k is seeded from ``seed`` and k.
         min_size_to_sample, samples_per_insert, error_buffer, sample_timeout_s: the RateLimiter.
-        staging_rows: single-row adds are sent to shards in batches of this many rows.
+        batch_rows: single-row adds are sent to shards in batches of this many rows (the name of
+            ReplayClient's same option; ``staging_rows``, its former name here, is still accepted).
         flush_interval_s: staged rows are sent at the latest this long after they arrive.
         shard_options: extra ``ReplayShard.options(...)`` (num_cpus, resources, scheduling_strategy...).
         placement: "spread" (a SPREAD placement group of one bundle per shard, {"CPU": num_cpus of
@@ -113,7 +114,7 @@ class ReplayCoordinatorImpl:
         samples_per_insert: float | None = None,
         error_buffer: float = 0.0,
         sample_timeout_s: float = 60.0,
-        staging_rows: int = 256,
+        batch_rows: int = 256,
         flush_interval_s: float = 0.05,
         shard_options: Mapping[str, Any] | None = None,
         placement: str = "spread",
@@ -124,15 +125,20 @@ class ReplayCoordinatorImpl:
         checkpoint_every_adds: int | None = None,
         shard_timeout_s: float = 5.0,
         health_check_interval_s: float = 0.5,
+        staging_rows: int | None = None,
         **buffer_kwargs: Any,
     ) -> None:
+        if staging_rows is not None:  # the former name of batch_rows
+            if batch_rows != 256 and batch_rows != staging_rows:
+                raise ValueError(f"batch_rows={batch_rows!r} and staging_rows={staging_rows!r} (its former name) disagree")
+            batch_rows = staging_rows
         capacities = split_capacity(capacity, num_shards)
         if buffer_type not in BUFFER_TYPES:
             raise ValueError(f"buffer_type must be one of {', '.join(map(repr, BUFFER_TYPES))}; got {buffer_type!r}")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
-        if not (isinstance(staging_rows, int) and staging_rows > 0):
-            raise ValueError(f"staging_rows must be an int > 0, got {staging_rows!r}")
+        if isinstance(batch_rows, bool) or not (isinstance(batch_rows, int) and batch_rows > 0):
+            raise ValueError(f"batch_rows must be an int > 0, got {batch_rows!r}")
         if not flush_interval_s > 0:
             raise ValueError(f"flush_interval_s must be > 0, got {flush_interval_s!r}")
         if replication_factor not in (1, 2) or isinstance(replication_factor, bool):
@@ -184,7 +190,7 @@ class ReplayCoordinatorImpl:
         self._rows_relayed = 0  # rows whose payload passed through this actor (add/add_batch on its handle)
         self._router = Router(capacities)
         self._stager: Stager | None = None  # single-row adds, made once the schema is known
-        self._staging_rows = staging_rows
+        self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
         self._flusher: asyncio.Task[None] | None = None
         self._flush_error: BaseException | None = None
@@ -272,7 +278,7 @@ class ReplayCoordinatorImpl:
         while self._stager.must_send_before(1, value is not None):
             await self._flush()
         self._stager.stage(fields, named, value, stream)
-        if len(self._stager) >= self._staging_rows:
+        if len(self._stager) >= self._batch_rows:
             await self._flush()
         elif self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
@@ -297,7 +303,7 @@ class ReplayCoordinatorImpl:
                     self._schema = schema
                     break
         if self._stager is None:  # another add may have created it while the schemas were fetched
-            self._stager = Stager(self._staging_rows, self._schema)
+            self._stager = Stager(self._batch_rows, self._schema)
 
     async def _flush(self) -> None:
         if self._stager is None or not len(self._stager):
