@@ -206,9 +206,10 @@ def test_latency_monitoring_can_be_switched_off():
     buf.add_batch(**transitions(10))
     buf.sample(5)
     assert buf.stats()["add_p50_ns"] == 0 and buf.stats()["sample_p99_ns"] == 0
+    assert buf.stats()["collect_stats"] is False and buf.stats()["stats_enabled"] is False  # one switch, one name (and its former)
     buf.collect_stats = True
     buf.add_batch(**transitions(10))
-    assert buf.stats()["add_p50_ns"] > 0
+    assert buf.stats()["add_p50_ns"] > 0 and buf.stats()["collect_stats"] is True
 
 
 @pytest.mark.parametrize("buffer_type", BUFFER_TYPES)

@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   for (auto* monitoring_off : {static_cast<core::ReplayBufferInterface*>(&uniform.engine()),
                                static_cast<core::ReplayBufferInterface*>(&lockfree.engine()),
                                static_cast<core::ReplayBufferInterface*>(&prioritized.engine())}) {
-    monitoring_off->set_monitoring(false);  // measure the data path alone
+    monitoring_off->set_collect_stats(false);  // measure the data path alone
   }
   std::printf("{\"transition_bytes\": %zu, \"capacity\": %zu, \"repetitions\": %d,\n", sizeof(State) * 2 + 4 + 4 + 1, capacity, repetitions);
   std::printf(" \"uniform_add_ns\": %.2f,\n", median_add_ns(uniform, capacity, repetitions));

@@ -97,7 +97,7 @@ void NativeBuffer::create_engine(Schema schema) {
     ReleaseGil release;  // prefaulting touches the whole reservation
     engine->configure_storage(storage);
   }
-  engine->set_monitoring(collect_stats_);
+  engine->set_collect_stats(collect_stats_);
   // dedup too: it reads rows by id; not over compressed fields (the decorator does not read rows by id yet)
   if ((type_ == BufferType::kUniform || type_ == BufferType::kPrioritized) && !compressed) {
     sequences_ = std::make_unique<SequenceSupport>(capacity_, schema, sequence_priority_eta_);

@@ -9,7 +9,7 @@ namespace replay_buffer::bindings {
 
 void NativeBuffer::set_collect_stats(bool enabled) {
   collect_stats_ = enabled;
-  if (engine_) engine_->set_monitoring(enabled);
+  if (engine_) engine_->set_collect_stats(enabled);
 }
 
 py::dict NativeBuffer::schema() const {
@@ -54,7 +54,8 @@ py::dict NativeBuffer::stats() const {
   for (const Field& field : schema_) row_bytes += field.row_bytes;
   d["bytes_raw"] = s.size * row_bytes;  // the rows held as given: bytes_held is what they take
   if (engine_) add_compression_stats(d, *engine_, schema_, s.size);
-  d["stats_enabled"] = collect_stats_;
+  d["collect_stats"] = collect_stats_;
+  d["stats_enabled"] = collect_stats_;  // the former name of collect_stats, kept for readers of old dashboards
   d["add_p50_ns"] = s.add_p50_ns;
   d["add_p99_ns"] = s.add_p99_ns;
   d["sample_p50_ns"] = s.sample_p50_ns;

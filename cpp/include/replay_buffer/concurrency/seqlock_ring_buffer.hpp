@@ -98,7 +98,7 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
 
   void add(const std::byte* const* sources, std::size_t count, const double* /*priorities*/) override {
     if (count == 0) return;
-    core::ScopedTimer timer(add_latency_, monitoring());
+    core::ScopedTimer timer(add_latency_, collect_stats());
     const std::size_t cap = store_.capacity();
     // relaxed: the claim only hands out numbers; the slot guards order the data.
     const std::uint64_t first = claimed_.value.fetch_add(count, std::memory_order_relaxed);
@@ -116,7 +116,7 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
   }
 
   std::size_t sample(const core::SampleRequest& request, std::byte* const* destinations) override {
-    core::ScopedTimer timer(sample_latency_, monitoring());
+    core::ScopedTimer timer(sample_latency_, collect_stats());
     if (committed_.value.load(std::memory_order_acquire) == 0) throw std::invalid_argument("cannot sample from an empty buffer");
     // Each call draws from its own generator, seeded from the buffer's seed and the call's number:
     // reproducible for a single thread, no shared generator state between threads.

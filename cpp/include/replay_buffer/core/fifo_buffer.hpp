@@ -32,7 +32,7 @@ class FifoBuffer final : public ReplayBufferInterface {
   void add(const std::byte* const* sources, std::size_t count, const double* /*priorities*/) override {
     if (count == 0) return;
     std::lock_guard lock(mutex_);
-    ScopedTimer timer(add_latency_, monitoring());
+    ScopedTimer timer(add_latency_, collect_stats());
     const std::size_t cap = store_.capacity();
     const std::size_t free_rows = cap - size_;
     if (count > free_rows && overflow_ == OverflowPolicy::kReject) {
@@ -56,7 +56,7 @@ class FifoBuffer final : public ReplayBufferInterface {
 
   std::size_t sample(const SampleRequest& request, std::byte* const* destinations) override {
     std::lock_guard lock(mutex_);
-    ScopedTimer timer(sample_latency_, monitoring());
+    ScopedTimer timer(sample_latency_, collect_stats());
     if (size_ == 0) throw std::invalid_argument("cannot sample from an empty buffer");
     if (request.batch_size > size_ && !request.allow_partial) {
       throw std::invalid_argument("batch_size " + std::to_string(request.batch_size) + " exceeds the " +

@@ -37,7 +37,7 @@ class RingBuffer final : public ReplayBufferInterface {
   void add(const std::byte* const* sources, std::size_t count, const double* priorities) override {
     if (count == 0) return;
     std::lock_guard lock(mutex_);
-    ScopedTimer timer(add_latency_, monitoring());
+    ScopedTimer timer(add_latency_, collect_stats());
     const std::size_t cap = store_.capacity();
     // Of a batch longer than the ring only the newest `cap` rows can survive: skip the others.
     const std::size_t skipped = count > cap ? count - cap : 0;
@@ -66,7 +66,7 @@ class RingBuffer final : public ReplayBufferInterface {
 
   std::size_t sample(const SampleRequest& request, std::byte* const* destinations) override {
     std::lock_guard lock(mutex_);
-    ScopedTimer timer(sample_latency_, monitoring());
+    ScopedTimer timer(sample_latency_, collect_stats());
     const std::size_t n = request.batch_size;
     if (size_ == 0) throw std::invalid_argument("cannot sample from an empty buffer");
     slots_.resize(n);
