@@ -11,24 +11,21 @@ NativeBuffer::NativeBuffer(py::ssize_t capacity, const std::string& buffer_type,
              std::optional<py::ssize_t> frame_stack_axis, std::optional<std::string> storage_dir, bool prefault, py::object compress,
              double sequence_priority_eta)
     : type_(parse_buffer_type(buffer_type)), type_name_(buffer_type), alpha_(check_exponent("alpha", alpha)),
-      beta_(check_exponent("beta", beta)), eps_(check_exponent("eps", eps)), sampling_(sampling), on_full_(on_full),
-      collect_stats_(collect_stats), next_state_(next_state), frame_stack_axis_(frame_stack_axis), storage_dir_(storage_dir),
+      beta_(check_exponent("beta", beta)), eps_(check_exponent("eps", eps)), sampling_(parse_option("sampling", sampling, kSamplingNames)),
+      on_full_(parse_option("on_full", on_full, kOnFullNames)), collect_stats_(collect_stats),
+      next_state_(parse_option("next_state", next_state, kNextStateNames)), frame_stack_axis_(frame_stack_axis), storage_dir_(storage_dir),
       prefault_(prefault), compress_(parse_compress(compress)) {
   if (!(sequence_priority_eta >= 0.0 && sequence_priority_eta <= 1.0)) {
     throw py::value_error("sequence_priority_eta must be in [0, 1], got " + std::to_string(sequence_priority_eta));
   }
   sequence_priority_eta_ = sequence_priority_eta;
-  if (storage_dir && next_state == "dedup") throw py::value_error("storage_dir does not combine with next_state='dedup' (frames live in memory)");
-  if (next_state != "store" && next_state != "dedup") throw py::value_error("next_state must be 'store' or 'dedup', got '" + next_state + "'");
-  if (frame_stack_axis && next_state != "dedup") {
+  const bool dedup = next_state_ == NextState::kDedup;
+  if (storage_dir && dedup) throw py::value_error("storage_dir does not combine with next_state='dedup' (frames live in memory)");
+  if (frame_stack_axis && !dedup) {
     throw py::value_error("frame_stack_axis needs next_state='dedup' (frames are shared between state and next_state)");
   }
   if (capacity <= 0) throw py::value_error("capacity must be > 0, got " + std::to_string(capacity));
   capacity_ = static_cast<std::size_t>(capacity);
-  if (sampling != "stratified" && sampling != "proportional") {
-    throw py::value_error("sampling must be 'stratified' or 'proportional', got '" + sampling + "'");
-  }
-  if (on_full != "error" && on_full != "evict") throw py::value_error("on_full must be 'error' or 'evict', got '" + on_full + "'");
   if (seed.is_none()) {
     seed_ = (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
   } else {

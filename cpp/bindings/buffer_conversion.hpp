@@ -12,12 +12,47 @@
 #include <vector>
 
 #include "replay_buffer/core/buffer_interface.hpp"
+#include "replay_buffer/core/fifo_buffer.hpp"
+#include "replay_buffer/prioritization/prioritized_selector.hpp"
 
 namespace replay_buffer::bindings {
 
 namespace py = pybind11;
 
 enum class BufferType { kFifo, kUniform, kPrioritized, kLockFree };
+enum class NextState { kStore, kDedup };  // next_state=: stored as given, or frames shared with state
+
+// The string options, parsed once (in NativeBuffer's constructor) into enums; the names go back out
+// in get_state(). One table per option: its accepted names, in the order the error message lists them.
+template <typename E>
+struct OptionName {
+  const char* name;
+  E value;
+};
+constexpr OptionName<prioritization::SamplingMode> kSamplingNames[] = {{"stratified", prioritization::SamplingMode::kStratified},
+                                                                      {"proportional", prioritization::SamplingMode::kProportional}};
+constexpr OptionName<core::OverflowPolicy> kOnFullNames[] = {{"error", core::OverflowPolicy::kReject},
+                                                            {"evict", core::OverflowPolicy::kEvictOldest}};
+constexpr OptionName<NextState> kNextStateNames[] = {{"store", NextState::kStore}, {"dedup", NextState::kDedup}};
+
+// The value named `given`, or a ValueError "<field> must be 'a' or 'b', got '<given>'".
+template <typename E, std::size_t N>
+E parse_option(const char* field, const std::string& given, const OptionName<E> (&names)[N]) {
+  std::string expected;
+  for (std::size_t i = 0; i < N; ++i) {
+    if (given == names[i].name) return names[i].value;
+    expected += (i == 0 ? "'" : i + 1 == N ? " or '" : ", '") + std::string(names[i].name) + "'";
+  }
+  throw py::value_error(std::string(field) + " must be " + expected + ", got '" + given + "'");
+}
+
+template <typename E, std::size_t N>
+const char* option_name(E value, const OptionName<E> (&names)[N]) {
+  for (const auto& entry : names) {
+    if (entry.value == value) return entry.name;
+  }
+  return "?";  // unreachable: every enumerator has a name in its table
+}
 
 BufferType parse_buffer_type(const std::string& name);
 double check_exponent(const char* name, double value);

@@ -12,15 +12,13 @@ namespace replay_buffer::bindings {
 std::unique_ptr<core::ReplayBufferInterface> NativeBuffer::make_engine(std::vector<std::size_t> row_bytes) const {
   switch (type_) {
     case BufferType::kFifo:
-      return std::make_unique<core::FifoBuffer>(capacity_, std::move(row_bytes),
-                                                on_full_ == "evict" ? core::OverflowPolicy::kEvictOldest : core::OverflowPolicy::kReject);
+      return std::make_unique<core::FifoBuffer>(capacity_, std::move(row_bytes), on_full_);
     case BufferType::kUniform:
       return std::make_unique<core::UniformBuffer>(capacity_, std::move(row_bytes), seed_);
     case BufferType::kPrioritized:
       return std::make_unique<core::PrioritizedBuffer>(
           capacity_, std::move(row_bytes), seed_,
-          prioritization::PriorityOptions{alpha_, eps_, sampling_ == "stratified" ? prioritization::SamplingMode::kStratified
-                                                                                     : prioritization::SamplingMode::kProportional});
+          prioritization::PriorityOptions{alpha_, eps_, sampling_});
     case BufferType::kLockFree:
       return std::make_unique<concurrency::SeqlockRingBuffer>(capacity_, std::move(row_bytes), seed_);
   }
@@ -62,7 +60,7 @@ std::pair<dedup::ObservationColumns, dedup::FrameLayout> NativeBuffer::dedup_lay
 // The engine over `schema` (dedup, or a plain buffer of the type), for row_bytes (the schema's,
 // plus any columns a decorator adds after them); the dedup buffer, if any, lands in *dedup.
 std::unique_ptr<core::ReplayBufferInterface> NativeBuffer::make_base(const Schema& schema, std::vector<std::size_t> row_bytes, dedup::DedupBuffer** dedup) const {
-  if (next_state_ != "dedup") return make_engine(std::move(row_bytes));
+  if (next_state_ != NextState::kDedup) return make_engine(std::move(row_bytes));
   auto [observations, layout] = dedup_layout(schema);
   auto buffer = std::make_unique<dedup::DedupBuffer>(capacity_, row_bytes, observations, std::move(layout),
                                                      [this](std::vector<std::size_t> inner) { return make_engine(std::move(inner)); });
@@ -72,7 +70,7 @@ std::unique_ptr<core::ReplayBufferInterface> NativeBuffer::make_base(const Schem
 
 // Checks the codecs and builds the engine; throws (changing nothing) on a bad combination.
 void NativeBuffer::create_engine(Schema schema) {
-  const auto codecs = resolve_codecs(schema, compress_, next_state_ == "dedup", storage_dir_.has_value());
+  const auto codecs = resolve_codecs(schema, compress_, next_state_ == NextState::kDedup, storage_dir_.has_value());
   for (std::size_t i = 0; i < schema.size(); ++i) schema[i].codec = codecs[i];
   std::vector<std::size_t> row_bytes;
   for (const Field& field : schema) row_bytes.push_back(field.row_bytes);

@@ -60,7 +60,7 @@ py::dict NativeBuffer::stats() const {
   d["add_p99_ns"] = s.add_p99_ns;
   d["sample_p50_ns"] = s.sample_p50_ns;
   d["sample_p99_ns"] = s.sample_p99_ns;
-  if (next_state_ == "dedup") {
+  if (next_state_ == NextState::kDedup) {
     d["frames_held"] = s.frames_held;
     d["frame_bytes"] = s.frame_bytes;
   }
@@ -89,10 +89,10 @@ py::dict NativeBuffer::get_state(bool with_rows, std::optional<std::size_t> newe
   state["alpha"] = alpha_;
   state["beta"] = beta_;
   state["eps"] = eps_;
-  state["sampling"] = sampling_;
-  state["on_full"] = on_full_;
+  state["sampling"] = option_name(sampling_, kSamplingNames);
+  state["on_full"] = option_name(on_full_, kOnFullNames);
   state["collect_stats"] = collect_stats_;
-  state["next_state"] = next_state_;
+  state["next_state"] = option_name(next_state_, kNextStateNames);
   state["frame_stack_axis"] = frame_stack_axis_ ? py::object(py::int_(*frame_stack_axis_)) : py::object(py::none());
   state["prefault"] = prefault_;
   state["sequence_priority_eta"] = sequence_priority_eta_;

@@ -93,9 +93,10 @@ class NativeBuffer {
   std::size_t capacity_ = 0;
   std::uint64_t seed_ = 0;
   double alpha_, beta_, eps_;
-  std::string sampling_, on_full_;
+  prioritization::SamplingMode sampling_;
+  core::OverflowPolicy on_full_;
   bool collect_stats_;
-  std::string next_state_;
+  NextState next_state_;
   std::optional<py::ssize_t> frame_stack_axis_;
   std::optional<std::string> storage_dir_;
   bool prefault_;
