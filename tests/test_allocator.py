@@ -11,8 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -37,10 +37,14 @@ CHILD = textwrap.dedent("""
 
 
 def run_child(mode: str) -> dict[str, object]:
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    env.pop("LD_PRELOAD", None)
-    done = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, env=env, timeout=120, check=True)
+    # The child imports the ray_replay this test session imports (the installed package, or the
+    # checkout where PYTHONPATH names it): the parent's environment, less any sanitizer preload, run
+    # outside the checkout (``-c`` puts the working directory first on sys.path, and a checkout's
+    # ray_replay/ has no built extension).
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    done = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=tempfile.gettempdir())
+    assert done.returncode == 0, f"the {mode} child failed:\n{done.stderr}"
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
