@@ -165,5 +165,5 @@ def test_single_adds_go_out_in_batches_of_batch_rows_and_staging_rows_still_name
     assert asyncio.run(run(staging_rows=30)) == asyncio.run(run(batch_rows=30))
     with pytest.raises(ValueError, match="disagree"):
         coordinator(1000, 2, batch_rows=10, staging_rows=20)
-    with pytest.raises(ValueError, match="batch_rows must be an int > 0"):
+    with pytest.raises(ValueError, match="batch_rows must be >= 1"):
         coordinator(1000, 2, batch_rows=0)

@@ -74,3 +74,48 @@ def test_a_large_batch_into_out_arrays(buffer_type):
         out.update(weights=np.empty(64, np.float32), ids=np.empty(64, np.int64), probabilities=np.empty(64, np.float64))
     batch = buf.sample(64, out=out)
     assert batch["action"] is out["action"] and set(out["action"].tolist()) <= set(range(10))
+
+
+def test_the_admission_loop_backs_off_doubling_to_its_cap_and_times_out_with_the_reason():
+    from ray_replay.distributed.sampling import RateLimiter, ShardTable, Snapshot
+
+    table = ShardTable(2, "uniform", [Snapshot(10, 10.0, 0.0, 10, 0), Snapshot(5, 5.0, 0.0, 5, 0)])
+    now = [0.0]
+    assert list(RateLimiter(min_size_to_sample=15).waits(table, 4, 0.05, clock=lambda: now[0])) == []  # allowed at once
+
+    waits = RateLimiter(min_size_to_sample=20, timeout_s=1.0).waits(table, 4, 0.05, clock=lambda: now[0])
+    pauses = []
+    with pytest.raises(TimeoutError, match=r"sample\(4\) not allowed after 1.0 s: the replay holds 15 rows"):
+        for pause in waits:
+            pauses.append(pause)
+            now[0] += pause
+    assert pauses[:7] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05]
+    assert set(pauses[6:]) == {0.05} and sum(pauses) >= 1.0 - 0.05
+
+    # rows in flight (prefetched rounds) count with the batch: 15 inserts allow 30 rows at 2 per insert
+    limiter = RateLimiter(samples_per_insert=2.0, timeout_s=0.0)
+    assert list(limiter.waits(table, 20, 0.05, in_flight=10, clock=lambda: now[0])) == []
+    with pytest.raises(TimeoutError, match=r"sample\(20\)"):
+        list(limiter.waits(table, 20, 0.05, in_flight=11, clock=lambda: now[0]))
+
+    # the rows arriving end the wait: the table is refreshed by the caller between pauses
+    waits = RateLimiter(min_size_to_sample=20).waits(table, 4, 0.05, clock=lambda: now[0])
+    assert next(waits) == 0.001
+    table.update(1, Snapshot(10, 10.0, 0.0, 10, 0))
+    assert list(waits) == []
+
+
+def test_the_distributed_options_are_checked_by_one_rule_naming_the_field():
+    from ray_replay.distributed.writes import check_count, check_seconds
+
+    assert check_count("batch_rows", np.int64(3), 1) == 3
+    with pytest.raises(TypeError, match="batch_rows must be an int, got bool"):
+        check_count("batch_rows", True, 1)
+    with pytest.raises(TypeError, match="prefetch must be an int, got str"):
+        check_count("prefetch", "2", 0)
+    with pytest.raises(ValueError, match="prefetch must be >= 0, got -1"):
+        check_count("prefetch", -1, 0)
+    assert check_seconds("shard_timeout_s", 2) == 2.0
+    for bad in (0, -1.0, float("nan"), float("inf"), "1", None, True):
+        with pytest.raises(ValueError, match="shard_timeout_s must be a finite number of seconds > 0"):
+            check_seconds("shard_timeout_s", bad)

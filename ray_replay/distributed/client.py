@@ -41,8 +41,10 @@ from ray_replay.distributed.writes import (
     Write,
     check_batch_size,
     check_beta,
+    check_count,
     check_priorities,
     check_priority,
+    check_seconds,
     plan_batch,
     require_prioritized,
     rows_of,
@@ -96,14 +98,9 @@ class ReplayClient:
         rounds_per_call: int = 1,
         seed: int | None = None,
     ) -> None:
-        for name, value, low in (("batch_rows", batch_rows, 1), ("max_in_flight", max_in_flight, 1), ("prefetch", prefetch, 0),
-                                 ("rounds_per_call", rounds_per_call, 1)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
-        if not flush_interval_s > 0:
-            raise ValueError(f"flush_interval_s must be > 0, got {flush_interval_s!r}")
+        batch_rows, max_in_flight, prefetch, rounds_per_call = (check_count(name, value, low) for name, value, low in (
+            ("batch_rows", batch_rows, 1), ("max_in_flight", max_in_flight, 1), ("prefetch", prefetch, 0), ("rounds_per_call", rounds_per_call, 1)))
+        flush_interval_s = check_seconds("flush_interval_s", flush_interval_s)
         if rounds_per_call > max(prefetch, 1):
             raise ValueError(f"rounds_per_call must be <= prefetch ({prefetch}): the rounds of a call are prefetched, got {rounds_per_call}")
         config = ray.get(coordinator.client_config.remote())

@@ -3,8 +3,10 @@
 A plain class, ReplayCoordinatorImpl (tested without Ray in tests/test_coordinator_impl.py, its shards
 behind fake handles), and its actor, ReplayCoordinator, as for the shards. The rooms it uses:
 placement.py (where shards run), shard_set.py (the replicas' health, snapshots, monitor and refill),
-writes.py (validation, staging, routing and write retry, shared with ReplayClient), sampling.py (the
-global sampling maths, shared too), totals.py (the replay-wide stats).
+shard_writes.py (its writes: runs over the shards, retry, staging; the rules are writes.py's, shared
+with ReplayClient), shard_reads.py (its samples, fifo pops and priority updates; the maths is
+sampling.py's, shared too), totals.py (the replay-wide stats). This class wires them together and
+holds the Ray-specific part (naming, placement, spawning; a test without Ray overrides those).
 
 It is an *async* actor: every call is I/O-bound (route, then await shard replies), so one event loop
 interleaves adds, samples and priority updates without threads, without locks around the cached
@@ -35,34 +37,30 @@ same name (after it died, or restarted by Ray) finds and keeps them.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import ray
 
 from ray_replay.buffer import BUFFER_TYPES, BufferType, ReplayBuffer
-from ray_replay.distributed.health import ACKED, RETRY_SAME, SHARD_FAILURES, ShardUnavailableError
+from ray_replay.distributed.health import ShardUnavailableError
 from ray_replay.distributed.placement import PLACEMENTS, ROLES, bundle_options, make_placement, remove_placement, shard_actor_name
-from ray_replay.distributed.sampling import RateLimiter, mix_sequence_priorities, sequence_options, split_capacity, split_ids
+from ray_replay.distributed.sampling import RateLimiter, sequence_options, split_capacity
 from ray_replay.distributed.shard import ReplayShard
+from ray_replay.distributed.shard_reads import ShardReads
 from ray_replay.distributed.shard_set import ShardSet
+from ray_replay.distributed.shard_writes import ShardWrites
 from ray_replay.distributed.totals import Totals
 from ray_replay.distributed.writes import (
-    RETRY_PAUSE_S,
-    Router,
-    Stager,
-    Write,
     check_batch_size,
     check_beta,
+    check_count,
     check_priority,
-    plan_batch,
+    check_seconds,
     require_prioritized,
-    rows_of,
-    slice_rows,
 )
 from ray_replay.monitoring import SampleLatencyHistogram
 from ray_replay.nested import flat_buffer_kwargs
@@ -137,18 +135,14 @@ class ReplayCoordinatorImpl:
             raise ValueError(f"buffer_type must be one of {', '.join(map(repr, BUFFER_TYPES))}; got {buffer_type!r}")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
-        if isinstance(batch_rows, bool) or not (isinstance(batch_rows, int) and batch_rows > 0):
-            raise ValueError(f"batch_rows must be an int > 0, got {batch_rows!r}")
-        if not flush_interval_s > 0:
-            raise ValueError(f"flush_interval_s must be > 0, got {flush_interval_s!r}")
+        batch_rows = check_count("batch_rows", batch_rows, 1)
+        flush_interval_s, shard_timeout_s, health_check_interval_s = (check_seconds(name, value) for name, value in (
+            ("flush_interval_s", flush_interval_s), ("shard_timeout_s", shard_timeout_s), ("health_check_interval_s", health_check_interval_s)))
         if replication_factor not in (1, 2) or isinstance(replication_factor, bool):
             raise ValueError(f"replication_factor must be 1 or 2, got {replication_factor!r}")
-        for label, value in (("shard_timeout_s", shard_timeout_s), ("health_check_interval_s", health_check_interval_s)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{label} must be a number > 0, got {value!r}")
         if checkpoint_dir is not None and checkpoint_every_s is None and checkpoint_every_adds is None:
             raise ValueError("checkpoint_dir needs checkpoint_every_s or checkpoint_every_adds")
-        self._limiter = RateLimiter(min_size_to_sample, samples_per_insert, error_buffer, sample_timeout_s)
+        limiter = RateLimiter(min_size_to_sample, samples_per_insert, error_buffer, sample_timeout_s)
         # Fails here, with the local buffer's message, for any bad buffer argument.
         ReplayBuffer(1, buffer_type, alpha=alpha, beta=beta, seed=seed, **buffer_kwargs)
         # Nested fields: shards hold the flat leaf columns; this coordinator and every ReplayClient
@@ -157,11 +151,8 @@ class ReplayCoordinatorImpl:
         self._capacity = int(capacity)
         self._buffer_type = buffer_type
         self._beta = float(beta)
-        self._schema = buffer_kwargs.get("schema")
-        self._sequence_eta = float(buffer_kwargs.get("sequence_priority_eta", 0.9))
         seeds = np.random.SeedSequence(seed)
         shard_seeds = [int(s.generate_state(1, np.uint64)[0]) for s in seeds.spawn(num_shards)]
-        self._rng = np.random.default_rng(seeds.spawn(1)[0])
         self._name, self._namespace = self._identity()
         roles = ROLES[:replication_factor]
         self._replication = replication_factor
@@ -186,14 +177,10 @@ class ReplayCoordinatorImpl:
                     **durability, **buffer_kwargs}))
         self._set = ShardSet(replicas, buffer_type, restartable=options["max_restarts"] != 0, timeout_s=self._timeout_s,
                              health_interval_s=float(health_check_interval_s))
-        self._dropped_updates = 0
-        self._rows_relayed = 0  # rows whose payload passed through this actor (add/add_batch on its handle)
-        self._router = Router(capacities)
-        self._stager: Stager | None = None  # single-row adds, made once the schema is known
-        self._batch_rows = batch_rows
-        self._flush_interval_s = flush_interval_s
-        self._flusher: asyncio.Task[None] | None = None
-        self._flush_error: BaseException | None = None
+        self._writes = ShardWrites(self._set, capacities, buffer_kwargs.get("schema"), batch_rows=batch_rows,
+                                   flush_interval_s=flush_interval_s, timeout_s=self._timeout_s)
+        self._reads = ShardReads(self._set, buffer_type, limiter, np.random.default_rng(seeds.spawn(1)[0]), timeout_s=self._timeout_s,
+                                 sequence_eta=float(buffer_kwargs.get("sequence_priority_eta", 0.9)), flush=self._writes.flush)
 
     # -- where the shards run (the Ray-specific part; a test without Ray overrides these three) --------
 
@@ -213,50 +200,7 @@ class ReplayCoordinatorImpl:
                                  get_if_exists=True)
         return ReplayShard.options(**actor_options).remote(*args, **kwargs)  # type: ignore[attr-defined]  # @ray.remote's ActorClass
 
-    # -- writing (the rules are writes.py's, shared with ReplayClient) ---------------------------------
-
-    async def _write(self, columns: tuple[Any, ...], named: dict[str, Any]) -> int:
-        """Writes a batch as runs over the shards (writes.Router), each to its shard and backup, all at
-        once; returns the shard that took the batch's first rows. A batch cut over shards is validated
-        here whole first, so a bad row leaves no run written."""
-        rows = rows_of(columns, named)
-        self._rows_relayed += rows
-        columns, named, planned = plan_batch(self._router, columns, named, rows, self._set.writable(), self._set.sizes(), self._schema)
-        plan: Sequence[tuple[int | None, int, int]] = planned or [(None, 0, rows)]
-        runs = [Write.new(*((columns, named) if len(plan) == 1 else slice_rows(columns, named, start, stop, rows)), stop - start,
-                          self._timeout_s) for _, start, stop in plan]
-        results = await asyncio.gather(*[self._write_run(run, k) for run, (k, _, _) in zip(runs, plan)], return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return int(cast(int, results[0]))  # not an exception: those were raised above
-
-    async def _write_run(self, write: Write, k: int | None) -> int:
-        """One run to one shard (and its backup), with the bounded retry of writes.Write; returns the shard."""
-        while True:
-            while k is None:
-                if write.expired():
-                    raise ShardUnavailableError(f"no shard accepted the write within {self._timeout_s} s")
-                await asyncio.sleep(RETRY_PAUSE_S)
-                write.tried.clear()
-                k = self._router.pick(self._set.writable(), write.tried, self._set.sizes())
-            write.shard = k
-            self._router.sending(k, write.rows)
-            # A write that may already be on shard k goes to every replica of k again, down or not: the
-            # batch id keeps it from applying twice, and it must not end up on another shard as well.
-            roles = [role for role in self._set.roles if write.uncertain or self._set.health[role].alive(k)]
-            results = await asyncio.gather(*[self._set.call(role, k, "add_batch", *write.columns, **write.named) for role in roles],
-                                           return_exceptions=True)
-            self._router.acknowledged(k, write.rows)
-            if roles and roles[0] == "shard" and not isinstance(results[0], BaseException):
-                self._set.table.update(k, results[0])
-            outcome = write.settle(results)  # raises the shard's ValueError/TypeError for a bad batch
-            if outcome == ACKED:
-                return k
-            if outcome == RETRY_SAME:
-                await asyncio.sleep(RETRY_PAUSE_S)
-            else:
-                k = self._router.pick(self._set.writable(), write.tried, self._set.sizes())
+    # -- writing (shard_writes.ShardWrites: runs over the shards, retry, staging) ---------------------
 
     async def add(self, *fields: Any, priority: Any = None, stream: Any = None, **named: Any) -> None:
         """One transition: validated now (same errors as a local buffer), written within flush_interval_s.
@@ -268,72 +212,18 @@ class ReplayCoordinatorImpl:
         if priority is not None:
             require_prioritized(self._buffer_type, "priority")
             value = check_priority(priority)
-        if self._flush_error is not None:
-            error, self._flush_error = self._flush_error, None
-            raise error
-        if self._stager is None:
-            await self._create_stager()
-        assert self._stager is not None
-        # A loop: other adds may stage rows while a flush awaits its shard.
-        while self._stager.must_send_before(1, value is not None):
-            await self._flush()
-        self._stager.stage(fields, named, value, stream)
-        if len(self._stager) >= self._batch_rows:
-            await self._flush()
-        elif self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
+        await self._writes.stage(fields, named, value, stream)
 
     async def add_batch(self, *columns: Any, priorities: Any = None, **named: Any) -> int:
-        """Rows along the leading axis, spread over the shards by writes.Router (validated whole, by the
+        """Rows along the leading axis, spread over the shards by routing.Router (validated whole, by the
         shard when the batch lands on one, here when it is cut); returns the shard of its first rows."""
         await self._set.ensure_started()
         if self._layout is not None:
             columns, named = (), self._layout.flatten_call(columns, named)
         kwargs = named if priorities is None else {**named, "priorities": priorities}
-        return await self._write(columns, kwargs)
+        return await self._writes.write(columns, kwargs)
 
-    async def _create_stager(self) -> None:
-        if self._schema is None:
-            for k in self._set.live():
-                try:
-                    schema = await self._set.call("shard", k, "schema")
-                except SHARD_FAILURES:
-                    continue
-                if schema:
-                    self._schema = schema
-                    break
-        if self._stager is None:  # another add may have created it while the schemas were fetched
-            self._stager = Stager(self._batch_rows, self._schema)
-
-    async def _flush(self) -> None:
-        if self._stager is None or not len(self._stager):
-            return
-        columns = self._stager.take()
-        if self._schema is None:
-            self._schema = self._stager.schema
-        await self._write((), columns)
-
-    async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self._flush_interval_s)
-            try:
-                await self._flush()
-            except Exception as error:  # surfaces at the next add
-                self._flush_error = error
-
-    # -- sampling ----------------------------------------------------------------------------------
-
-    async def _admit(self, batch_size: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._limiter.timeout_s
-        delay = 0.001
-        while (reason := self._limiter.blocked(self._set.table, batch_size)) is not None:
-            if loop.time() >= deadline:
-                raise TimeoutError(f"sample({batch_size}) not allowed after {self._limiter.timeout_s} s: {reason}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_PAUSE_S)
-            await self._flush()
-            await self._set.refresh()
+    # -- sampling (shard_reads.ShardReads: the rounds, fifo pops and priority updates) ---------------
 
     async def sample(self, batch_size: int, beta: float | None = None, partial: bool = False, seq_len: int | None = None,
                      min_len: int | None = None, period: int | None = None) -> dict[str, np.ndarray]:
@@ -349,120 +239,24 @@ class ReplayCoordinatorImpl:
         """
         await self._set.ensure_started()
         start = time.perf_counter()
-        batch = await self._sample(batch_size, beta, partial, sequence_options(seq_len, min_len, period))
+        batch = await self._reads.sample(batch_size, beta, self._beta, partial, sequence_options(seq_len, min_len, period))
         elapsed = time.perf_counter() - start
         self._totals.observe_sample(elapsed)
         if self._sample_latency is not None:
             self._sample_latency.observe(elapsed)
         return batch if self._layout is None else self._layout.unflatten(batch)
 
-    async def _sample(self, batch_size: int, beta: float | None, partial: bool,
-                      sequence: tuple[int, int | None, int | None] | None = None) -> dict[str, np.ndarray]:
-        batch_size = check_batch_size(batch_size)
-        beta = check_beta(beta, self._beta)
-        if sequence is not None and self._buffer_type not in ("uniform", "prioritized"):
-            raise ValueError(f"seq_len is supported by buffer_type 'uniform' and 'prioritized' (this replay is '{self._buffer_type}')")
-        await self._flush()
-        await self._await_live()
-        # One round trip per sample: every shard answers each round (rows or just its snapshot), so
-        # the cached masses plan the next round. Only fifo (exact sizes matter) or a cache that says
-        # "empty" (rows may have come straight from clients) costs a refresh first.
-        if self._buffer_type == "fifo" or self._set.table.total_mass == 0:
-            await self._set.refresh()
-        await self._admit(batch_size)
-        if self._buffer_type == "fifo":
-            return await self._pop(batch_size, partial)
-        for _ in range(len(self._set)):  # a round that loses a shard is planned again without it
-            counts = self._set.table.plan(self._rng, batch_size)
-            live = self._set.live()
-            replies = await asyncio.gather(*[self._set.call("shard", k, "sample", int(counts[k]), None, False, None, sequence) for k in live],
-                                           return_exceptions=True)
-            failed = [r for r in replies if isinstance(r, BaseException)]
-            for r in failed:
-                if not isinstance(r, SHARD_FAILURES):
-                    raise r
-            if not failed:
-                break
-        else:
-            raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._set)} rounds")
-        parts: list[dict[str, np.ndarray] | None] = [None] * len(self._set)
-        for k, reply in zip(live, replies):
-            if not isinstance(reply, BaseException):
-                parts[k] = reply[0]
-                self._set.table.update(k, reply[1])
-        return self._set.table.merge(parts, beta)
-
-    async def _await_live(self) -> None:
-        """Waits up to shard_timeout_s for a live shard (the monitor brings restarted ones back)."""
-        deadline = time.monotonic() + self._timeout_s
-        while not self._set.live():
-            if time.monotonic() >= deadline:
-                raise ShardUnavailableError(f"no shard has been alive for {self._timeout_s} s (all restarting or dead)")
-            await asyncio.sleep(RETRY_PAUSE_S)
-
-    async def _pop(self, batch_size: int, partial: bool) -> dict[str, np.ndarray]:
-        held = self._set.table.size
-        if held == 0:
-            raise ValueError("cannot sample from an empty buffer")
-        if held < batch_size and not partial:
-            raise ValueError(f"batch_size {batch_size} exceeds the {held} rows in the fifo buffer (pass partial=True to take them all)")
-        parts: list[dict[str, np.ndarray] | None] = []
-        wanted = batch_size
-        for _ in range(2):  # a second round only when other consumers popped rows meanwhile
-            counts = self._set.table.plan(self._rng, wanted)
-            live = [k for k in self._set.live() if k not in self._set.resyncing]
-            replies = await asyncio.gather(*[self._set.call("shard", k, "sample", int(counts[k]), None, True) for k in live],
-                                           return_exceptions=True)
-            mirrors = []
-            for k, reply in zip(live, replies):
-                if isinstance(reply, BaseException):
-                    if not isinstance(reply, SHARD_FAILURES):
-                        raise reply
-                    continue
-                part, snapshot = reply
-                self._set.table.update(k, snapshot)
-                if part is not None:
-                    parts.append(part)
-                    taken = len(next(iter(part.values())))
-                    wanted -= taken
-                    if "backup" in self._set.roles and self._set.health["backup"].alive(k):  # the backup pops the same rows
-                        mirrors.append(self._set.call("backup", k, "sample", taken, None, True))
-            await asyncio.gather(*mirrors, return_exceptions=True)
-            if wanted == 0 or self._set.table.size == 0:
-                break
-        return self._set.table.merge(parts, 0.0)
-
     async def update_priorities(self, ids: Any, priorities: Any, mask: Any = None) -> None:
         """Sends each id to the shard it came from; stale ids are ignored and counted there. (n, seq_len)
         per-step priorities of a sequence sample are mixed first (needs ``mask``, see mix_sequence_priorities)."""
         await self._set.ensure_started()
-        if mask is not None or np.ndim(priorities) == 2:
-            priorities = mix_sequence_priorities(priorities, mask, self._sequence_eta)
-        groups = split_ids(ids, priorities, len(self._set))
-        calls, targets = [], []
-        for k, shard_ids, values in groups:
-            for role in self._set.roles:
-                if self._set.health[role].alive(k):
-                    calls.append(self._set.call(role, k, "update_priorities", shard_ids, values))
-                    targets.append((role, k))
-                elif role == "shard":
-                    self._dropped_updates += len(shard_ids)  # its shard is down: counted in stats()
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for (role, k), result in zip(targets, results):
-            if role != "shard":
-                continue  # the backup's priorities are best effort (it may lag while it is being refilled)
-            if not isinstance(result, BaseException):
-                self._set.table.update(k, result)
-            elif isinstance(result, SHARD_FAILURES):
-                self._dropped_updates += len(groups[[g[0] for g in groups].index(k)][1])
-            else:
-                raise result
+        await self._reads.update_priorities(ids, priorities, mask)
 
     # -- inspection and lifetime -------------------------------------------------------------------
 
     async def size(self) -> int:
         await self._set.ensure_started()
-        await self._flush()
+        await self._writes.flush()
         await self._set.refresh()
         return self._set.table.size
 
@@ -474,11 +268,11 @@ class ReplayCoordinatorImpl:
         ``_p99_ms``), "live_shards", "dropped_priority_updates", "rows_lost",
         "rows_relayed_by_coordinator", "checkpoint_failures" (over every replica)} (see totals.Totals)."""
         await self._set.ensure_started()
-        await self._flush()
+        await self._writes.flush()
         shard_stats = await self._set.all_stats()
         total = self._totals(shard_stats, self._buffer_type, replication_factor=len(self._set.roles),
-                             dropped_priority_updates=self._dropped_updates, rows_lost=self._set.rows_lost,
-                             rows_relayed_by_coordinator=self._rows_relayed)
+                             dropped_priority_updates=self._reads.dropped_updates, rows_lost=self._set.rows_lost,
+                             rows_relayed_by_coordinator=self._writes.rows_relayed)
         return {"shards": shard_stats, "total": total}
 
     def shard_handles(self) -> list[Any]:
@@ -491,7 +285,7 @@ class ReplayCoordinatorImpl:
     async def client_config(self) -> dict[str, Any]:
         """What a ReplayClient needs to work without this coordinator: shard map, type, limits, schema."""
         await self._set.ensure_started()
-        await self._flush()
+        await self._writes.flush()
         await self._set.refresh()
         return {
             "shards": list(self._set.primaries),
@@ -499,24 +293,23 @@ class ReplayCoordinatorImpl:
             "timeout_s": self._timeout_s,
             "buffer_type": self._buffer_type,
             "capacity": self._capacity,
-            "capacities": list(self._router.capacities.tolist()),
+            "capacities": list(self._writes.router.capacities.tolist()),
             "beta": self._beta,
-            "limiter": self._limiter,
+            "limiter": self._reads.limiter,
             "snapshots": list(self._set.table.snapshots),
-            "schema": self._schema,
+            "schema": self._writes.schema,
             "nested": None if self._layout is None else self._layout.to_json(),
-            "sequence_priority_eta": self._sequence_eta,
+            "sequence_priority_eta": self._reads.sequence_eta,
         }
 
     async def shutdown(self, grace_period_s: float = 5.0) -> None:
         """Flushes staged rows, closes every replica's checkpoint writer (waiting up to
         ``grace_period_s`` for a write in progress), then kills the shards and backups (their rows
         are gone; checkpoint files stay) and removes their placement groups; the coordinator stays up."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+        self._writes.stop()
         self._set.stop()
         try:
-            await self._flush()
+            await self._writes.flush()
         except ShardUnavailableError:
             pass  # nothing left to flush to
         replicas = [shard for role in self._set.roles for shard in self._set.replicas[role]]

@@ -211,11 +211,6 @@ class SampleRounds:
                 raise ShardUnavailableError(f"no shard has answered for {self._timeout_s} s (all restarting or dead)")
             time.sleep(RETRY_PAUSE_S)
             self.refresh()
-        deadline = time.monotonic() + self._limiter.timeout_s
-        delay = 0.001
-        while (reason := self._limiter.blocked(self._table, batch_size + self._rows_in_flight)) is not None:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"sample({batch_size}) not allowed after {self._limiter.timeout_s} s: {reason}")
-            time.sleep(delay)
-            delay = min(delay * 2, RETRY_PAUSE_S)
+        for pause in self._limiter.waits(self._table, batch_size, RETRY_PAUSE_S, self._rows_in_flight):
+            time.sleep(pause)
             self.refresh()

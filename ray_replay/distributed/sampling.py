@@ -9,7 +9,8 @@ Importance weights (m_i / m_min)^-beta use the global minimum mass, as one buffe
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -320,3 +321,18 @@ class RateLimiter:
                     f"x {inserts} inserts + error_buffer={self.error_buffer}"
                 )
         return None
+
+    def waits(self, table: ShardTable, batch_size: int, max_pause_s: float, in_flight: int = 0,
+              clock: Callable[[], float] = time.monotonic) -> Iterator[float]:
+        """The admission loop of a sample, written once for the sync ReplayClient and the async
+        coordinator: while ``blocked``, yields the pause to take before checking again (1 ms, doubling
+        up to ``max_pause_s``); the caller sleeps it and refreshes ``table``. Past ``timeout_s`` it
+        raises TimeoutError with the reason. ``in_flight``: rows of samples already requested (prefetched
+        rounds), counted with the batch. Allowed at once: yields nothing (costs one ``blocked``)."""
+        deadline = clock() + self.timeout_s
+        pause = 0.001
+        while (reason := self.blocked(table, batch_size + in_flight)) is not None:
+            if clock() >= deadline:
+                raise TimeoutError(f"sample({batch_size}) not allowed after {self.timeout_s} s: {reason}")
+            yield pause
+            pause = min(pause * 2, max_pause_s)

@@ -37,6 +37,23 @@ RETRY_PAUSE_S = 0.05  # between attempts at a shard that may come back (a restar
 
 # -- validation (the local buffer's rules, checked before any shard is asked) -----------------------
 
+def check_count(name: str, value: Any, low: int) -> int:
+    """An int option of at least ``low``: TypeError naming it for anything not an int (bool included),
+    ValueError below ``low``. Shared by the coordinator's and ReplayClient's options."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def check_seconds(name: str, value: Any) -> float:
+    """A duration option: a finite number of seconds > 0, or ValueError naming it."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
 def check_batch_size(batch_size: Any) -> int:
     """Any batch size >= 1: uniform and prioritized sampling are with replacement."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
