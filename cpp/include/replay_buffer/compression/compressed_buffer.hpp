@@ -89,7 +89,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     refs_.resize(ring_size_ * compressed_columns_.size());
     inner_row_bytes.push_back(sizeof(std::uint64_t));  // the row's sequence number, last
     inner_ = make_inner(std::move(inner_row_bytes));
-    inner_->set_monitoring(false);  // latencies are measured here, around the codec work too
+    inner_->set_collect_stats(false);  // latencies are measured here, around the codec work too
   }
 
   void add(const std::byte* const* sources, std::size_t count, const double* priorities) override {
@@ -99,7 +99,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   void add_with_streams(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) override {
     if (count == 0) return;
     std::lock_guard add_lock(add_mutex_);
-    core::ScopedTimer timer(add_latency_, monitoring());
+    core::ScopedTimer timer(add_latency_, collect_stats());
     const std::size_t skipped = count > capacity_ ? count - capacity_ : 0;
     compress_rows(sources, skipped, count);
     std::lock_guard lock(mutex_);
@@ -122,7 +122,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
 
   std::size_t sample(const core::SampleRequest& request, std::byte* const* destinations) override {
     std::lock_guard lock(mutex_);
-    core::ScopedTimer timer(sample_latency_, monitoring());
+    core::ScopedTimer timer(sample_latency_, collect_stats());
     sample_seqs_.resize(request.batch_size);
     const std::size_t n = inner_->sample(request, inner_destinations(destinations, sample_seqs_.data()).data());
     if (n * compressed_row_bytes_ >= kParallelDecodeBytes && decoders_.workers() > 1) {
@@ -141,7 +141,6 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   core::PriorityUpdateResult update_priorities(const std::int64_t* ids, const double* priorities, std::size_t count) override {
     return inner_->update_priorities(ids, priorities, count);
   }
-  void check_ids_issued(const std::int64_t* ids, std::size_t count) const override { inner_->check_ids_issued(ids, count); }
   std::size_t size() const override { return inner_->size(); }
   std::size_t capacity() const override { return capacity_; }
 

@@ -159,15 +159,6 @@ class SeqlockRingBuffer final : public core::ReplayBufferInterface {
     return request.batch_size;
   }
 
-  void check_ids_issued(const std::int64_t* ids, std::size_t count) const override {
-    const std::uint64_t issued = claimed_.value.load(std::memory_order_relaxed);
-    for (std::size_t i = 0; i < count; ++i) {
-      if (ids[i] < 0 || static_cast<std::uint64_t>(ids[i]) >= issued) {
-        throw std::invalid_argument("ids[" + std::to_string(i) + "] = " + std::to_string(ids[i]) + " was never issued by this buffer");
-      }
-    }
-  }
-
   std::size_t size() const override {
     return static_cast<std::size_t>(std::min<std::uint64_t>(committed_.value.load(std::memory_order_acquire), store_.capacity()));
   }

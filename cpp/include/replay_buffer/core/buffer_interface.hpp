@@ -112,9 +112,6 @@ class ReplayBufferInterface {
     throw std::logic_error("this buffer type does not read rows by id (sequence sampling needs 'uniform' or 'prioritized')");
   }
 
-  // Throws std::invalid_argument naming the first id that was never issued, without changing anything.
-  virtual void check_ids_issued(const std::int64_t* ids, std::size_t count) const = 0;
-
   virtual std::size_t size() const = 0;
   virtual std::size_t capacity() const = 0;
   virtual BufferStats stats() const = 0;

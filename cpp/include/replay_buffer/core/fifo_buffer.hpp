@@ -71,10 +71,6 @@ class FifoBuffer final : public ReplayBufferInterface {
     return n;
   }
 
-  void check_ids_issued(const std::int64_t*, std::size_t count) const override {
-    if (count > 0) throw std::invalid_argument("a fifo buffer issues no ids");
-  }
-
   std::size_t size() const override {
     std::lock_guard lock(mutex_);
     return size_;

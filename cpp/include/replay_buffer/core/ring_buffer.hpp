@@ -114,11 +114,6 @@ class RingBuffer final : public ReplayBufferInterface {
     sampling::gather_ids_or_zero(store_, ids, count, destinations);
   }
 
-  void check_ids_issued(const std::int64_t* ids, std::size_t count) const override {
-    std::lock_guard lock(mutex_);
-    check_ids_issued_locked(ids, count);
-  }
-
   std::size_t size() const override {
     std::lock_guard lock(mutex_);
     return size_;

@@ -79,7 +79,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     }
     inner_row_bytes.push_back(sizeof(std::uint64_t));  // the row's sequence number, last
     inner_ = make_inner(std::move(inner_row_bytes));
-    inner_->set_monitoring(false);  // latencies are measured here, around the frame work too
+    inner_->set_collect_stats(false);  // latencies are measured here, around the frame work too
   }
 
   void add(const std::byte* const* sources, std::size_t count, const double* priorities) override {
@@ -94,7 +94,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   void add(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
     if (count == 0) return;
     std::lock_guard lock(mutex_);
-    core::ScopedTimer timer(add_latency_, monitoring());
+    core::ScopedTimer timer(add_latency_, collect_stats());
     // Of a batch longer than the buffer only the newest `capacity_` rows survive; the inner buffer
     // skips (and counts) the others, and they get no frames.
     const std::size_t skipped = count > capacity_ ? count - capacity_ : 0;
@@ -149,7 +149,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
 
   std::size_t sample(const core::SampleRequest& request, std::byte* const* destinations) override {
     std::lock_guard lock(mutex_);
-    core::ScopedTimer timer(sample_latency_, monitoring());
+    core::ScopedTimer timer(sample_latency_, collect_stats());
     sequence_numbers_.resize(request.batch_size);
     const std::size_t n = inner_->sample(request, inner_destinations(destinations, sequence_numbers_.data()).data());
     const std::size_t bytes = layout_.stack_bytes();
@@ -168,7 +168,6 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   core::PriorityUpdateResult update_priorities(const std::int64_t* ids, const double* priorities, std::size_t count) override {
     return inner_->update_priorities(ids, priorities, count);
   }
-  void check_ids_issued(const std::int64_t* ids, std::size_t count) const override { inner_->check_ids_issued(ids, count); }
   std::size_t size() const override { return inner_->size(); }
   std::size_t capacity() const override { return capacity_; }
 
