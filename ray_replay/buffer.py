@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ray_replay import _core, nested, nested_buffer
+from ray_replay.config import constructor_options
 from ray_replay.persistence import CorruptFileError, read_state, write_state
 
 __all__ = ["BUFFER_TYPES", "BufferType", "ReplayBuffer"]
@@ -210,25 +211,7 @@ def _restore(cls: type[ReplayBuffer], state: dict[str, Any], storage_dir: str | 
     if "newest_rows" in state:
         raise ValueError("this state is a checkpoint increment (the newest rows only): apply it to its checkpoint first")
     schema = {name: (tuple(shape), dtype) for name, shape, dtype in state["schema"]} or None
-    codecs = state.get("codecs") or None
-    buffer = cls(
-        state["capacity"],
-        state["buffer_type"],
-        schema=schema,
-        seed=state["seed"],
-        alpha=state["alpha"],
-        beta=state["beta"],
-        eps=state["eps"],
-        sampling=state["sampling"],
-        on_full=state["on_full"],
-        collect_stats=state["collect_stats"],
-        next_state=state.get("next_state", "store"),
-        frame_stack_axis=state.get("frame_stack_axis"),
-        storage_dir=storage_dir,
-        prefault=state.get("prefault", False),
-        compress=codecs,
-        sequence_priority_eta=state.get("sequence_priority_eta", 0.9),
-    )
+    buffer = cls(state["capacity"], state["buffer_type"], schema=schema, storage_dir=storage_dir, **constructor_options(state))
     if state.get("nested"):
         layout = nested.Layout.from_json(state["nested"])
         if list(layout.columns) != [name for name, _, _ in state["schema"]]:

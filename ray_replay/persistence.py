@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from ray_replay.config import config_of
+
 __all__ = ["FORMAT_VERSION", "INCREMENT_VERSION", "MAGIC", "CorruptFileError", "read_state", "write_state"]
 
 MAGIC = b"RRBUF\x00\r\n"
@@ -63,10 +65,6 @@ _ALIGNMENT = 64
 _MAX_RESERVED_BYTES = 1 << 42
 _ALLOWED_KINDS = {"b", "i", "u", "f"}
 _COUNTERS = ("total_adds", "samples", "sample_calls", "evictions", "rejected", "priority_updates", "stale_priority_updates")
-_CONFIG = ("capacity", "buffer_type", "seed", "alpha", "beta", "eps", "sampling", "on_full", "collect_stats")
-# Added in version 2 (codecs and sequence_priority_eta later, in a compatible way: files without them
-# load as before), with these defaults.
-_OPTIONAL_CONFIG = {"next_state": "store", "frame_stack_axis": None, "prefault": False, "codecs": None, "sequence_priority_eta": 0.9}
 
 
 class CorruptFileError(ValueError):
@@ -94,8 +92,7 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
         arrays.append(("__masses__", np.ascontiguousarray(state["masses"], dtype="<f8")))
         if "streams" in state:  # dedup, and the sequences of uniform/prioritized buffers
             arrays.append(("__streams__", np.ascontiguousarray(state["streams"], dtype="<i8")))
-    header: dict[str, Any] = {key: state[key] for key in _CONFIG}
-    header.update({key: state.get(key, default) for key, default in _OPTIONAL_CONFIG.items()})
+    header: dict[str, Any] = config_of(state)  # config.py: the options, defined once
     header["schema"] = [[name, list(shape), np.dtype(dtype).newbyteorder("<").str] for name, shape, dtype in state["schema"]]
     if arrays:
         header.update({key: int(state[key]) for key in _COUNTERS})
@@ -204,8 +201,7 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _state_from(header: dict[str, Any], view: mmap.mmap, size: int, path: str) -> dict[str, Any]:
     _require(isinstance(header, dict), f"{path}: header is not an object")
-    state: dict[str, Any] = {key: header[key] for key in _CONFIG}
-    state.update({key: header.get(key, default) for key, default in _OPTIONAL_CONFIG.items()})
+    state: dict[str, Any] = config_of(header)
     _require(isinstance(state["prefault"], bool), f"{path}: prefault {state['prefault']!r}")
     codecs = state["codecs"]
     valid_codecs = isinstance(codecs, dict) and all(isinstance(k, str) and isinstance(v, str) and len(v) <= 16 for k, v in codecs.items())

@@ -157,3 +157,27 @@ def test_sections_start_where_the_header_says_whatever_its_length(tmp_path):
         write_state(state, path)
         loaded = read_state(path)  # checks every section's checksum at its recorded offset
         np.testing.assert_array_equal(loaded["columns"]["state"], state["columns"]["state"])
+
+
+@pytest.mark.parametrize("buffer_type", ["fifo", "uniform", "prioritized", "lockfree"])
+def test_the_one_configuration_definition_covers_every_option_a_state_carries(buffer_type):
+    """config.py lists the options once: every one is in a state, and a buffer built from them (as
+    loading, unpickling and checkpoints do) has the same configuration, non-default values included."""
+    from ray_replay.config import CONFIG_KEYS, OPTIONAL_CONFIG, config_of, constructor_options
+
+    options = {"seed": 7, "alpha": 0.7, "beta": 0.5, "eps": 1e-3, "sampling": "proportional", "on_full": "evict",
+               "collect_stats": False, "prefault": True, "compress": {"obs": "zstd"}, "sequence_priority_eta": 0.25}
+    if buffer_type != "prioritized":
+        options = {k: v for k, v in options.items() if k not in ("alpha", "sampling", "eps")}
+    if buffer_type != "fifo":
+        options.pop("on_full")
+    buf = ReplayBuffer(64, buffer_type, schema={"obs": ((64,), np.uint8), "reward": ((), np.float32)}, **options)
+    state = buf.get_state()
+    assert set(CONFIG_KEYS) | set(OPTIONAL_CONFIG) <= set(state)
+    again = ReplayBuffer(state["capacity"], state["buffer_type"], schema={"obs": ((64,), np.uint8), "reward": ((), np.float32)},
+                         **constructor_options(state))
+    assert config_of(again.get_state()) == config_of(state)
+    assert config_of(state)["codecs"] == {"obs": "zstd:3"} and config_of(state)["sequence_priority_eta"] == 0.25  # the level recorded
+    # an old state without the later options gets their defaults
+    old = {k: v for k, v in state.items() if k not in OPTIONAL_CONFIG}
+    assert {k: config_of(old)[k] for k in OPTIONAL_CONFIG} == dict(OPTIONAL_CONFIG)
