@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import numpy as np
@@ -174,6 +175,10 @@ def test_the_one_configuration_definition_covers_every_option_a_state_carries(bu
     buf = ReplayBuffer(64, buffer_type, schema={"obs": ((64,), np.uint8), "reward": ((), np.float32)}, **options)
     state = buf.get_state()
     assert set(CONFIG_KEYS) | set(OPTIONAL_CONFIG) <= set(state)
+    # and the converse: every constructor option (but the schema and storage_dir, which travel beside
+    # the configuration) is rebuilt from it, so an option added to ReplayBuffer and not to config.py fails here
+    parameters = set(inspect.signature(ReplayBuffer.__init__).parameters) - {"self", "capacity", "buffer_type", "schema", "storage_dir"}
+    assert set(constructor_options(state)) == parameters
     again = ReplayBuffer(state["capacity"], state["buffer_type"], schema={"obs": ((64,), np.uint8), "reward": ((), np.float32)},
                          **constructor_options(state))
     assert config_of(again.get_state()) == config_of(state)

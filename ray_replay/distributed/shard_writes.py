@@ -74,7 +74,7 @@ class ShardWrites:
             self._flusher.cancel()
 
     async def write(self, columns: tuple[Any, ...], named: dict[str, Any]) -> int:
-        """Writes a batch as runs over the shards (writes.Router), each to its shard and backup, all at
+        """Writes a batch as runs over the shards (routing.Router), each to its shard and backup, all at
         once; returns the shard that took the batch's first rows. A batch cut over shards is validated
         here whole first, so a bad row leaves no run written."""
         rows = rows_of(columns, named)
