@@ -24,49 +24,32 @@ Priority updates for a shard that is down are dropped and counted in ``dropped_p
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import ray
 
-from ray_replay.distributed.health import ACKED, PROCESS_FAILURES, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
+from ray_replay.distributed.health import ShardHealth
+from ray_replay.distributed.in_flight import InFlight
 from ray_replay.distributed.rounds import SampleRounds
-from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, mix_sequence_priorities, sequence_options, split_capacity, split_ids
+from ray_replay.distributed.sampling import ShardTable, Snapshot, mix_sequence_priorities, sequence_options, split_capacity, split_ids
 from ray_replay.distributed.writes import (
-    RETRY_PAUSE_S,
     Router,
     Stager,
-    Write,
     check_batch_size,
     check_beta,
     check_count,
     check_priorities,
     check_priority,
     check_seconds,
-    plan_batch,
     require_prioritized,
     rows_of,
-    slice_rows,
 )
 from ray_replay.nested import Layout, refuse_unknown_nesting
 
 __all__ = ["ReplayClient"]
 
 UPDATE_ROWS_HELD = 65_536  # priority updates held for the next sample requests beyond this go on their own
-
-
-@dataclass(eq=False)  # compared by identity: payloads hold arrays
-class _Pending:
-    """A write (a run of rows, kept for a retry) or a priority update in flight to shard k's replicas."""
-
-    shard: int
-    refs: list[Any]
-    write: Write | None = None  # None: a priority update
-    ids: Any = None  # a priority update's ids
-    backup: bool = False  # a backup's copy of an update (best effort: its verdict is not counted)
-    sent_at: float = field(default_factory=time.monotonic)
 
 
 class ReplayClient:
@@ -109,7 +92,6 @@ class ReplayClient:
         self._backups: list[Any] = config["backups"]
         self._timeout_s: float = config["timeout_s"]
         self._health = ShardHealth(len(self._shards), restartable=True)
-        self._dropped_updates = 0  # updates of this client's own sends (see also SampleRounds.dropped)
         self._buffer_type: str = config["buffer_type"]
         self._capacity: int = config["capacity"]
         self._beta: float = config["beta"]
@@ -121,16 +103,13 @@ class ReplayClient:
         self._table = ShardTable(len(self._shards), self._buffer_type, config["snapshots"])
         self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
-        self._max_in_flight = max_in_flight
         self._rng = np.random.default_rng(seed)
         self._stager = Stager(batch_rows, self._schema)
-        self._router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)),
-                              tie_order=self._rng.permutation(len(self._shards)).tolist())
-        self._pending: list[_Pending] = []
+        router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)),
+                        tie_order=self._rng.permutation(len(self._shards)).tolist())
         self._rounds = SampleRounds(self._shards, self._health, self._table, self._limiter, self._rng, self._timeout_s,
                                     prefetch if self._buffer_type != "fifo" else 0, rounds_per_call)
-        self._handed = self._acknowledged = self._failed = 0  # write rows (see stats())
-        self._last_error: BaseException | None = None
+        self._writes = InFlight(self._shards, self._backups, self._health, self._table, router, self._timeout_s, max_in_flight)
         self._closed = False
 
     # -- writing -----------------------------------------------------------------------------------
@@ -150,7 +129,7 @@ class ReplayClient:
         if self._stager.must_send_before(1, value is not None):
             self._send_staged()
         self._stager.stage(fields, named, value, stream)
-        self._handed += 1
+        self._writes.handed += 1
         self._after_stage()
 
     def add_batch(self, *columns: Any, priorities: Any = None, streams: Any = None, wait: bool = False, **named: Any) -> None:
@@ -169,13 +148,13 @@ class ReplayClient:
         if rows >= self._batch_rows:
             self._send_staged()
             kwargs = named if priorities is None else {**named, "priorities": priorities}
-            self._send(columns, kwargs if streams is None else {**kwargs, "streams": streams}, rows)
+            self._writes.send(columns, kwargs if streams is None else {**kwargs, "streams": streams}, rows, self._schema)
         else:
             values = None if priorities is None else check_priorities(priorities, rows)
             if self._stager.must_send_before(rows, values is not None):
                 self._send_staged()
             self._stager.stage_batch(columns, named, values, streams, rows)
-            self._handed += rows
+            self._writes.handed += rows
             self._after_stage()
         if wait:
             self.flush()
@@ -186,7 +165,7 @@ class ReplayClient:
         self._check_open()
         self._send_staged()
         self._send_held_updates()
-        self._reap(wait_all=True)
+        self._writes.reap(wait_all=True)
 
     def stats(self) -> dict[str, Any]:
         """This client's writes, counted in rows, at no cost (no Ray call): ``rows_handed`` (accepted by
@@ -195,23 +174,24 @@ class ReplayClient:
         acknowledged nor failed, staged included), ``rows_failed`` (refused by a shard or given up on:
         the error was raised by a call of this client) with ``last_error``; and
         ``dropped_priority_updates``, ``writes_in_flight``, ``sample_rounds_in_flight``."""
-        return {"rows_handed": self._handed, "rows_acknowledged": self._acknowledged, "rows_staged": len(self._stager),
-                "rows_in_flight": self._handed - self._acknowledged - self._failed, "rows_failed": self._failed,
-                "last_error": None if self._last_error is None else repr(self._last_error),
+        writes = self._writes
+        return {"rows_handed": writes.handed, "rows_acknowledged": writes.acknowledged, "rows_staged": len(self._stager),
+                "rows_in_flight": writes.handed - writes.acknowledged - writes.failed, "rows_failed": writes.failed,
+                "last_error": None if writes.last_error is None else repr(writes.last_error),
                 "dropped_priority_updates": self.dropped_priority_updates,
-                "writes_in_flight": sum(entry.write is not None for entry in self._pending), "sample_rounds_in_flight": len(self._rounds)}
+                "writes_in_flight": writes.writes(), "sample_rounds_in_flight": len(self._rounds)}
 
     @property
     def dropped_priority_updates(self) -> int:
         """Priority updates for a shard that was down when they were sent (or rode with a request that
         failed): counted, not applied."""
-        return self._dropped_updates + self._rounds.dropped
+        return self._writes.dropped_updates + self._rounds.dropped
 
     def _after_stage(self) -> None:
         if len(self._stager) >= self._batch_rows or time.monotonic() - self._stager.since >= self._flush_interval_s:
             self._send_staged()
-        elif self._pending:
-            self._reap()
+        elif self._writes:
+            self._writes.reap()
 
     def _send_staged(self) -> None:
         if not len(self._stager):
@@ -220,119 +200,8 @@ class ReplayClient:
         columns = self._stager.take()
         if self._schema is None:
             self._schema = self._stager.schema
-        self._send((), columns, rows, handed=True)
+        self._writes.send((), columns, rows, self._schema, handed=True)
 
-    def _replicas(self, k: int) -> list[Any]:
-        return [self._shards[k], self._backups[k]] if self._backups else [self._shards[k]]
-
-    def _sizes(self) -> list[int]:
-        return [snapshot.size for snapshot in self._table.snapshots]
-
-    def _writable(self) -> list[bool]:
-        return [self._health.worth_trying(k) for k in range(len(self._shards))]
-
-    def _send(self, columns: tuple[Any, ...], named: dict[str, Any], rows: int, handed: bool = False) -> None:
-        """Sends a batch as runs over the shards (see writes.Router); one cut over shards is validated
-        here first, so a bad row leaves no run written. ``handed``: the rows were counted when staged."""
-        columns, named, runs = plan_batch(self._router, columns, named, rows, self._writable(), self._sizes(), self._schema)
-        plan: Sequence[tuple[int | None, int, int]] = runs or [(None, 0, rows)]
-        if not handed:
-            self._handed += rows
-        for k, start, stop in plan:
-            part = (columns, named) if len(plan) == 1 else slice_rows(columns, named, start, stop, rows)
-            self._submit(Write.new(*part, stop - start, self._timeout_s), k)
-        self._reap()
-
-    def _submit(self, write: Write, k: int | None) -> None:
-        """Sends a run to shard k's replicas; with no shard to send to, waits for one within its deadline."""
-        while k is None:
-            if write.expired():
-                self._fail(write.rows, ShardUnavailableError(f"no shard accepted the write within {self._timeout_s} s"))
-            time.sleep(RETRY_PAUSE_S)
-            write.tried.clear()
-            k = self._router.pick(self._writable(), write.tried, self._sizes())
-        write.shard = k
-        self._router.sending(k, write.rows)
-        refs = [replica.add_batch.remote(*write.columns, **write.named) for replica in self._replicas(k)]
-        self._pending.append(_Pending(k, refs, write))
-
-    def _fail(self, rows: int, error: BaseException) -> None:
-        self._failed += rows
-        self._last_error = error
-        raise error
-
-    def _reap(self, wait_all: bool = False) -> None:
-        """Collects finished writes/updates (their snapshots refresh the plan), retries writes whose shard
-        failed, and raises the first error. Blocks while more than max_in_flight are outstanding (the
-        oldest are waited for), or until all are done with wait_all."""
-        error: BaseException | None = None
-        while self._pending:
-            keep = 0 if wait_all else self._max_in_flight
-            must = max(len(self._pending) - keep, 0)
-            waited = [ref for entry in self._pending[:must] for ref in entry.refs]
-            if waited:  # a replica that does not answer (partitioned, hung) is given up on after shard_timeout_s
-                oldest = min(entry.sent_at for entry in self._pending[:must])
-                ray.wait(waited, num_returns=len(waited), timeout=max(oldest + self._timeout_s - time.monotonic(), 0.0))
-            everything = [ref for entry in self._pending for ref in entry.refs]
-            ready = set(ray.wait(everything, num_returns=len(everything), timeout=0)[0])
-            now = time.monotonic()
-            finished = [entry for entry in self._pending if all(ref in ready for ref in entry.refs) or now - entry.sent_at >= self._timeout_s]
-            if not finished:
-                break
-            self._pending = [entry for entry in self._pending if entry not in finished]
-            for entry in finished:
-                try:
-                    self._settle(entry, ready)
-                except Exception as e:  # keep collecting, then raise the first
-                    error = error or e
-            if not wait_all and len(self._pending) <= self._max_in_flight:
-                break
-        if error is not None:
-            raise error
-
-    def _observe(self, k: int, snapshot: Snapshot) -> None:
-        self._health.mark_alive(k)
-        self._table.update(k, snapshot)
-
-    def _settle(self, entry: _Pending, ready: set[Any]) -> None:
-        """Classifies a finished entry; a replica whose reply is not in ``ready`` (unanswered for
-        shard_timeout_s) counts as timed out (the call may still apply: see health.write_outcome)."""
-        results: list[Any] = []
-        for ref in entry.refs:
-            if ref not in ready:
-                results.append(TimeoutError(f"shard {entry.shard}'s replica did not answer within {self._timeout_s} s"))
-                continue
-            try:
-                results.append(ray.get(ref))
-            except Exception as e:  # noqa: BLE001 - classified below
-                results.append(e)
-        k = entry.shard
-        if entry.backup:
-            return  # a backup's copy of an update: best effort (it may lag while it is refilled)
-        if isinstance(results[0], PROCESS_FAILURES):
-            self._health.mark_down(k)
-            self._table.update(k, EMPTY_SNAPSHOT)
-        elif not isinstance(results[0], BaseException):
-            self._observe(k, results[0])
-        write = entry.write
-        if write is None:  # a priority update: the primary's verdict counts; the backup's is best effort
-            if isinstance(results[0], SHARD_FAILURES):
-                self._dropped_updates += len(entry.ids)
-            elif isinstance(results[0], BaseException):
-                raise results[0]
-            return
-        self._router.acknowledged(k, write.rows)
-        try:
-            outcome = write.settle(results)
-        except Exception as error:  # the shard refused the rows themselves
-            self._fail(write.rows, error)
-        if outcome == ACKED:
-            self._acknowledged += write.rows
-        elif outcome == RETRY_SAME:
-            time.sleep(RETRY_PAUSE_S)
-            self._submit(write, k)
-        else:
-            self._submit(write, self._router.pick(self._writable(), write.tried, self._sizes()))
 
     # -- sampling ----------------------------------------------------------------------------------
 
@@ -350,23 +219,21 @@ class ReplayClient:
     def _sample(self, batch_size: int, beta: float | None, partial: bool, seq_len: int | None, min_len: int | None,
                 period: int | None) -> dict[str, np.ndarray]:
         self._check_open()
-        if self._pending:
-            self._reap()
+        if self._writes:
+            self._writes.reap()
         if self._buffer_type == "fifo":
             self._send_staged()
-            self._reap(wait_all=True)
+            self._writes.reap(wait_all=True)
             popped: dict[str, np.ndarray] = ray.get(self._coordinator.sample.remote(batch_size, beta, partial, seq_len, min_len, period))
             return popped
         batch_size, beta = check_batch_size(batch_size), check_beta(beta, self._beta)
-        sequence = sequence_options(seq_len, min_len, period)
-        if sequence is not None and self._buffer_type not in ("uniform", "prioritized"):
-            raise ValueError(f"seq_len is supported by buffer_type 'uniform' and 'prioritized' (this replay is '{self._buffer_type}')")
+        sequence = sequence_options(seq_len, min_len, period, self._buffer_type)
         # This client's own rows are visible to its samples: staged ones are sent now, and while no
         # shard is known to hold anything, the writes in flight are waited for (costs nothing once
         # the replay holds rows).
         self._send_staged()
-        if self._table.total_mass == 0 and self._pending:
-            self._reap(wait_all=True)
+        if self._table.total_mass == 0 and self._writes:
+            self._writes.reap(wait_all=True)
         return self._rounds.sample(batch_size, beta, sequence)
 
     def update_priorities(self, ids: Any, priorities: Any, mask: Any = None) -> None:
@@ -380,20 +247,20 @@ class ReplayClient:
             priorities = mix_sequence_priorities(priorities, mask, self._sequence_eta)
         for k, shard_ids, values in split_ids(ids, priorities, len(self._shards)):
             if not self._health.worth_trying(k):
-                self._dropped_updates += len(shard_ids)
+                self._writes.dropped_updates += len(shard_ids)
                 continue
             self._rounds.hold(k, shard_ids, values)
             if self._backups:
-                self._pending.append(_Pending(k, [self._backups[k].update_priorities.remote(shard_ids, values)], ids=shard_ids, backup=True))
+                self._writes.send_update(k, shard_ids, values, backup=True)
         if self._rounds.held_rows() > UPDATE_ROWS_HELD:
             self._send_held_updates()
-        self._reap()
+        self._writes.reap()
 
     def _send_held_updates(self) -> None:
         for k in range(len(self._shards)):
             updates = self._rounds.take_updates(k)
             if updates is not None:
-                self._pending.append(_Pending(k, [self._shards[k].update_priorities.remote(*updates)], ids=updates[0]))
+                self._writes.send_update(k, *updates)
 
     # -- state and lifetime ------------------------------------------------------------------------
 

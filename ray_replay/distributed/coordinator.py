@@ -180,7 +180,7 @@ class ReplayCoordinatorImpl:
         self._writes = ShardWrites(self._set, capacities, buffer_kwargs.get("schema"), batch_rows=batch_rows,
                                    flush_interval_s=flush_interval_s, timeout_s=self._timeout_s)
         self._reads = ShardReads(self._set, buffer_type, limiter, np.random.default_rng(seeds.spawn(1)[0]), timeout_s=self._timeout_s,
-                                 sequence_eta=float(buffer_kwargs.get("sequence_priority_eta", 0.9)), flush=self._writes.flush)
+                                 beta=self._beta, sequence_eta=float(buffer_kwargs.get("sequence_priority_eta", 0.9)), flush=self._writes.flush)
 
     # -- where the shards run (the Ray-specific part; a test without Ray overrides these three) --------
 
@@ -239,7 +239,7 @@ class ReplayCoordinatorImpl:
         """
         await self._set.ensure_started()
         start = time.perf_counter()
-        batch = await self._reads.sample(batch_size, beta, self._beta, partial, sequence_options(seq_len, min_len, period))
+        batch = await self._reads.sample(batch_size, beta, partial, sequence_options(seq_len, min_len, period, self._buffer_type))
         elapsed = time.perf_counter() - start
         self._totals.observe_sample(elapsed)
         if self._sample_latency is not None:

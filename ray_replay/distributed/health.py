@@ -16,8 +16,8 @@ from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError
 
 from ray_replay.errors import ShardFencedError, ShardUnavailableError, StalePlanError
 
-__all__ = ["ACKED", "ALIVE", "DEAD", "PROCESS_FAILURES", "RESTARTING", "REROUTE", "RETRY_SAME", "SHARD_FAILURES", "ShardHealth",
-           "ShardUnavailableError", "write_outcome"]
+__all__ = ["ACKED", "ALIVE", "DEAD", "PROCESS_FAILURES", "RESTARTING", "REROUTE", "RETRY_PAUSE_S", "RETRY_SAME", "SHARD_FAILURES", "ShardHealth",
+           "ShardUnavailableError", "pause_before_retry", "write_outcome"]
 
 ALIVE, RESTARTING, DEAD = "alive", "restarting", "dead"
 
@@ -29,6 +29,18 @@ SHARD_FAILURES: tuple[type[BaseException], ...] = (*PROCESS_FAILURES, ShardFence
 
 
 ACKED, RETRY_SAME, REROUTE = "acked", "retry same shard", "reroute"
+
+RETRY_PAUSE_S = 0.05  # between attempts at a shard that may come back (a restart takes about a second)
+
+
+def pause_before_retry(deadline: float, error: str) -> float:
+    """The pause before asking the shards again (RETRY_PAUSE_S), for a caller waiting for a live shard
+    or one that takes its write; past ``deadline`` (a ``time.monotonic()`` value) it raises
+    ShardUnavailableError(error) instead. Every such wait, sync (ReplayClient) or async (the
+    coordinator), is a loop over this: ``while not ready: sleep(pause_before_retry(...)); refresh``."""
+    if time.monotonic() >= deadline:
+        raise ShardUnavailableError(error)
+    return RETRY_PAUSE_S
 
 
 def write_outcome(results: list[object]) -> str:

@@ -24,10 +24,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from ray_replay.distributed.health import PROCESS_FAILURES, SHARD_FAILURES, ShardHealth
+from ray_replay.distributed.health import PROCESS_FAILURES, RETRY_PAUSE_S, SHARD_FAILURES, ShardHealth, ShardUnavailableError, pause_before_retry
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, Snapshot
-from ray_replay.distributed.writes import RETRY_PAUSE_S
-from ray_replay.errors import ShardUnavailableError
 
 __all__ = ["SampleRounds"]
 
@@ -207,9 +205,7 @@ class SampleRounds:
             self.refresh()
         deadline = time.monotonic() + self._timeout_s
         while not self._health.live():
-            if time.monotonic() >= deadline:
-                raise ShardUnavailableError(f"no shard has answered for {self._timeout_s} s (all restarting or dead)")
-            time.sleep(RETRY_PAUSE_S)
+            time.sleep(pause_before_retry(deadline, f"no shard has answered for {self._timeout_s} s (all restarting or dead)"))
             self.refresh()
         for pause in self._limiter.waits(self._table, batch_size, RETRY_PAUSE_S, self._rows_in_flight):
             time.sleep(pause)

@@ -115,12 +115,15 @@ def split_ids(ids: Any, priorities: Any, num_shards: int) -> list[tuple[int, np.
     return groups
 
 
-def sequence_options(seq_len: Any, min_len: Any, period: Any) -> tuple[int, int | None, int | None] | None:
-    """sample(seq_len=, min_len=, period=) checked as the local buffer checks them; None: transitions."""
+def sequence_options(seq_len: Any, min_len: Any, period: Any, buffer_type: str) -> tuple[int, int | None, int | None] | None:
+    """sample(seq_len=, min_len=, period=) of a replay of ``buffer_type``, checked as the local buffer
+    checks them; None: transitions."""
     if seq_len is None:
         if min_len is not None or period is not None:
             raise ValueError("min_len and period need seq_len")
         return None
+    if buffer_type not in ("uniform", "prioritized"):
+        raise ValueError(f"seq_len is supported by buffer_type 'uniform' and 'prioritized' (this replay is '{buffer_type}')")
     values: list[int | None] = []
     for name, value, low in (("seq_len", seq_len, 1), ("min_len", min_len, 1), ("period", period, 1)):
         if value is None:

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from ray_replay.buffer import BufferType
-from ray_replay.distributed.health import SHARD_FAILURES, ShardUnavailableError
+from ray_replay.distributed.health import RETRY_PAUSE_S, SHARD_FAILURES, ShardUnavailableError, pause_before_retry
 from ray_replay.distributed.sampling import RateLimiter, mix_sequence_priorities, split_ids
 from ray_replay.distributed.shard_set import ShardSet
-from ray_replay.distributed.writes import RETRY_PAUSE_S, check_batch_size, check_beta
+from ray_replay.distributed.writes import check_batch_size, check_beta
 
 __all__ = ["ShardReads"]
 
@@ -36,6 +36,7 @@ class ShardReads:
         limiter: the RateLimiter every sample is admitted by.
         rng: draws the rows per shard of each round.
         timeout_s: how long a sample waits for some shard to be alive before ShardUnavailableError.
+        beta: the importance-sampling exponent of a sample that names none.
         sequence_eta: R2D2's eta, mixing the per-step priorities of a sequence sample.
         flush: sends the coordinator's staged single-row adds; awaited before a sample plans (its rows
             are visible to it) and while admission waits (they may be what unblocks it).
@@ -45,24 +46,23 @@ class ShardReads:
     """
 
     def __init__(self, shards: ShardSet, buffer_type: BufferType, limiter: RateLimiter, rng: np.random.Generator, *,
-                 timeout_s: float, sequence_eta: float, flush: Callable[[], Awaitable[None]]) -> None:
+                 timeout_s: float, beta: float, sequence_eta: float, flush: Callable[[], Awaitable[None]]) -> None:
         self._set = shards
         self._buffer_type = buffer_type
         self.limiter = limiter
         self._rng = rng
         self._timeout_s = timeout_s
+        self._beta = beta
         self.sequence_eta = sequence_eta
         self._flush = flush
         self.dropped_updates = 0  # priority updates for a shard that was down (counted in stats())
 
-    async def sample(self, batch_size: int, beta: float | None, default_beta: float, partial: bool,
+    async def sample(self, batch_size: int, beta: float | None, partial: bool,
                      sequence: Sequence_ | None = None) -> dict[str, np.ndarray]:
         """One batch over the live shards (see ReplayCoordinator.sample); raises as a local buffer does
         for a bad batch_size or beta, before any shard is asked."""
         batch_size = check_batch_size(batch_size)
-        beta = check_beta(beta, default_beta)
-        if sequence is not None and self._buffer_type not in ("uniform", "prioritized"):
-            raise ValueError(f"seq_len is supported by buffer_type 'uniform' and 'prioritized' (this replay is '{self._buffer_type}')")
+        beta = check_beta(beta, self._beta)
         await self._flush()
         await self._await_live()
         # One round trip per sample: every shard answers each round (rows or just its snapshot), so
@@ -100,9 +100,7 @@ class ShardReads:
         """Waits up to timeout_s for a live shard (the monitor brings restarted ones back)."""
         deadline = time.monotonic() + self._timeout_s
         while not self._set.live():
-            if time.monotonic() >= deadline:
-                raise ShardUnavailableError(f"no shard has been alive for {self._timeout_s} s (all restarting or dead)")
-            await asyncio.sleep(RETRY_PAUSE_S)
+            await asyncio.sleep(pause_before_retry(deadline, f"no shard has answered for {self._timeout_s} s (all restarting or dead)"))
 
     async def _pop(self, batch_size: int, partial: bool) -> dict[str, np.ndarray]:
         """fifo: the oldest rows of each shard, in proportion to the shard sizes (see fifo_counts); the

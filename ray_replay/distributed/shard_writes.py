@@ -14,10 +14,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
-from ray_replay.distributed.health import ACKED, RETRY_SAME, SHARD_FAILURES, ShardUnavailableError
+from ray_replay.distributed.health import ACKED, RETRY_PAUSE_S, RETRY_SAME, SHARD_FAILURES
 from ray_replay.distributed.routing import Router
 from ray_replay.distributed.shard_set import ShardSet
-from ray_replay.distributed.writes import RETRY_PAUSE_S, Stager, Write, plan_batch, rows_of, slice_rows
+from ray_replay.distributed.writes import Stager, Write, plan_batch, rows_of, slice_rows
 
 __all__ = ["ShardWrites"]
 
@@ -93,9 +93,7 @@ class ShardWrites:
         """One run to one shard (and its backup), with the bounded retry of writes.Write; returns the shard."""
         while True:
             while k is None:
-                if write.expired():
-                    raise ShardUnavailableError(f"no shard accepted the write within {self._timeout_s} s")
-                await asyncio.sleep(RETRY_PAUSE_S)
+                await asyncio.sleep(write.pause())
                 write.tried.clear()
                 k = self.router.pick(self._set.writable(), write.tried, self._set.sizes())
             write.shard = k

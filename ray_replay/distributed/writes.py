@@ -25,14 +25,13 @@ from typing import Any
 import numpy as np
 
 from ray_replay.buffer import ReplayBuffer
-from ray_replay.distributed.health import ACKED, REROUTE, RETRY_SAME, ShardUnavailableError, write_outcome
+from ray_replay.distributed.health import ACKED, REROUTE, RETRY_PAUSE_S, RETRY_SAME, ShardUnavailableError, pause_before_retry, write_outcome
 from ray_replay.distributed.routing import DEFAULT_MIN_RUN_ROWS, MAX_STREAM_HOMES, Router, water_fill
 
 __all__ = ["DEFAULT_MIN_RUN_ROWS", "MAX_STREAM_HOMES", "RETRY_PAUSE_S", "water_fill",
            "Router", "Stager", "Write", "check_batch_size", "plan_batch", "check_beta", "check_priorities", "check_priority",
            "require_prioritized", "rows_of", "slice_rows"]
 
-RETRY_PAUSE_S = 0.05  # between attempts at a shard that may come back (a restart takes about a second)
 
 
 # -- validation (the local buffer's rules, checked before any shard is asked) -----------------------
@@ -274,3 +273,8 @@ class Write:
 
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
+
+    def pause(self) -> float:
+        """The pause before looking for a shard to take this run again (health.pause_before_retry);
+        raises ShardUnavailableError once the run's deadline has passed."""
+        return pause_before_retry(self.deadline, f"no shard accepted a write of {self.rows} rows before its deadline")

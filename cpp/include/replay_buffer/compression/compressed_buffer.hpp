@@ -33,10 +33,12 @@
 #include <thread>
 #include <vector>
 
+#include "replay_buffer/compression/batch_compressor.hpp"
 #include "replay_buffer/compression/blob_log.hpp"
 #include "replay_buffer/compression/codec.hpp"
 #include "replay_buffer/compression/row_pool.hpp"
 #include "replay_buffer/core/buffer_interface.hpp"
+#include "replay_buffer/core/inner_columns.hpp"
 
 namespace replay_buffer::compression {
 
@@ -62,8 +64,7 @@ struct StoredColumnView {
 class CompressedBuffer final : public core::ReplayBufferInterface {
  public:
   using InnerFactory = std::function<std::unique_ptr<core::ReplayBufferInterface>(std::vector<std::size_t> row_bytes)>;
-  // A batch is compressed in parallel when it holds at least this many raw bytes to compress.
-  static constexpr std::size_t kParallelBytes = std::size_t{1} << 20;
+  static constexpr std::size_t kParallelBytes = BatchCompressor::kParallelBytes;
   // A sample is decompressed in parallel (RowPool) when its compressed columns hold this many bytes.
   static constexpr std::size_t kParallelDecodeBytes = std::size_t{64} << 10;
 
@@ -72,23 +73,15 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   CompressedBuffer(std::size_t capacity, const std::vector<std::size_t>& row_bytes, const std::vector<Codec>& codecs, const InnerFactory& make_inner,
                    std::size_t threads = 0)
       : capacity_(capacity), ring_size_(2 * capacity), row_bytes_(row_bytes), codecs_(codecs),
-        threads_(threads != 0 ? threads : std::max(1u, std::thread::hardware_concurrency())), log_(max_compressed_bytes(row_bytes, codecs)) {
+        compressed_columns_(compressed_columns(row_bytes, codecs)),
+        inner_columns_(row_bytes, [&codecs](std::size_t c) { return !codecs[c].enabled(); }),
+        compressor_(compressed_columns_, row_bytes, codecs, threads), log_(max_compressed_bytes(row_bytes, compressed_columns_)) {
     if (capacity == 0) throw std::invalid_argument("capacity must be > 0");
-    std::vector<std::size_t> inner_row_bytes;
-    for (std::size_t c = 0; c < row_bytes.size(); ++c) {
-      if (codecs[c].enabled()) {
-        compressed_columns_.push_back(c);
-      } else {
-        inner_columns_.push_back(c);
-        inner_row_bytes.push_back(row_bytes[c]);
-      }
-    }
     for (std::size_t c : compressed_columns_) compressed_row_bytes_ += row_bytes[c];
     column_stats_.resize(compressed_columns_.size());
     for (std::size_t k = 0; k < compressed_columns_.size(); ++k) column_stats_[k].column = compressed_columns_[k];
     refs_.resize(ring_size_ * compressed_columns_.size());
-    inner_row_bytes.push_back(sizeof(std::uint64_t));  // the row's sequence number, last
-    inner_ = make_inner(std::move(inner_row_bytes));
+    inner_ = make_inner(inner_columns_.row_bytes());
     inner_->set_collect_stats(false);  // latencies are measured here, around the codec work too
   }
 
@@ -101,7 +94,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     std::lock_guard add_lock(add_mutex_);
     core::ScopedTimer timer(add_latency_, collect_stats());
     const std::size_t skipped = count > capacity_ ? count - capacity_ : 0;
-    compress_rows(sources, skipped, count);
+    compressor_.compress(sources, skipped, count);
     std::lock_guard lock(mutex_);
     const std::uint64_t first = next_seq_;
     sequence_numbers_.assign(count, 0);  // skipped rows are never stored: their number is moot
@@ -111,7 +104,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
         sequence_numbers_[i] = first + staged;
         store_row(sources, i, i - skipped, first + staged);
       }
-      inner_->add_with_streams(inner_sources(sources, sequence_numbers_.data()).data(), count, priorities, streams);
+      inner_->add_with_streams(inner_columns_.sources(sources, sequence_numbers_.data()).data(), count, priorities, streams);
     } catch (...) {  // e.g. a full FIFO refusing the batch: drop the staged blobs, so nothing changed
       for (std::size_t i = staged; i-- > 0;) release_row(first + i);
       throw;
@@ -124,7 +117,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     std::lock_guard lock(mutex_);
     core::ScopedTimer timer(sample_latency_, collect_stats());
     sample_seqs_.resize(request.batch_size);
-    const std::size_t n = inner_->sample(request, inner_destinations(destinations, sample_seqs_.data()).data());
+    const std::size_t n = inner_->sample(request, inner_columns_.destinations(destinations, sample_seqs_.data()).data());
     if (n * compressed_row_bytes_ >= kParallelDecodeBytes && decoders_.workers() > 1) {
       auto decode = [&](std::size_t worker, std::size_t i) { restore_row(sample_seqs_[i], destinations, i, decode_contexts_[worker]); };
       decoders_.run(n, decode);
@@ -164,7 +157,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     std::lock_guard lock(mutex_);
     const std::size_t rows = std::min(newest_rows, inner_->size());
     std::vector<std::uint64_t> seqs(rows);
-    core::BufferState state = inner_->export_state(inner_destinations(destinations, seqs.data()).data(), rows);
+    core::BufferState state = inner_->export_state(inner_columns_.destinations(destinations, seqs.data()).data(), rows);
     for (std::size_t i = 0; i < rows; ++i) restore_row(seqs[i], destinations, i, export_context_);
     return state;
   }
@@ -175,7 +168,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     std::lock_guard lock(mutex_);
     const std::size_t rows = std::min(newest_rows, inner_->size());
     std::vector<std::uint64_t> seqs(rows);
-    core::BufferState state = inner_->export_state(inner_destinations(destinations, seqs.data()).data(), rows);
+    core::BufferState state = inner_->export_state(inner_columns_.destinations(destinations, seqs.data()).data(), rows);
     stored.assign(compressed_columns_.size(), {});
     for (std::size_t k = 0; k < compressed_columns_.size(); ++k) {
       std::size_t total = 0;
@@ -198,14 +191,11 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   // to exactly its size. Hostile input throws std::invalid_argument naming the column (schema index)
   // and row, and changes nothing. O(rows x compressed bytes) to check, no recompression.
   void import_stored(const core::BufferState& state, const std::byte* const* sources, const std::vector<StoredColumnView>& stored, std::size_t rows) {
-    if (rows > capacity_ || rows > state.counters.total_adds) {
-      throw std::invalid_argument("state holds " + std::to_string(rows) + " rows, more than the capacity or the add count allow");
-    }
+    check_rows(state, rows);
     if (stored.size() != compressed_columns_.size()) throw std::invalid_argument("one stored column per compressed column expected");
     std::lock_guard add_lock(add_mutex_);
     std::vector<std::vector<std::size_t>> offsets(stored.size(), std::vector<std::size_t>(rows));
     {
-      if (contexts_.empty()) contexts_.emplace_back();
       std::vector<std::byte> scratch;
       for (std::size_t k = 0; k < stored.size(); ++k) {
         const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
@@ -217,7 +207,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
           if (length == 0 || length > bytes || offset + length > stored[k].data_bytes) {
             throw std::invalid_argument(where + ": stored length " + std::to_string(length) + " is out of range");
           }
-          if (length < bytes && !contexts_[0].decompress(codecs_[c], stored[k].data + offset, length, scratch.data(), bytes)) {
+          if (length < bytes && !compressor_.context().decompress(codecs_[c], stored[k].data + offset, length, scratch.data(), bytes)) {
             throw std::invalid_argument(where + ": the compressed row does not decode to " + std::to_string(bytes) + " bytes");
           }
           offsets[k][i] = offset;
@@ -226,50 +216,22 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
         if (offset != stored[k].data_bytes) throw std::invalid_argument("column " + std::to_string(c) + ": stored bytes do not add up to the rows' lengths");
       }
     }
-    std::lock_guard lock(mutex_);
-    clear_blobs();
-    sequence_numbers_.resize(rows);
-    try {
-      for (std::size_t i = 0; i < rows; ++i) {
-        sequence_numbers_[i] = i;
-        for (std::size_t k = 0; k < stored.size(); ++k) {
-          ref(i, k) = log_.append(stored[k].data + offsets[k][i], stored[k].lengths[i]);
-          column_stats_[k].bytes_held += stored[k].lengths[i];
-          column_stats_[k].rows_stored_raw += stored[k].lengths[i] == row_bytes_[compressed_columns_[k]];
-        }
+    replace_rows(state, sources, rows, [&](std::size_t i) {
+      for (std::size_t k = 0; k < stored.size(); ++k) {
+        ref(i, k) = log_.append(stored[k].data + offsets[k][i], stored[k].lengths[i]);
+        column_stats_[k].bytes_held += stored[k].lengths[i];
+        column_stats_[k].rows_stored_raw += stored[k].lengths[i] == row_bytes_[compressed_columns_[k]];
       }
-      inner_->import_state(state, inner_sources(sources, sequence_numbers_.data()).data(), rows);
-    } catch (...) {
-      clear_blobs();
-      throw;
-    }
-    next_seq_ = rows;
-    released_upto_ = 0;
+    });
   }
 
   // For a fresh buffer (or to replace the contents): compresses the rows again.
   void import_state(const core::BufferState& state, const std::byte* const* sources, std::size_t rows) override {
-    if (rows > capacity_ || rows > state.counters.total_adds) {
-      throw std::invalid_argument("state holds " + std::to_string(rows) + " rows, more than the capacity or the add count allow");
-    }
+    check_rows(state, rows);
     if (sources == nullptr) throw std::invalid_argument("a compressed buffer's rows cannot be adopted in place");
     std::lock_guard add_lock(add_mutex_);
-    compress_rows(sources, 0, rows);
-    std::lock_guard lock(mutex_);
-    clear_blobs();
-    sequence_numbers_.resize(rows);
-    try {
-      for (std::size_t i = 0; i < rows; ++i) {
-        sequence_numbers_[i] = i;
-        store_row(sources, i, i, i);
-      }
-      inner_->import_state(state, inner_sources(sources, sequence_numbers_.data()).data(), rows);
-    } catch (...) {
-      clear_blobs();
-      throw;
-    }
-    next_seq_ = rows;
-    released_upto_ = 0;
+    compressor_.compress(sources, 0, rows);
+    replace_rows(state, sources, rows, [&](std::size_t i) { store_row(sources, i, i, i); });
   }
 
   // Prefaulting applies to the inner buffer's columns; compressed rows are not file-backed.
@@ -280,58 +242,52 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   void sync_storage() const override { inner_->sync_storage(); }
 
  private:
-  static std::size_t max_compressed_bytes(const std::vector<std::size_t>& row_bytes, const std::vector<Codec>& codecs) {
+  // The full-schema index of each column with a codec; throws unless there is one, and one codec per column.
+  static std::vector<std::size_t> compressed_columns(const std::vector<std::size_t>& row_bytes, const std::vector<Codec>& codecs) {
     if (row_bytes.size() != codecs.size()) throw std::invalid_argument("one codec per column expected");
-    std::size_t largest = 0;
+    std::vector<std::size_t> columns;
     for (std::size_t c = 0; c < row_bytes.size(); ++c) {
-      if (codecs[c].enabled()) largest = std::max(largest, row_bytes[c]);
+      if (codecs[c].enabled()) columns.push_back(c);
     }
-    if (largest == 0) throw std::invalid_argument("a compressed buffer needs at least one column with a codec");
+    if (columns.empty()) throw std::invalid_argument("a compressed buffer needs at least one column with a codec");
+    return columns;
+  }
+  static std::size_t max_compressed_bytes(const std::vector<std::size_t>& row_bytes, const std::vector<std::size_t>& columns) {
+    std::size_t largest = 0;
+    for (std::size_t c : columns) largest = std::max(largest, row_bytes[c]);
     return largest;
+  }
+
+  void check_rows(const core::BufferState& state, std::size_t rows) const {
+    if (rows > capacity_ || rows > state.counters.total_adds) {
+      throw std::invalid_argument("state holds " + std::to_string(rows) + " rows, more than the capacity or the add count allow");
+    }
+  }
+
+  // Replaces the contents with `rows` rows: store(i) stores row i's blobs as sequence number i, then the
+  // inner buffer imports the state over the other columns. Caller holds add_mutex_. A throw releases
+  // every blob (the contents are being replaced: what was held before is already gone).
+  template <class Store>
+  void replace_rows(const core::BufferState& state, const std::byte* const* sources, std::size_t rows, Store store) {
+    std::lock_guard lock(mutex_);
+    clear_blobs();
+    sequence_numbers_.resize(rows);
+    try {
+      for (std::size_t i = 0; i < rows; ++i) {
+        sequence_numbers_[i] = i;
+        store(i);
+      }
+      inner_->import_state(state, inner_columns_.sources(sources, sequence_numbers_.data()).data(), rows);
+    } catch (...) {
+      clear_blobs();
+      throw;
+    }
+    next_seq_ = rows;
+    released_upto_ = 0;
   }
 
   BlobRef& ref(std::uint64_t seq, std::size_t k) noexcept { return refs_[(seq % ring_size_) * compressed_columns_.size() + k]; }
   const BlobRef& ref(std::uint64_t seq, std::size_t k) const noexcept { return refs_[(seq % ring_size_) * compressed_columns_.size() + k]; }
-
-  // Compresses rows [begin, end) of every compressed column into scratch_ (row r - begin at
-  // (r - begin) * row bytes) and their sizes into lengths_ (0: keep raw). Parallel over rows when
-  // the batch is large. Caller holds add_mutex_.
-  void compress_rows(const std::byte* const* sources, std::size_t begin, std::size_t end) {
-    const std::size_t rows = end - begin;
-    std::size_t raw_bytes = 0;
-    scratch_.resize(compressed_columns_.size());
-    lengths_.resize(compressed_columns_.size());
-    for (std::size_t k = 0; k < compressed_columns_.size(); ++k) {
-      const std::size_t bytes = row_bytes_[compressed_columns_[k]];
-      if (scratch_[k].size() < rows * bytes) scratch_[k].resize(rows * bytes);
-      lengths_[k].resize(rows);
-      raw_bytes += rows * bytes;
-    }
-    const std::size_t workers = raw_bytes >= kParallelBytes ? std::min({threads_, rows, std::size_t{16}}) : 1;
-    while (contexts_.size() < workers) contexts_.emplace_back();
-    const auto work = [&](std::size_t worker) {
-      const std::size_t lo = rows * worker / workers, hi = rows * (worker + 1) / workers;
-      for (std::size_t k = 0; k < compressed_columns_.size(); ++k) {
-        const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
-        for (std::size_t r = lo; r < hi; ++r) {
-          lengths_[k][r] = contexts_[worker].compress(codecs_[c], sources[c] + (begin + r) * bytes, bytes, scratch_[k].data() + r * bytes);
-        }
-      }
-    };
-    if (workers == 1) {
-      work(0);
-      return;
-    }
-    std::vector<std::thread> pool;
-    pool.reserve(workers - 1);
-    try {
-      for (std::size_t w = 1; w < workers; ++w) pool.emplace_back(work, w);
-    } catch (...) {  // no thread to be had: the rest on this one
-      for (std::size_t w = pool.size() + 1; w < workers; ++w) work(w);
-    }
-    work(0);
-    for (auto& thread : pool) thread.join();
-  }
 
   // Stores row i of the input (compressed at scratch index r) as row `seq`. Caller holds mutex_.
   void store_row(const std::byte* const* sources, std::size_t i, std::size_t r, std::uint64_t seq) {
@@ -339,8 +295,8 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     try {
       for (; k < compressed_columns_.size(); ++k) {
         const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
-        const std::size_t length = lengths_[k][r];
-        ref(seq, k) = length != 0 ? log_.append(scratch_[k].data() + r * bytes, length) : log_.append(sources[c] + i * bytes, bytes);
+        const std::size_t length = compressor_.length(k, r);
+        ref(seq, k) = length != 0 ? log_.append(compressor_.scratch(k, r), length) : log_.append(sources[c] + i * bytes, bytes);
         column_stats_[k].bytes_held += ref(seq, k).length;
         column_stats_[k].rows_stored_raw += length == 0;
       }
@@ -392,34 +348,16 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     next_seq_ = released_upto_ = 0;
   }
 
-  std::vector<const std::byte*> inner_sources(const std::byte* const* sources, const std::uint64_t* seqs) const {
-    std::vector<const std::byte*> result;
-    result.reserve(inner_columns_.size() + 1);
-    for (std::size_t c : inner_columns_) result.push_back(sources[c]);
-    result.push_back(reinterpret_cast<const std::byte*>(seqs));
-    return result;
-  }
-  std::vector<std::byte*> inner_destinations(std::byte* const* destinations, std::uint64_t* seqs) const {
-    std::vector<std::byte*> result;
-    result.reserve(inner_columns_.size() + 1);
-    for (std::size_t c : inner_columns_) result.push_back(destinations[c]);
-    result.push_back(reinterpret_cast<std::byte*>(seqs));
-    return result;
-  }
-
   const std::size_t capacity_;
   const std::size_t ring_size_;  // live rows and one batch of new rows never share a ring entry
   const std::vector<std::size_t> row_bytes_;
   const std::vector<Codec> codecs_;
-  std::vector<std::size_t> compressed_columns_;  // full-schema index of each compressed column
-  std::vector<std::size_t> inner_columns_;       // full-schema index of each inner column but the last
+  const std::vector<std::size_t> compressed_columns_;  // full-schema index of each compressed column
+  const core::InnerColumns inner_columns_;       // every uncompressed column, then the sequence number
   std::unique_ptr<core::ReplayBufferInterface> inner_;
 
-  std::mutex add_mutex_;  // guards the compression scratch below; taken before mutex_
-  std::vector<std::vector<std::byte>> scratch_;
-  std::vector<std::vector<std::size_t>> lengths_;
-  std::vector<CodecContext> contexts_;  // one per compressing thread
-  std::size_t threads_;
+  std::mutex add_mutex_;  // guards compressor_ (its scratch); taken before mutex_
+  BatchCompressor compressor_;
 
   mutable std::mutex mutex_;  // guards everything below
   BlobLog log_;
@@ -430,7 +368,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   std::vector<std::uint64_t> sequence_numbers_;
   std::vector<std::uint64_t> sample_seqs_;
   std::size_t compressed_row_bytes_ = 0;  // raw bytes of a row's compressed columns
-  RowPool decoders_{std::min<std::size_t>(threads_ - 1, 3)};  // sample(): helpers decompressing rows
+  RowPool decoders_{std::min<std::size_t>(compressor_.threads() - 1, 3)};  // sample(): helpers decompressing rows
   std::vector<CodecContext> decode_contexts_ = std::vector<CodecContext>(decoders_.workers());  // one per decoding worker
   mutable CodecContext export_context_;
 };

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "replay_buffer/core/buffer_interface.hpp"
+#include "replay_buffer/core/inner_columns.hpp"
 #include "replay_buffer/dedup/frame_layout.hpp"
 #include "replay_buffer/dedup/frame_pool.hpp"
 
@@ -62,7 +63,8 @@ class DedupBuffer final : public core::ReplayBufferInterface {
         row_streams_(ring_size_),
         pool_(layout_.frame_bytes(), 4 * k_ * capacity),
         scratch_stack_(layout_.stack_bytes()),
-        frame_pointers_(k_) {
+        frame_pointers_(k_),
+        inner_columns_(row_bytes, [observations](std::size_t c) { return c != observations.state && c != observations.next_state; }) {
     if (capacity == 0) throw std::invalid_argument("capacity must be > 0");
     const std::size_t columns = row_bytes.size();
     if (observations.state >= columns || observations.next_state >= columns || observations.state == observations.next_state) {
@@ -71,14 +73,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     if (row_bytes[observations.state] != layout_.stack_bytes() || row_bytes[observations.next_state] != layout_.stack_bytes()) {
       throw std::invalid_argument("state and next_state must both be " + std::to_string(layout_.stack_bytes()) + " bytes per row");
     }
-    std::vector<std::size_t> inner_row_bytes;
-    for (std::size_t c = 0; c < columns; ++c) {
-      if (c == observations.state || c == observations.next_state) continue;
-      inner_columns_.push_back(c);
-      inner_row_bytes.push_back(row_bytes[c]);
-    }
-    inner_row_bytes.push_back(sizeof(std::uint64_t));  // the row's sequence number, last
-    inner_ = make_inner(std::move(inner_row_bytes));
+    inner_ = make_inner(inner_columns_.row_bytes());
     inner_->set_collect_stats(false);  // latencies are measured here, around the frame work too
   }
 
@@ -108,7 +103,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
         sequence_numbers_[i] = first + staged;
         stage_row(sources, i, streams != nullptr ? streams[i] : 0, sequence_numbers_[i]);
       }
-      inner_->add(inner_sources(sources, sequence_numbers_.data()).data(), count, priorities);
+      inner_->add(inner_columns_.sources(sources, sequence_numbers_.data()).data(), count, priorities);
     } catch (...) {  // e.g. a full FIFO refusing the batch: undo the staging, so nothing changed
       for (std::size_t i = staged; i-- > 0;) release_row(first + i);
       for (auto entry = undo_.rbegin(); entry != undo_.rend(); ++entry) {
@@ -131,7 +126,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   void gather_ids(const std::uint64_t* ids, std::size_t count, std::byte* const* destinations) const override {
     std::lock_guard lock(mutex_);
     std::vector<std::uint64_t> sequence_numbers(count);
-    inner_->gather_ids(ids, count, inner_destinations(destinations, sequence_numbers.data()).data());
+    inner_->gather_ids(ids, count, inner_columns_.destinations(destinations, sequence_numbers.data()).data());
     const std::size_t bytes = layout_.stack_bytes();
     for (std::size_t i = 0; i < count; ++i) {
       std::byte* state = destinations[observations_.state] + i * bytes;
@@ -151,7 +146,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     std::lock_guard lock(mutex_);
     core::ScopedTimer timer(sample_latency_, collect_stats());
     sequence_numbers_.resize(request.batch_size);
-    const std::size_t n = inner_->sample(request, inner_destinations(destinations, sequence_numbers_.data()).data());
+    const std::size_t n = inner_->sample(request, inner_columns_.destinations(destinations, sequence_numbers_.data()).data());
     const std::size_t bytes = layout_.stack_bytes();
     for (std::size_t i = 0; i < n; ++i) {
       if (i + 1 < n) prefetch_frames(row_refs(sequence_numbers_[i + 1]));
@@ -188,7 +183,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     std::lock_guard lock(mutex_);
     const std::size_t rows = std::min(newest_rows, inner_->size());
     std::vector<std::uint64_t> sequence_numbers(rows);
-    core::BufferState state = inner_->export_state(inner_destinations(destinations, sequence_numbers.data()).data(), rows);
+    core::BufferState state = inner_->export_state(inner_columns_.destinations(destinations, sequence_numbers.data()).data(), rows);
     state.streams.resize(rows);
     const std::size_t bytes = layout_.stack_bytes();
     for (std::size_t i = 0; i < rows; ++i) {
@@ -215,7 +210,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     sequence_numbers_.resize(rows);
     for (std::size_t i = 0; i < rows; ++i) sequence_numbers_[i] = i;
     try {
-      inner_->import_state(state, inner_sources(sources, sequence_numbers_.data()).data(), rows);
+      inner_->import_state(state, inner_columns_.sources(sources, sequence_numbers_.data()).data(), rows);
     } catch (...) {
       pool_.clear();
       streams_.clear();
@@ -336,28 +331,11 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     }
   }
 
-  // Column pointers for the inner buffer: the non-observation columns, then the sequence numbers.
-  std::vector<const std::byte*> inner_sources(const std::byte* const* sources, const std::uint64_t* sequence_numbers) const {
-    std::vector<const std::byte*> result;
-    result.reserve(inner_columns_.size() + 1);
-    for (std::size_t c : inner_columns_) result.push_back(sources[c]);
-    result.push_back(reinterpret_cast<const std::byte*>(sequence_numbers));
-    return result;
-  }
-  std::vector<std::byte*> inner_destinations(std::byte* const* destinations, std::uint64_t* sequence_numbers) const {
-    std::vector<std::byte*> result;
-    result.reserve(inner_columns_.size() + 1);
-    for (std::size_t c : inner_columns_) result.push_back(destinations[c]);
-    result.push_back(reinterpret_cast<std::byte*>(sequence_numbers));
-    return result;
-  }
-
   const std::size_t capacity_;
   const ObservationColumns observations_;
   const FrameLayout layout_;
   const std::size_t k_;
   const std::size_t ring_size_;
-  std::vector<std::size_t> inner_columns_;  // outer column index of each inner column but the last
   std::unique_ptr<core::ReplayBufferInterface> inner_;
 
   mutable std::mutex mutex_;  // guards everything below
@@ -372,6 +350,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   std::vector<std::uint64_t> sequence_numbers_;
   std::vector<std::byte> scratch_stack_;
   mutable std::vector<const std::byte*> frame_pointers_;
+  const core::InnerColumns inner_columns_;  // every column but state and next_state, then the sequence number
 };
 
 }  // namespace replay_buffer::dedup
