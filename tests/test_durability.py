@@ -62,6 +62,24 @@ def test_a_write_that_may_be_on_a_shard_is_never_sent_to_another(monkeypatch):
     assert fresh.settle([TimeoutError(), object()]) == ACKED
 
 
+def test_a_wait_for_a_shard_pauses_until_its_deadline_then_raises(monkeypatch):
+    """The one bounded wait of client and coordinator (health.pause_before_retry, Write.pause): the retry
+    pause while the deadline is ahead, ShardUnavailableError naming what was waited for once it is past."""
+    from ray_replay.distributed import health, writes
+
+    clock = [50.0]
+    monkeypatch.setattr(health.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(writes.time, "monotonic", lambda: clock[0])
+    assert health.pause_before_retry(51.0, "no shard") == health.RETRY_PAUSE_S > 0
+    write = writes.Write.new((), {"action": np.arange(7)}, 7, timeout_s=1.0)
+    assert write.pause() == health.RETRY_PAUSE_S
+    clock[0] = 51.0
+    with pytest.raises(ShardUnavailableError, match="no shard answered"):
+        health.pause_before_retry(51.0, "no shard answered")
+    with pytest.raises(ShardUnavailableError, match="a write of 7 rows"):
+        write.pause()
+
+
 def test_checkpointer_writes_every_n_adds_and_restores(tmp_path):
     path = tmp_path / "shard.rrb"
     checkpoints = Checkpointer(path, every_adds=100)
