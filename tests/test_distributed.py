@@ -183,6 +183,25 @@ def test_plain_shard_routes_priorities_and_counts_stale_ids():
     assert shard.sample(0) == (None, shard.snapshot())
 
 
+def test_the_one_argument_calls_are_add_batch_and_sample_rounds():
+    """add_run and draw (the calls of the client and the coordinator, one Ray argument each) do what
+    add_batch and sample_rounds do: a batch id applies once, updates ride first, rounds come back."""
+    shard = ReplayShardImpl(0, 100, "prioritized", schema=SCHEMA, seed=0)
+    rows = transitions(40)
+    snapshot = shard.add_run(((), {**rows, "batch_id": "b1"}))
+    assert snapshot.size == 40 and shard.add_run(((), {**rows, "batch_id": "b1"})).size == 40  # applied once
+    shard.add_run((tuple(transitions(10, 40).values()), {"priorities": np.full(10, 5.0)}))
+    assert len(shard.buffer) == 50 and shard.stats()["max_priority"] == 5.0  # the named priorities were applied
+    first, _ = shard.sample(10)
+    parts, snapshot = shard.draw(([6, 0, 4], None, (first["ids"], np.zeros(10)), None))
+    assert [None if p is None else len(p["action"]) for p in parts] == [6, None, 4] and snapshot.size == 50
+    assert shard.stats()["priority_updates"] == 10
+    assert not set(first["action"].tolist()) & set(np.concatenate([parts[0]["action"], parts[2]["action"]]).tolist())
+    with pytest.raises(ValueError):  # a bad batch is refused as add_batch refuses it, and changes nothing
+        shard.add_run(((), {**transitions(5, 50), "reward": np.zeros(4, np.float32)}))
+    assert len(shard.buffer) == 50
+
+
 def test_one_shard_call_serves_several_rounds_with_the_updates_applied_first():
     shard = ReplayShardImpl(0, 100, "prioritized", schema=SCHEMA, seed=0)
     with pytest.raises(StalePlanError):  # empty: the caller plans again

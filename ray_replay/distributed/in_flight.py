@@ -111,7 +111,7 @@ class InFlight:
             k = self._router.pick(self._writable(), write.tried, self._sizes())
         write.shard = k
         self._router.sending(k, write.rows)
-        refs = [replica.add_batch.remote(*write.columns, **write.named) for replica in self._replicas(k)]
+        refs = [replica.add_run.remote(write.run) for replica in self._replicas(k)]
         self._pending.append(_Pending(k, refs, write))
 
     def _fail(self, rows: int, error: BaseException) -> None:

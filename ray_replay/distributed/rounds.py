@@ -6,7 +6,8 @@ A round is one global sample: its rows are planned over the shards from the cach
 for 0 and reports its snapshot: one round trip refreshes every snapshot), and the parts are merged
 with global probabilities and weights. ``prefetch`` rounds are kept in flight after each sample, so a
 learner usually finds its next batch there; ``rounds_per_call`` of them share one call per shard
-(ReplayShard.sample_rounds). A round that loses a shard is planned again over the live ones.
+(ReplayShard.draw: the request in one argument, see ReplayShardImpl.add_run). A round that loses a
+shard is planned again over the live ones.
 
 Held priority updates go out with the next request to their shard, so a learner step costs one round
 trip; an update whose request fails (the shard is down) is counted in ``dropped``, never lost silently.
@@ -34,7 +35,7 @@ Sequence_ = tuple[int, int | None, int | None]  # (seq_len, min_len, period) of 
 
 
 class _Call:
-    """A shard call that serves several prefetched rounds (shard.sample_rounds): fetched once, kept for
+    """A shard call that serves one or several prefetched rounds (shard.draw): fetched once, kept for
     the rounds that share it."""
 
     __slots__ = ("error", "ref", "reply")
@@ -171,12 +172,9 @@ class SampleRounds:
         for k in range(len(self._shards)):
             if self._health.worth_trying(k):
                 updates = self.take_updates(k)
-                if rounds == 1:
-                    issued[0][k] = self._shards[k].sample.remote(int(plans[0][k]), None, False, updates, sequence)
-                else:
-                    call = _Call(self._shards[k].sample_rounds.remote([int(counts[k]) for counts in plans], None, updates, sequence))
-                    for j in range(rounds):
-                        issued[j][k] = _Share(call, j)
+                call = _Call(self._shards[k].draw.remote(([int(counts[k]) for counts in plans], None, updates, sequence)))
+                for j in range(rounds):
+                    issued[j][k] = _Share(call, j)
                 if updates is not None:
                     self._riding[issued[0][k]] = len(updates[0])  # (counted once, with the call's first round)
         if queue:

@@ -101,7 +101,7 @@ class ShardWrites:
             # A write that may already be on shard k goes to every replica of k again, down or not: the
             # batch id keeps it from applying twice, and it must not end up on another shard as well.
             roles = [role for role in self._set.roles if write.uncertain or self._set.health[role].alive(k)]
-            results = await asyncio.gather(*[self._set.call(role, k, "add_batch", *write.columns, **write.named) for role in roles],
+            results = await asyncio.gather(*[self._set.call(role, k, "add_run", write.run) for role in roles],
                                            return_exceptions=True)
             self.router.acknowledged(k, write.rows)
             if roles and roles[0] == "shard" and not isinstance(results[0], BaseException):

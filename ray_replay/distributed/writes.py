@@ -271,6 +271,11 @@ class Write:
         self.tried.add(self.shard)
         return REROUTE
 
+    @property
+    def run(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The argument of the shard's ``add_run``: the columns and the named ones (batch id included)."""
+        return self.columns, self.named
+
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
 
