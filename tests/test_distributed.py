@@ -189,12 +189,13 @@ def test_the_one_argument_calls_are_add_batch_and_sample_rounds():
     shard = ReplayShardImpl(0, 100, "prioritized", schema=SCHEMA, seed=0)
     rows = transitions(40)
     snapshot = shard.add_run(((), {**rows, "batch_id": "b1"}))
-    assert snapshot.size == 40 and shard.add_run(((), {**rows, "batch_id": "b1"})).size == 40  # applied once
+    assert type(snapshot) is tuple and Snapshot(*snapshot) == shard.snapshot() and snapshot[0] == 40  # a plain tuple on the wire
+    assert shard.add_run(((), {**rows, "batch_id": "b1"}))[0] == 40  # applied once
     shard.add_run((tuple(transitions(10, 40).values()), {"priorities": np.full(10, 5.0)}))
     assert len(shard.buffer) == 50 and shard.stats()["max_priority"] == 5.0  # the named priorities were applied
     first, _ = shard.sample(10)
     parts, snapshot = shard.draw(([6, 0, 4], None, (first["ids"], np.zeros(10)), None))
-    assert [None if p is None else len(p["action"]) for p in parts] == [6, None, 4] and snapshot.size == 50
+    assert [None if p is None else len(p["action"]) for p in parts] == [6, None, 4] and Snapshot(*snapshot).size == 50
     assert shard.stats()["priority_updates"] == 10
     assert not set(first["action"].tolist()) & set(np.concatenate([parts[0]["action"], parts[2]["action"]]).tolist())
     with pytest.raises(ValueError):  # a bad batch is refused as add_batch refuses it, and changes nothing

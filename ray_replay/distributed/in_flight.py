@@ -22,7 +22,7 @@ import ray
 
 from ray_replay.distributed.health import ACKED, PROCESS_FAILURES, RETRY_PAUSE_S, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
 from ray_replay.distributed.routing import Router
-from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot
+from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, WireSnapshot
 from ray_replay.distributed.writes import Write, plan_batch, slice_rows
 
 __all__ = ["InFlight"]
@@ -148,7 +148,7 @@ class InFlight:
         if error is not None:
             raise error
 
-    def _observe(self, k: int, snapshot: Snapshot) -> None:
+    def _observe(self, k: int, snapshot: Snapshot | WireSnapshot) -> None:
         self._health.mark_alive(k)
         self._table.update(k, snapshot)
 

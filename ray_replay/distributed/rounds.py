@@ -26,7 +26,7 @@ import numpy as np
 import ray
 
 from ray_replay.distributed.health import PROCESS_FAILURES, RETRY_PAUSE_S, SHARD_FAILURES, ShardHealth, ShardUnavailableError, pause_before_retry
-from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, Snapshot
+from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, WireSnapshot
 
 __all__ = ["SampleRounds"]
 
@@ -42,10 +42,10 @@ class _Call:
 
     def __init__(self, ref: Any) -> None:
         self.ref = ref
-        self.reply: tuple[list[Part | None], Snapshot] | None = None
+        self.reply: tuple[list[Part | None], WireSnapshot] | None = None
         self.error: BaseException | None = None
 
-    def get(self, timeout_s: float) -> tuple[list[Part | None], Snapshot]:
+    def get(self, timeout_s: float) -> tuple[list[Part | None], WireSnapshot]:
         if self.reply is None and self.error is None:
             try:
                 self.reply = ray.get(self.ref, timeout=timeout_s)

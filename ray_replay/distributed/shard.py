@@ -28,7 +28,7 @@ import ray
 from ray_replay.buffer import BufferType, ReplayBuffer
 from ray_replay.distributed.allocator import fix_mmap_threshold
 from ray_replay.distributed.checkpoint import Checkpointer
-from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, encode_ids, local_ids
+from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, WireSnapshot, encode_ids, local_ids
 from ray_replay.errors import ShardFencedError, StalePlanError
 from ray_replay.monitoring import ShardMetrics
 
@@ -95,14 +95,14 @@ class ReplayShardImpl:
         self._changed(len(first))  # validated by add_batch: every column has this many rows
         return self.snapshot()
 
-    def add_run(self, run: tuple[Sequence[Any], Mapping[str, Any]]) -> Snapshot:
+    def add_run(self, run: tuple[Sequence[Any], Mapping[str, Any]]) -> WireSnapshot:
         """add_batch(*columns, **named) for ``run = (columns, named)``: the writers' call (writes.Write.run).
         One argument instead of one per column and option: Ray serializes each argument of a call on its
         own. Measured here (a no-op actor method, 1,000 rows of 5 columns plus a batch id, 8 calls in
         flight, 2 cores): CPU per call in the caller 580-620 -> 430-460 us, in the actor 533 -> 410-420
-        us; 1,550-1,620 -> 2,010-2,120 calls/s."""
+        us; 1,550-1,620 -> 2,010-2,120 calls/s. The snapshot comes back as a plain tuple (see WireSnapshot)."""
         columns, named = run
-        return self.add_batch(*columns, **named)
+        return self.add_batch(*columns, **named).wire()
 
     def _check_not_fenced(self) -> None:
         if self._fenced:
@@ -144,11 +144,13 @@ class ReplayShardImpl:
         parts = [self._draw(int(n), beta, False, sequence) if n else None for n in counts]
         return parts, self.snapshot()
 
-    def draw(self, request: DrawRequest) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
+    def draw(self, request: DrawRequest) -> tuple[list[dict[str, np.ndarray] | None], WireSnapshot]:
         """sample_rounds(counts, beta, updates, sequence) for ``request`` = those four: the client's sample
         call, in one argument for the reason add_run gives (measured here with a 256-id update riding
-        along, 2 calls in flight: CPU per call in the caller 474-485 -> 421-424 us, in the actor 463 -> 400-403 us)."""
-        return self.sample_rounds(*request)
+        along, 2 calls in flight: CPU per call in the caller 474-485 -> 421-424 us, in the actor 463 ->
+        400-403 us); the snapshot as a plain tuple (see WireSnapshot)."""
+        parts, snapshot = self.sample_rounds(*request)
+        return parts, snapshot.wire()
 
     def _draw(self, batch_size: int, beta: float | None, partial: bool,
               sequence: tuple[int, int | None, int | None] | None) -> dict[str, np.ndarray]:
@@ -282,7 +284,7 @@ class ReplayShard(ReplayShardImpl):
         return super().add_batch(*columns, batch_id=batch_id, **named)
 
     @ray.method(concurrency_group="writes")
-    def add_run(self, run: tuple[Sequence[Any], Mapping[str, Any]]) -> Snapshot:  # type: ignore[override]
+    def add_run(self, run: tuple[Sequence[Any], Mapping[str, Any]]) -> WireSnapshot:  # type: ignore[override]
         return super().add_run(run)
 
     # (mypy types a @ray.method as a remote-method object, not a method: hence the override ignores.)
@@ -320,7 +322,7 @@ class ReplayShard(ReplayShardImpl):
         return super().sample_rounds(counts, beta, updates, sequence)
 
     @ray.method(concurrency_group="reads")
-    def draw(self, request: DrawRequest) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:  # type: ignore[override]
+    def draw(self, request: DrawRequest) -> tuple[list[dict[str, np.ndarray] | None], WireSnapshot]:  # type: ignore[override]
         return super().draw(request)
 
     @ray.method(concurrency_group="reads")
