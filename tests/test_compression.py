@@ -474,11 +474,33 @@ def test_compress_given_before_the_schema_survives_save_and_pickle(tmp_path):
         assert other.codecs == {"state": "zstd:3"} and other.stats()["compression"]["state"]["rows_stored_raw"] == 0
 
 
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
 @pytest.mark.parametrize("buffer_type", ["uniform", "prioritized"])
-def test_sequences_over_compressed_fields_are_refused_clearly_and_transitions_still_sample(buffer_type):
-    schema = {"obs": ((8, 8), np.uint8, "lz4"), "action": ((), np.int64), "done": ((), np.bool_)}
-    buf = ReplayBuffer(100, buffer_type, schema=schema, seed=0)
-    buf.add_batch(obs=np.zeros((10, 8, 8), np.uint8), action=np.arange(10), done=np.zeros(10, bool), streams=0)
-    with pytest.raises(ValueError, match="seq_len is not supported on a buffer with compressed fields"):
-        buf.sample(4, seq_len=3)
-    assert len(buf) == 10 and buf.sample(4)["obs"].shape == (4, 8, 8)
+def test_sequences_over_compressed_fields_equal_those_of_an_uncompressed_buffer(buffer_type, codec):
+    """seq_len sampling reads compressed rows by id (CompressedBuffer.gather_ids): the same draws as an
+    uncompressed buffer with the same seed give the same sequences, masks and padding (zeros), across
+    wrap-around, episode ends and two interleaved streams; per-step priority updates apply alike."""
+    rng = np.random.default_rng(7)
+    plain = {"obs": ((8, 8), np.uint8), "action": ((), np.int64), "done": ((), np.bool_)}
+    compressed = {**plain, "obs": ((8, 8), np.uint8, codec)}
+    bufs = [ReplayBuffer(60, buffer_type, schema=schema, seed=3) for schema in (plain, compressed)]
+    for start in range(0, 150, 25):  # 150 rows into 60: wraps twice; episodes end every 7 steps of a stream
+        n = 25
+        obs = np.repeat(np.arange(start, start + n, dtype=np.uint8)[:, None, None], 64, axis=1).reshape(n, 8, 8)
+        obs[:, 0, :] = rng.integers(0, 255, (n, 8), dtype=np.uint8)  # some noise per row: not all rows alike
+        action = np.arange(start, start + n)
+        done = (action % 7) == 6
+        streams = action % 2
+        for buf in bufs:
+            buf.add_batch(obs=obs, action=action, done=done, streams=streams)
+    for _ in range(3):
+        a, b = (buf.sample(16, seq_len=5) for buf in bufs)
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        assert (~a["mask"]).any() and (b["obs"][~b["mask"]] == 0).all()  # padding present, and zeros
+        if buffer_type == "prioritized":
+            errors = np.linspace(0.1, 2.0, 16 * 5).reshape(16, 5)
+            for buf, batch in zip(bufs, (a, b)):
+                buf.update_priorities(batch["ids"], errors, mask=batch["mask"])
+    assert bufs[1].stats()["compression"]["obs"]["bytes_held"] < bufs[0].stats()["bytes_held"]

@@ -96,8 +96,8 @@ void NativeBuffer::create_engine(Schema schema) {
     engine->configure_storage(storage);
   }
   engine->set_collect_stats(collect_stats_);
-  // dedup too: it reads rows by id; not over compressed fields (the decorator does not read rows by id yet)
-  if ((type_ == BufferType::kUniform || type_ == BufferType::kPrioritized) && !compressed) {
+  // dedup and compressed fields too: both decorators read rows by id (gather_ids)
+  if (type_ == BufferType::kUniform || type_ == BufferType::kPrioritized) {
     sequences_ = std::make_unique<SequenceSupport>(capacity_, schema, sequence_priority_eta_);
   }
   schema_ = std::move(schema);

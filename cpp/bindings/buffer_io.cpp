@@ -190,9 +190,6 @@ py::dict NativeBuffer::sample_sequences(py::ssize_t batch_size, std::optional<do
   if (sequences_ == nullptr && (type_ == BufferType::kFifo || type_ == BufferType::kLockFree)) {
     throw py::value_error("seq_len is supported by buffer_type 'uniform' and 'prioritized' (this buffer is '" + type_name_ + "')");
   }
-  if (sequences_ == nullptr && compressed_) {
-    throw py::value_error("seq_len is not supported on a buffer with compressed fields yet (sample transitions, or store the fields without a codec)");
-  }
   if (!out.is_none()) throw py::value_error("out is not supported with seq_len");
   if (partial) throw py::value_error("partial is for fifo buffers, not with seq_len");
   if (!engine_ || engine_->size() == 0) throw py::value_error("cannot sample from an empty buffer");

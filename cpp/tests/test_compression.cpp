@@ -175,6 +175,33 @@ static void a_refused_batch_changes_nothing() {
   CHECK(buffer->size() == 0 && buffer->stats().bytes_held == 0);
 }
 
+// Sequence sampling reads rows by id: the compressed column decompressed into place, zeros for
+// padding ids (~0), the plain columns from the inner ring; after wrap-around, only live ids asked.
+static void gather_ids_reads_compressed_rows_by_id() {
+  auto buffer = compressed<core::UniformBuffer>(50, std::uint64_t{1});
+  std::vector<std::int64_t> ids;
+  std::vector<std::byte> rows;
+  fill(0, 130, ids, rows);  // wraps: ids 80..129 are live
+  const std::byte* sources[] = {reinterpret_cast<const std::byte*>(ids.data()), rows.data()};
+  buffer->add(sources, 130, nullptr);
+  const std::uint64_t none = ~std::uint64_t{0};
+  const std::vector<std::uint64_t> wanted = {80, 81, 82, none, 129, 100, none, 115};
+  std::vector<std::int64_t> out_ids(wanted.size(), -1);
+  std::vector<std::byte> out_rows(wanted.size() * 2048, std::byte{0xab});
+  std::byte* destinations[] = {reinterpret_cast<std::byte*>(out_ids.data()), out_rows.data()};
+  buffer->gather_ids(wanted.data(), wanted.size(), destinations);
+  for (std::size_t i = 0; i < wanted.size(); ++i) {
+    if (wanted[i] == none) {
+      CHECK(out_ids[i] == 0);
+      for (std::size_t b = 0; b < 2048; ++b) CHECK(out_rows[i * 2048 + b] == std::byte{0});
+      continue;
+    }
+    CHECK(out_ids[i] == static_cast<std::int64_t>(wanted[i]));
+    check_rows({out_ids[i]}, std::vector<std::byte>(out_rows.begin() + static_cast<std::ptrdiff_t>(i * 2048),
+                                                    out_rows.begin() + static_cast<std::ptrdiff_t>((i + 1) * 2048)), 1);
+  }
+}
+
 // Writers compress while readers sample (TSan runs this in make test-tsan): no torn or mixed-up row.
 static void concurrent_adds_and_samples_over_a_lockfree_ring() {
   auto buffer = compressed<concurrency::SeqlockRingBuffer>(64, std::uint64_t{3});
@@ -220,6 +247,7 @@ int main() {
   blob_log_recycles_chunks_in_order();
   decorator_round_trips_over_a_ring();
   a_refused_batch_changes_nothing();
+  gather_ids_reads_compressed_rows_by_id();
   concurrent_adds_and_samples_over_a_lockfree_ring();
   return 0;
 }

@@ -146,6 +146,24 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     return s;
   }
 
+  // Sequence sampling: the inner buffer gathers the other columns and each row's sequence number, the
+  // compressed columns are decompressed straight into the destinations; an id of ~0 (padding) gives
+  // a row of zeros. The caller guarantees the other ids are live (it serializes this with add).
+  // O(count x compressed bytes) of decompression.
+  void gather_ids(const std::uint64_t* ids, std::size_t count, std::byte* const* destinations) const override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::uint64_t> seqs(count);
+    inner_->gather_ids(ids, count, inner_columns_.destinations(destinations, seqs.data()).data());
+    for (std::size_t i = 0; i < count; ++i) {
+      if (ids[i] != ~std::uint64_t{0}) {
+        if (i + 1 < count && ids[i + 1] != ~std::uint64_t{0}) prefetch_row(seqs[i + 1]);
+        restore_row(seqs[i], destinations, i, export_context_);
+        continue;
+      }
+      for (std::size_t c : compressed_columns_) std::memset(destinations[c] + i * row_bytes_[c], 0, row_bytes_[c]);
+    }
+  }
+
   std::vector<ColumnCompressionStats> compression_stats() const {
     std::lock_guard lock(mutex_);
     return column_stats_;
@@ -370,7 +388,7 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   std::size_t compressed_row_bytes_ = 0;  // raw bytes of a row's compressed columns
   RowPool decoders_{std::min<std::size_t>(compressor_.threads() - 1, 3)};  // sample(): helpers decompressing rows
   std::vector<CodecContext> decode_contexts_ = std::vector<CodecContext>(decoders_.workers());  // one per decoding worker
-  mutable CodecContext export_context_;
+  mutable CodecContext export_context_;  // export_state and gather_ids (both under mutex_)
 };
 
 }  // namespace replay_buffer::compression
