@@ -28,6 +28,7 @@ from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import Prioritize
 from ray.rllib.utils.typing import ModuleID, ResultDict
 
 from ray_replay.nested import map_structure
+from ray_replay.rllib.compact import restore
 from ray_replay.rllib.episodes import EpisodeFactory
 from ray_replay.rllib.nstep import complete, draw_n_steps, max_n_step, n_step_batch
 from ray_replay.rllib.options import BufferOptions
@@ -42,7 +43,7 @@ _NATIVE_STATS = ("priority_updates", "stale_priority_updates", "add_p50_ns", "sa
 # Draws of a start that cannot serve (the newest steps of an unfinished episode) are drawn again, at
 # most this many rounds (each round draws only the items still missing).
 _MAX_ROUNDS = 256
-_STATE_VERSION = 2  # rows of one timestep each (version 1 rows held n_step future steps)
+_STATE_VERSION = 3  # compact rows of one timestep each (2: t and Discrete actions int64; 1: rows held n_step future steps)
 
 
 class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
@@ -182,9 +183,9 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             raise ValueError(f"sample(): {len(items)} of {count} draws found no start with its future steps stored after "
                              f"{_MAX_ROUNDS} rounds (the buffer holds little besides the newest steps of unfinished episodes)")
         if len(parts) == 1:
-            return parts[0][1]
+            return restore(parts[0][1])
         order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
-        return {k: np.concatenate([p[1][k] for p in parts])[order] for k in parts[0][1]}
+        return restore({k: np.concatenate([p[1][k] for p in parts])[order] for k in parts[0][1]})
 
     def _sample_n_step(self, size: int, n_step: int | tuple[int, int], beta: float, gamma: float, include_infos: bool,
                        include_extra_model_outputs: bool, to_numpy: bool) -> list[Any]:
@@ -308,10 +309,10 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores :meth:`get_state`'s snapshot (raises ValueError, changing nothing, for a state of an
-        earlier version, whose rows held n_step future steps each)."""
+        earlier version: rows of n_step future steps each, or int64 ``t`` and Discrete actions)."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"state of version {state.get('version', 1)}: this buffer restores version {_STATE_VERSION} "
-                             "(rows of one timestep each); refill it instead")
+                             "(compact rows of one timestep each); refill it instead")
         self._storage.set_state(state["storage"])
         self.capacity = state["capacity"]
         self._writer = RowWriter(self._storage, self.capacity)
