@@ -134,5 +134,6 @@ def test_sequence_priorities_per_sequence_or_per_step() -> None:
     buffer.update_priorities(np.ones(len(sample)))
     with pytest.raises(ValueError, match="n_step must be 1"):
         buffer.sample(batch_size_B=8, batch_length_T=4, n_step=3)
-    with pytest.raises(NotImplementedError, match="lookback"):
-        buffer.sample(batch_size_B=8, batch_length_T=4, lookback=1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="lookback must be an int >= 0"):
+            buffer.sample(batch_size_B=8, batch_length_T=4, lookback=bad)

@@ -51,6 +51,7 @@ class RowWriter:
         self._info_rows: deque[tuple[int, tuple[int, int]]] = deque()
         self.finals: deque[int] = deque()  # row numbers of the final-observation rows (for len())
         self.tags: OrderedDict[int, Tag] = OrderedDict()  # episode key -> its ids (bounded: see _tag)
+        self.starts: OrderedDict[int, int] = OrderedDict()  # episode key -> t of its first stored row (as tags)
         self.spaces: tuple[Any, Any] = (None, None)
         self.extra_schema: dict[str, Any] | None = None  # extra name -> its first rows cut to 0 (shapes, dtypes)
         self.template: dict[str, Any] | None = None  # every column cut to 0 rows: the zeros of final rows
@@ -184,15 +185,24 @@ class RowWriter:
             return previous
         chunk.key = self.next_key
         self.next_key += 1
-        self._tag(chunk.key, (episode.id_, episode.agent_id, episode.module_id, episode.multi_agent_episode_id))
+        self._tag(chunk.key, (episode.id_, episode.agent_id, episode.module_id, episode.multi_agent_episode_id), chunk.base)
         self.counts["episodes_added"] += 1
         return chunk
 
-    def _tag(self, key: int, tag: Tag) -> None:
+    def _tag(self, key: int, tag: Tag, first_t: int) -> None:
         # Each stored episode holds at least one row, so at most capacity + open episodes have rows.
         self.tags[key] = tag
+        self.starts[key] = first_t
         while len(self.tags) > self.capacity + MAX_OPEN_EPISODES:
             self.tags.popitem(last=False)
+            self.starts.popitem(last=False)
+
+    def first_rows(self, keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Whether each row (episode key, t) is the first its episode stored: t is the episode's first
+        ``t_started`` this writer saw, or 0 for an episode it did not write (env runners' direct writes,
+        whose episodes it stores from their reset on)."""
+        starts = self.starts
+        return np.array([t == starts.get(key, 0) for key, t in zip(keys.tolist(), ts.tolist())], dtype=bool)
 
     def available_steps(self, rows: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Of sampled sequences (flat or nested rows with ``mask``, ``end``, ``episode``, ``t``): the steps
@@ -243,7 +253,7 @@ class RowWriter:
         state.update(
             open=[(episode_id, vars(segment)) for episode_id, segment in self.open.items()],
             infos=list(self._info_rows), info_values=[self.infos.get(k) for _, k in self._info_rows],
-            finals=list(self.finals), tags=list(self.tags.items()),
+            finals=list(self.finals), tags=list(self.tags.items()), starts=list(self.starts.items()),
             layout=None if self.layout is None else self.layout.to_json(),
             actions=None if self.actions is None else self.actions.get_state(),
         )
@@ -257,6 +267,7 @@ class RowWriter:
         self.infos = {key: value for (_, key), value in zip(self._info_rows, state["info_values"])}
         self.finals = deque(state["finals"])
         self.tags = OrderedDict(state["tags"])
+        self.starts = OrderedDict(state["starts"])
         self.layout = None if state["layout"] is None else Layout.from_json(state["layout"])
         self.actions = None if state["actions"] is None else ActionColumns.from_state(state["actions"])
         self.counts = dict(self.counts)
