@@ -80,10 +80,10 @@ def test_memory_per_timestep_does_not_depend_on_n() -> None:
         assert len(buffer) == 2000
         held[str(n_step)] = buffer._storage.stats()["bytes_held"] / len(buffer)
     assert held["1"] == held["(2, 5)"]
-    # One observation, action (int64), reward (float64) and 17 bytes (end, episode, t) per timestep, plus
-    # one final-observation row per episode of 100 steps: the n_step=(2, 5) layout this replaces held
-    # 6 observations and 5 rewards per timestep (1613 bytes per timestep here, measured).
-    row = 4 * obs_dim + 8 + 8 + 17
+    # One observation, action (Discrete(2): uint8), reward (float64) and 13 bytes (end int8, episode int64,
+    # t int32) per timestep, plus one final-observation row per episode of 100 steps: the n_step=(2, 5)
+    # layout this replaces held 6 observations and 5 rewards per timestep (1613 bytes per timestep here, measured).
+    row = 4 * obs_dim + 1 + 8 + 13
     assert held["1"] == pytest.approx(row * 101 / 100)
     assert held["1"] <= 1613 / 4
 
@@ -134,5 +134,6 @@ def test_sequence_priorities_per_sequence_or_per_step() -> None:
     buffer.update_priorities(np.ones(len(sample)))
     with pytest.raises(ValueError, match="n_step must be 1"):
         buffer.sample(batch_size_B=8, batch_length_T=4, n_step=3)
-    with pytest.raises(NotImplementedError, match="lookback"):
-        buffer.sample(batch_size_B=8, batch_length_T=4, lookback=1)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="lookback must be an int >= 0"):
+            buffer.sample(batch_size_B=8, batch_length_T=4, lookback=bad)

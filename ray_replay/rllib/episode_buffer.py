@@ -28,11 +28,12 @@ from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import Prioritize
 from ray.rllib.utils.typing import ModuleID, ResultDict
 
 from ray_replay.nested import map_structure
+from ray_replay.rllib.compact import restore
 from ray_replay.rllib.episodes import EpisodeFactory
 from ray_replay.rllib.nstep import complete, draw_n_steps, max_n_step, n_step_batch
 from ray_replay.rllib.options import BufferOptions
 from ray_replay.rllib.rows import RowWriter
-from ray_replay.rllib.sequences import build_sequences, draw_sequences
+from ray_replay.rllib.sequences import OFFSET, build_sequences, draw_sequences
 from ray_replay.rllib.storage import LocalStorage, make_storage
 
 __all__ = ["NativeEpisodeReplayBuffer"]
@@ -42,7 +43,7 @@ _NATIVE_STATS = ("priority_updates", "stale_priority_updates", "add_p50_ns", "sa
 # Draws of a start that cannot serve (the newest steps of an unfinished episode) are drawn again, at
 # most this many rounds (each round draws only the items still missing).
 _MAX_ROUNDS = 256
-_STATE_VERSION = 2  # rows of one timestep each (version 1 rows held n_step future steps)
+_STATE_VERSION = 3  # compact rows of one timestep each (2: t and Discrete actions int64; 1: rows held n_step future steps)
 
 
 class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
@@ -91,6 +92,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._factory = EpisodeFactory()
         self._last_ids: np.ndarray | None = None
         self._last_lengths: np.ndarray | None = None  # steps of each sequence of the last sample
+        self._last_offsets: np.ndarray | None = None  # and the lookback steps before each (rows before its start)
         self._counts = {"steps_sampled": 0}
         self._reported = {"steps_added": 0, "episodes_added": 0, "steps_sampled": 0}
         self._last_mean_n = 0.0
@@ -145,9 +147,11 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         o_t+n is the episode's last observation. Starts among the newest steps of an unfinished episode,
         whose o_t+n is not stored yet, are drawn again (as RLlib's prioritized buffer does).
 
-        Sequences: as RLlib's ``EpisodeReplayBuffer.sample(batch_length_T=T, sample_episodes=True)``
-        (see ray_replay.rllib.sequences). ``sample_episodes`` is accepted and ignored: episodes are
-        always returned, as by RLlib's prioritized buffer.
+        Sequences: as RLlib's ``EpisodeReplayBuffer.sample(batch_length_T=T, sample_episodes=True,
+        lookback=L)``, the L steps before each start in the episodes' lookback buffers (see
+        ray_replay.rllib.sequences: with L > 0 a sequence's priority is that of its first lookback
+        row). ``sample_episodes`` is accepted and ignored: episodes are always returned, as by RLlib's
+        prioritized buffer.
         """
         if num_items is not None and batch_size_B is not None:
             raise ValueError("pass num_items or batch_size_B, not both")
@@ -159,32 +163,43 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         if length and length > 1:
             if n_step not in (None, 1):
                 raise ValueError(f"sample(batch_length_T={length}): n_step must be 1 when sampling sequences (as in RLlib), got {n_step!r}")
-            if lookback:
-                raise NotImplementedError("sample(batch_length_T=..., lookback>0): the rows before a sequence's start are not gathered yet")
-            return self._sample_sequences(size, int(length), int(min_batch_length_T), beta, to_numpy)
+            if isinstance(lookback, bool) or not isinstance(lookback, (int, np.integer)) or lookback < 0:
+                raise ValueError(f"sample(): lookback must be an int >= 0, got {lookback!r}")
+            return self._sample_sequences(size, int(length), int(min_batch_length_T), int(lookback), beta, to_numpy)
         return self._sample_n_step(size, self._n_step if n_step is None else n_step, beta, gamma, include_infos,
                                    include_extra_model_outputs, to_numpy)
 
-    def _draw(self, count: int, seq_len: int, beta: float, accept: Callable[[dict[str, Any], np.ndarray], np.ndarray]) -> dict[str, Any]:
-        """``count`` sequences of ``seq_len`` rows whose item i passes ``accept(rows, items)``, the items
-        that fail drawn again (so accepted starts follow the sampler's distribution restricted to the
-        starts that can serve). Raises ValueError, having changed nothing, after _MAX_ROUNDS rounds."""
+    def _draw(self, count: int, seq_len: int, beta: float, accept: Callable[[dict[str, Any], np.ndarray], np.ndarray],
+              tries: int = 1) -> dict[str, Any]:
+        """``count`` sequences of ``seq_len`` rows whose item i passes ``accept(rows, items)`` (which may
+        add per-sequence arrays to ``rows``), the items that fail drawn again (so accepted starts follow
+        the sampler's distribution restricted to the starts that can serve). With ``tries > 1`` (items
+        alike: ``accept`` ignores ``items``) each round draws ``tries`` candidates per missing item and
+        the items take accepted candidates in random order: the native draws of one call are
+        stratified (the k-th from the k-th slice of the priority mass), so a candidate's place in the
+        batch must not decide whether it is used. Raises ValueError, having changed nothing, after
+        _MAX_ROUNDS rounds."""
         items = np.arange(count)
         parts: list[tuple[np.ndarray, dict[str, Any]]] = []
         for _ in range(_MAX_ROUNDS):
-            rows = self._storage.sample(len(items), beta, seq_len)
-            ok = accept(rows, items)
-            parts.append((items[ok], {k: v[ok] for k, v in rows.items()}))
-            items = items[~ok]
+            rows = self._storage.sample(len(items) * tries, beta, seq_len)
+            ok = accept(rows, np.repeat(items, tries))
+            if tries > 1:
+                pick = self._rng.permutation(np.flatnonzero(ok))[:len(items)]
+                parts.append((items[:len(pick)], {k: v[pick] for k, v in rows.items()}))
+                items = items[len(pick):]
+            else:
+                parts.append((items[ok], {k: v[ok] for k, v in rows.items()}))
+                items = items[~ok]
             if len(items) == 0:
                 break
         else:
             raise ValueError(f"sample(): {len(items)} of {count} draws found no start with its future steps stored after "
                              f"{_MAX_ROUNDS} rounds (the buffer holds little besides the newest steps of unfinished episodes)")
         if len(parts) == 1:
-            return parts[0][1]
+            return restore(parts[0][1])
         order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
-        return {k: np.concatenate([p[1][k] for p in parts])[order] for k in parts[0][1]}
+        return restore({k: np.concatenate([p[1][k] for p in parts])[order] for k in parts[0][1]})
 
     def _sample_n_step(self, size: int, n_step: int | tuple[int, int], beta: float, gamma: float, include_infos: bool,
                        include_extra_model_outputs: bool, to_numpy: bool) -> list[Any]:
@@ -208,7 +223,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 leaf[row] = value
 
             map_structure(put, batch.next_obs, newest)
-        self._last_ids, self._last_lengths = rows["ids"], None
+        self._last_ids, self._last_lengths, self._last_offsets = rows["ids"], None, None
         self._counts["steps_sampled"] += size
         self._last_mean_n = float(batch.n_steps.mean())
         extras: dict[str, Any] = {"weights": rows["weights"].tolist(), "n_step": batch.n_steps.tolist()}
@@ -230,17 +245,17 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
                 episode.to_numpy()
         return episodes
 
-    def _sample_sequences(self, size: int, length: int, min_length: int, beta: float, to_numpy: bool) -> list[Any]:
-        def draw(count: int, seq_len: int, accept: Any) -> dict[str, Any]:
-            return self._draw(count, seq_len, beta, accept)
+    def _sample_sequences(self, size: int, length: int, min_length: int, lookback: int, beta: float, to_numpy: bool) -> list[Any]:
+        def draw(count: int, seq_len: int, accept: Any, tries: int) -> dict[str, Any]:
+            return self._draw(count, seq_len, beta, accept, tries)
 
-        rows, lengths = draw_sequences(draw, self._writer, size, length, min_length)
+        rows, lengths = draw_sequences(draw, self._writer, size, length, min_length, lookback, self._rng)
         if self._writer.layout is not None:
             rows = self._writer.layout.unflatten(rows)
-        self._last_ids, self._last_lengths = rows["ids"], lengths
+        self._last_ids, self._last_lengths, self._last_offsets = rows["ids"], lengths, rows[OFFSET]
         self._counts["steps_sampled"] += size
         self._last_mean_n = 1.0
-        return build_sequences(rows, lengths, self._writer, to_numpy)
+        return build_sequences(rows, lengths, self._writer, to_numpy, lookback)
 
     def _await_rows(self, timeout_s: float = 60.0) -> None:
         """With env_runners_write, the env runners' first rows may still be on their way to the shards."""
@@ -257,14 +272,18 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
 
     def update_priorities(self, priorities: Any, module_id: ModuleID | None = None) -> None:
         """Sets the priorities (|TD errors|) of the last ``sample()``: one per transition or sequence,
-        or, after a sequence sample, one per step (the sequences' steps in order), mixed per sequence
-        as ``eta * max + (1 - eta) * mean`` (the storage's ``sequence_priority_eta``)."""
+        or, after a sequence sample, one per step (the sequences' steps in order, lookback steps not
+        included), mixed per sequence as ``eta * max + (1 - eta) * mean`` (the storage's
+        ``sequence_priority_eta``). A sequence's priority is its first row's (with lookback, its first
+        lookback row's: the row it was drawn by)."""
         if self._last_ids is None:
             raise RuntimeError("update_priorities() must follow a sample()")
         values = np.maximum(np.abs(np.asarray(priorities, dtype=np.float64).reshape(-1)), self._eps)
         ids, lengths = self._last_ids, self._last_lengths
         if lengths is not None and len(values) == int(lengths.sum()) and len(values) != len(ids):
-            mask = np.arange(int(lengths.max()))[None, :] < lengths[:, None]
+            offsets = self._last_offsets if self._last_offsets is not None else np.zeros_like(lengths)
+            positions = np.arange(int((offsets + lengths).max()))[None, :]  # window rows: lookback, then the steps
+            mask = (positions >= offsets[:, None]) & (positions < (offsets + lengths)[:, None])
             errors = np.zeros(mask.shape)
             errors[mask] = values
             self._storage.update_priorities(ids, errors, mask)
@@ -273,7 +292,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
             raise ValueError(f"got {len(values)} priorities for a sample of {expected}")
         else:
             self._storage.update_priorities(ids, values)
-        self._last_ids = self._last_lengths = None
+        self._last_ids = self._last_lengths = self._last_offsets = None
 
     def get_metrics(self) -> ResultDict[str, Any]:
         """Adds, samples and storage size since the last report, plus the native buffer's counters.
@@ -308,10 +327,10 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores :meth:`get_state`'s snapshot (raises ValueError, changing nothing, for a state of an
-        earlier version, whose rows held n_step future steps each)."""
+        earlier version: rows of n_step future steps each, or int64 ``t`` and Discrete actions)."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"state of version {state.get('version', 1)}: this buffer restores version {_STATE_VERSION} "
-                             "(rows of one timestep each); refill it instead")
+                             "(compact rows of one timestep each); refill it instead")
         self._storage.set_state(state["storage"])
         self.capacity = state["capacity"]
         self._writer = RowWriter(self._storage, self.capacity)
@@ -319,4 +338,4 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         self._counts = dict(state["counts"])
         self._reported = {**self._writer.counts, **self._counts}
         self._rng.bit_generator.state = state["rng"]
-        self._last_ids = self._last_lengths = None
+        self._last_ids = self._last_lengths = self._last_offsets = None

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ray_replay.nested import map_structure
+from ray_replay.rllib.compact import T_DTYPE
 
 __all__ = [
     "END_NONE", "EXTRA_PREFIX", "END_TERMINATED", "END_TRUNCATED", "NStepBatch", "Segment", "complete", "draw_n_steps", "max_n_step",
@@ -97,7 +98,7 @@ class Segment:
             "rewards": self.rewards.astype(np.float64),
             "end": np.zeros(num, dtype=np.int8),
             "episode": np.full(num, self.key, dtype=np.int64),
-            "t": self.base + np.arange(num, dtype=np.int64),
+            "t": np.arange(self.base, self.base + num, dtype=T_DTYPE),  # int32: RowWriter checks the range first
         }
         for name, values in self.extras.items():
             rows[EXTRA_PREFIX + name] = values

@@ -5,8 +5,10 @@
 non-empty infos, the rows' nested layout and which held rows are episodes' final observations. When
 an episode ends, one row more holds its final observation (``end`` = terminated / truncated, zero
 action and reward, priority 0: never drawn as a start, only reached by a sequence). Memory per
-timestep is one observation, action, reward and extras, plus 17 bytes (``end``, ``episode``, ``t``),
-whatever n-step or sequence length is sampled later.
+timestep is one observation, action, reward (float64) and extras, plus 13 bytes (``end`` int8,
+``episode`` int64: a writer-unique key, ``t`` int32), whatever n-step or sequence length is sampled
+later. Discrete actions are stored in the smallest integer dtype that holds the space's values (1
+byte for Discrete(2)) and given back as RLlib handed them over (ray_replay.rllib.compact).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from ray.rllib.utils import force_list
 
 from ray_replay.nested import Layout, infer_layout, map_structure, stack_structures
+from ray_replay.rllib.compact import T_DTYPE, ActionColumns, check_steps
 from ray_replay.rllib.nstep import END_NONE, END_TERMINATED, END_TRUNCATED, EXTRA_PREFIX, Segment
 from ray_replay.rllib.storage import Storage
 
@@ -48,11 +51,13 @@ class RowWriter:
         self._info_rows: deque[tuple[int, tuple[int, int]]] = deque()
         self.finals: deque[int] = deque()  # row numbers of the final-observation rows (for len())
         self.tags: OrderedDict[int, Tag] = OrderedDict()  # episode key -> its ids (bounded: see _tag)
+        self.starts: OrderedDict[int, int] = OrderedDict()  # episode key -> t of its first stored row (as tags)
         self.spaces: tuple[Any, Any] = (None, None)
         self.extra_schema: dict[str, Any] | None = None  # extra name -> its first rows cut to 0 (shapes, dtypes)
         self.template: dict[str, Any] | None = None  # every column cut to 0 rows: the zeros of final rows
         self.layout: Layout | None = None  # nested rows (Dict/Tuple spaces) <-> flat storage columns
         self.layout_known = False  # fixed by the first rows stored
+        self.actions: ActionColumns | None = None  # the narrowed (Discrete) action columns, fixed by the first actions
         self.counts = {"steps_added": 0, "episodes_added": 0}
         self.payload_steps_received = 0
 
@@ -60,12 +65,17 @@ class RowWriter:
         """Stores every step of the chunks (and the final observation of those that end an episode)."""
         steps: list[tuple[dict[str, Any], list[Any] | None]] = []
         finals: list[tuple[dict[str, Any], list[Any] | None]] = []
-        for episode in force_list(episodes):
+        episodes = force_list(episodes)
+        for episode in episodes:
+            check_steps(episode)
+        # Narrowed before anything changes: a bad action (or step index) fails the call, storing nothing.
+        actions = [self._actions_of(episode) for episode in episodes]
+        for episode, chunk_actions in zip(episodes, actions):
             num = len(episode)
             self.counts["steps_added"] += num
             self.payload_steps_received += num
             end = END_TERMINATED if episode.is_terminated else END_TRUNCATED if episode.is_truncated else END_NONE
-            segment = self._segment_of(episode)
+            segment = self._segment_of(episode, chunk_actions)
             if segment is None:
                 continue
             rows, infos = segment.take_steps()
@@ -91,6 +101,8 @@ class RowWriter:
             self.layout_known = True
         streams = columns["episode"]
         flat = columns if self.layout is None else self.layout.flatten(columns)
+        if self.actions is not None:
+            flat = self.actions.stored_names(flat)
         self.storage.add_batch(flat, None if priority is None else np.full(count, priority), streams)
         first = self.rows_added
         self.rows_added += count
@@ -122,7 +134,7 @@ class RowWriter:
         row["obs"] = map_structure(lambda leaf: leaf[:1], segment.obs)
         row["end"] = np.array([end], dtype=np.int8)
         row["episode"] = np.array([segment.key], dtype=np.int64)
-        row["t"] = np.array([segment.base], dtype=np.int64)
+        row["t"] = np.array([segment.base], dtype=T_DTYPE)
         return row
 
     def _conform(self, rows: dict[str, Any]) -> dict[str, Any]:
@@ -141,20 +153,29 @@ class RowWriter:
                 conformed[name] = map_structure(lambda leaf: np.zeros((count, *leaf.shape[1:]), dtype=leaf.dtype), empty)
         return conformed
 
-    def _segment_of(self, episode: Any) -> Segment | None:
+    def _actions_of(self, episode: Any) -> Any:
+        """The chunk's actions, batched, Discrete columns narrowed (None for an empty chunk)."""
+        num = len(episode)
+        if num == 0:
+            return None
+        if self.spaces[0] is None:
+            self.spaces = (episode.observation_space, episode.action_space)
+        if self.actions is None:
+            self.actions = ActionColumns(self.spaces[1])
+        return self.actions.narrowed(_as_batch(episode.get_actions(slice(0, num))))
+
+    def _segment_of(self, episode: Any, actions: Any) -> Segment | None:
         """The episode's unstored steps: its last observation so far (if contiguous) and this chunk."""
         num = len(episode)
         previous = self.open.pop(episode.id_, None)
         if num == 0:
             return previous
-        if self.spaces[0] is None:
-            self.spaces = (episode.observation_space, episode.action_space)
         raw_infos = episode.get_infos(slice(0, num + 1))
         chunk = Segment(
             key=-1,
             base=int(episode.t_started),
             obs=_as_batch(episode.get_observations(slice(0, num + 1))),
-            actions=_as_batch(episode.get_actions(slice(0, num))),
+            actions=actions,
             rewards=np.asarray(episode.get_rewards(slice(0, num)), dtype=np.float64),
             extras={k: _as_batch(episode.get_extra_model_outputs(k, slice(0, num))) for k in episode.extra_model_outputs},
             infos=list(raw_infos) if any(raw_infos) else None,
@@ -164,15 +185,24 @@ class RowWriter:
             return previous
         chunk.key = self.next_key
         self.next_key += 1
-        self._tag(chunk.key, (episode.id_, episode.agent_id, episode.module_id, episode.multi_agent_episode_id))
+        self._tag(chunk.key, (episode.id_, episode.agent_id, episode.module_id, episode.multi_agent_episode_id), chunk.base)
         self.counts["episodes_added"] += 1
         return chunk
 
-    def _tag(self, key: int, tag: Tag) -> None:
+    def _tag(self, key: int, tag: Tag, first_t: int) -> None:
         # Each stored episode holds at least one row, so at most capacity + open episodes have rows.
         self.tags[key] = tag
+        self.starts[key] = first_t
         while len(self.tags) > self.capacity + MAX_OPEN_EPISODES:
             self.tags.popitem(last=False)
+            self.starts.popitem(last=False)
+
+    def first_rows(self, keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Whether each row (episode key, t) is the first its episode stored: t is the episode's first
+        ``t_started`` this writer saw, or 0 for an episode it did not write (env runners' direct writes,
+        whose episodes it stores from their reset on)."""
+        starts = self.starts
+        return np.array([t == starts.get(key, 0) for key, t in zip(keys.tolist(), ts.tolist())], dtype=bool)
 
     def available_steps(self, rows: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Of sampled sequences (flat or nested rows with ``mask``, ``end``, ``episode``, ``t``): the steps
@@ -223,8 +253,9 @@ class RowWriter:
         state.update(
             open=[(episode_id, vars(segment)) for episode_id, segment in self.open.items()],
             infos=list(self._info_rows), info_values=[self.infos.get(k) for _, k in self._info_rows],
-            finals=list(self.finals), tags=list(self.tags.items()),
+            finals=list(self.finals), tags=list(self.tags.items()), starts=list(self.starts.items()),
             layout=None if self.layout is None else self.layout.to_json(),
+            actions=None if self.actions is None else self.actions.get_state(),
         )
         return state
 
@@ -236,7 +267,9 @@ class RowWriter:
         self.infos = {key: value for (_, key), value in zip(self._info_rows, state["info_values"])}
         self.finals = deque(state["finals"])
         self.tags = OrderedDict(state["tags"])
+        self.starts = OrderedDict(state["starts"])
         self.layout = None if state["layout"] is None else Layout.from_json(state["layout"])
+        self.actions = None if state["actions"] is None else ActionColumns.from_state(state["actions"])
         self.counts = dict(self.counts)
 
 
