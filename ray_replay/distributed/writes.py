@@ -276,9 +276,6 @@ class Write:
         """The argument of the shard's ``add_run``: the columns and the named ones (batch id included)."""
         return self.columns, self.named
 
-    def expired(self) -> bool:
-        return time.monotonic() >= self.deadline
-
     def pause(self) -> float:
         """The pause before looking for a shard to take this run again (health.pause_before_retry);
         raises ShardUnavailableError once the run's deadline has passed."""
