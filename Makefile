@@ -89,8 +89,21 @@ test-python: install
 # mounts) and iproute2, nftables, ethtool; says so and fails where namespaces cannot be made. A
 # pytest process of its own; not part of `make test` (tests/conftest.py leaves tests/chaos out unless
 # RAY_REPLAY_CHAOS is set): about 5 minutes here. -s prints each scenario's measurements.
+# The chaos bed's system tools (iproute2, nftables, ethtool), installed with apt (Debian/Ubuntu, as
+# root) when missing, as the compression libraries are above; elsewhere install them yourself. The
+# check after it still fails clearly where namespaces cannot be made (no root, no CAP_NET_ADMIN).
+CHAOS_TOOLS := ip nft ethtool ss mount
+.PHONY: chaos-deps
+chaos-deps:
+	@missing=""; for tool in $(CHAOS_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "missing$$missing: installing iproute2 nftables ethtool mount"; \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables ethtool mount || \
+		 (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables ethtool mount)) >/dev/null || exit 1; \
+	fi
+
 .PHONY: test-chaos
-test-chaos: install
+test-chaos: install chaos-deps
 	@$(PY) -c "import sys; sys.path.insert(0, 'tests/chaos'); from netbed import can_make_namespaces; why = can_make_namespaces(); why and sys.exit('test-chaos: cannot build the test bed here: ' + why)"
 	RAY_REPLAY_CHAOS=1 PYTHONFAULTHANDLER=1 $(VENV)/bin/pytest -s $(ARGS) tests/chaos
 
