@@ -196,10 +196,6 @@ void NativeBuffer::set_state(const py::dict& state) {
     if (!streams) throw py::value_error("state 'streams' must be an integer array");
     s.streams.assign(streams.data(), streams.data() + streams.size());
   }
-  if (stored) {
-    import_stored(*engine_, s, converted.pointers(), stored_rows);
-    return;
-  }
   py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> streams;  // (default-constructed: an empty array, not null)
   const bool with_streams = sequences_ != nullptr && state.contains("streams");
   if (with_streams) {
@@ -208,9 +204,16 @@ void NativeBuffer::set_state(const py::dict& state) {
       throw py::value_error("state 'streams' must hold one stream id per row (" + std::to_string(rows) + ")");
     }
   }
-  ReleaseGil release;
-  engine_->import_state(s, in_place ? nullptr : converted.pointers(), rows);
+  if (stored) {
+    import_stored(*engine_, s, converted.pointers(), stored_rows);
+  } else {
+    ReleaseGil release;
+    engine_->import_state(s, in_place ? nullptr : converted.pointers(), rows);
+  }
+  // The rows' links for sequences. Over stored compressed rows the compressed columns' sources are
+  // null: the links read only the episode-end fields, scalars, which never have a codec.
   if (sequences_ != nullptr) {
+    ReleaseGil release;
     std::vector<std::size_t> row_bytes;
     for (const Field& field : schema_) row_bytes.push_back(field.row_bytes);
     sequences_->import_rows(*engine_, in_place ? nullptr : converted.pointers(), rows, with_streams ? streams.data() : nullptr, row_bytes);

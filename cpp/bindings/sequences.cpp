@@ -261,7 +261,9 @@ void SequenceSupport::import_rows(core::ReplayBufferInterface& engine, const std
   for (std::size_t done = 0; done < rows;) {
     const std::size_t count = std::min(kChunk, rows - done);
     if (sources != nullptr) {
-      for (std::size_t c = 0; c < row_bytes.size(); ++c) chunk_sources[c] = sources[c] + done * row_bytes[c];
+      for (std::size_t c = 0; c < row_bytes.size(); ++c) {  // null: a column only held compressed (never an end field)
+        chunk_sources[c] = sources[c] == nullptr ? nullptr : sources[c] + done * row_bytes[c];
+      }
     } else {  // rows adopted in place (storage_dir): read them back from the engine
       chunk_columns.resize(row_bytes.size());
       std::vector<std::byte*> targets(row_bytes.size());
