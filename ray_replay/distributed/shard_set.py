@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ray_replay.buffer import BufferType
-from ray_replay.distributed.health import ALIVE, DEAD, PROCESS_FAILURES, SHARD_FAILURES, ShardHealth
+from ray_replay.distributed.health import ALIVE, DEAD, PROCESS_FAILURES, RESTARTING, SHARD_FAILURES, ShardHealth
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable
 from ray_replay.errors import StalePlanError
 
@@ -229,6 +229,10 @@ class ShardSet:
         else:  # (restarts are the monitor's to see: it refills a restarted replica before it rejoins)
             self._last_nodes[(role, k)] = s["node_id"]
         s["state"] = health.states[k]
+        if s.get("incarnation") not in (None, health.incarnations[k]):
+            # A new process that the monitor has not seen yet (it restarted since the last probe, and is
+            # not refilled): not "alive" until the monitor has counted the restart and refilled it.
+            s["state"] = RESTARTING
         s["restarts"] = health.restarts[k]
         s["failures"] = health.failures[k]
         return s
