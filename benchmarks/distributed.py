@@ -14,8 +14,14 @@ until the last acknowledgement.
   DistributedReplay: every payload straight to or from a shard), one call per 1000-row batch; the
   learner's client asks each shard for ``--rounds-per-call`` (default 2) prefetched rounds per call,
   keeping 2 to 3 rounds in flight (the peers keep 2 calls).
-* coordinator: the same replay driven through the coordinator's own handle (add_batch.remote,
-  sample.remote, update_priorities.remote): every payload relayed by the coordinator actor.
+* handle: the same replay through the object users pass around, ``DistributedReplay`` (writers and
+  learner get it pickled and call ``replay.add_batch.remote(**batch)``, ``replay.sample.remote(512)``,
+  ``replay.update_priorities.remote(...)``, driven exactly as the naive actor's handle, calls in flight
+  included); its ``.remote`` calls run this process's ReplayClient, so every payload takes one hop; a
+  writer is credited with its client's rows_acknowledged.
+* coordinator: the same replay driven through the coordinator actor's own handle (add_batch.remote,
+  sample.remote, update_priorities.remote): every payload relayed by the coordinator actor (kept for
+  compatibility; DistributedReplay is the handle to pass around).
 * naive: numpy ring + numpy sum tree (benchmarks/baselines/numpy_sum_tree.py) in one plain Ray
   actor; add_batch.remote, sample.remote, update_priorities.remote.
 * torchrl (when installed): TorchRL's RayReplayBuffer hosting a prioritized ReplayBuffer
@@ -125,7 +131,10 @@ class Writer:
 
     def __init__(self, replay: Any, kind: str, seed: int, batch_rows: int) -> None:
         self.replay, self.kind = replay, kind
-        self.client = (ReplayClient(replay, batch_rows=batch_rows, max_in_flight=WRITES_IN_FLIGHT) if kind == "ray_replay" else None)
+        options = {"batch_rows": batch_rows, "max_in_flight": WRITES_IN_FLIGHT}
+        self.client = ReplayClient(replay, **options) if kind == "ray_replay" else None
+        if kind == "handle":  # what `Writer.remote(distributed_replay)` unpickles to
+            self.replay = DistributedReplay.from_actor(replay, client_options=options)
         self.batches = [make_rows(WRITE_BATCH, seed * 100 + i) for i in range(8)]
         if kind == "torchrl":
             self.batches = [torchrl_ray_buffer.tensordict(b) for b in self.batches]
@@ -141,7 +150,7 @@ class Writer:
         while time.time() < end:
             batch = self.batches[i % len(self.batches)]
             i += 1
-            if self.kind in ("naive", "coordinator"):
+            if self.kind in ("naive", "coordinator", "handle"):
                 pending.append(self.replay.add_batch.remote(*batch.values()) if self.kind == "naive" else self.replay.add_batch.remote(**batch))
                 if len(pending) >= WRITES_IN_FLIGHT:
                     ray.get(pending.pop(0))
@@ -156,6 +165,9 @@ class Writer:
         if self.client is not None:
             self.client.flush()
             acked = self.client.stats()["rows_acknowledged"]
+        if self.kind == "handle":  # its ObjectRefs say a row was handed over, not stored: count what the shards acknowledged
+            self.replay.flush()
+            acked = self.replay.client_stats()["rows_acknowledged"]
         return acked, time.time() - start_at
 
 
@@ -164,12 +176,14 @@ class Learner:
     """Samples SAMPLE_BATCH prioritized rows with SAMPLES_IN_FLIGHT calls outstanding and updates the
     priorities of every batch (fire and forget), whichever system."""
 
-    def __init__(self, replay: Any, kind: str, prefetch: int, rounds_per_call: int = 1) -> None:
+    def __init__(self, replay: Any, kind: str, prefetch: int, rounds_per_call: int = 1, batch_from: str = "all_shards") -> None:
         self.replay, self.kind = replay, kind
         # With rounds_per_call G > 1 the client keeps prefetch .. prefetch + G - 1 rounds in flight: never
         # fewer than the peers' calls in flight.
-        self.client = (ReplayClient(replay, prefetch=prefetch + rounds_per_call - 1, rounds_per_call=rounds_per_call, max_in_flight=8, seed=0)
-                       if kind == "ray_replay" else None)
+        options = {"prefetch": prefetch + rounds_per_call - 1, "rounds_per_call": rounds_per_call, "max_in_flight": 8, "seed": 0, "batch_from": batch_from}
+        self.client = ReplayClient(replay, **options) if kind == "ray_replay" else None
+        if kind == "handle":
+            self.replay = DistributedReplay.from_actor(replay, client_options=options)
         self.prefetch = prefetch
         self.rng = np.random.default_rng(0)
 
@@ -182,7 +196,7 @@ class Learner:
         end, latencies, rows, waiting = start_at + seconds, [], 0, []
         while time.time() < end:
             t0 = time.perf_counter()
-            if self.kind in ("naive", "coordinator"):
+            if self.kind in ("naive", "coordinator", "handle"):
                 while len(waiting) <= self.prefetch:
                     waiting.append(self.replay.sample.remote(SAMPLE_BATCH))
                 batch = ray.get(waiting.pop(0))
@@ -194,7 +208,7 @@ class Learner:
             priorities = self.rng.uniform(0.1, 2.0, SAMPLE_BATCH)
             if self.kind == "naive":
                 self.replay.update_priorities.remote(batch["indexes"], priorities)
-            elif self.kind == "coordinator":
+            elif self.kind in ("coordinator", "handle"):
                 self.replay.update_priorities.remote(batch["ids"], priorities)
             elif self.kind == "torchrl":
                 torchrl_ray_buffer.update_priorities(self.replay, info["index"], priorities)
@@ -203,6 +217,8 @@ class Learner:
             rows += SAMPLE_BATCH
         if self.client is not None:
             self.client.close()
+        if self.kind == "handle":
+            self.replay.client.close()
         if not latencies:  # no sample came back within the window (a very loaded machine, a 1 s smoke run)
             return {"rows": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}
         ms = np.array(latencies) * 1e3
@@ -237,6 +253,7 @@ def create_replay(kind: str, num_shards: int = 2, **coordinator_options: Any) ->
         owner = torchrl_ray_buffer.create(CAPACITY, ALPHA, BETA, EPS)
         return owner, owner.client(), [actor_pid(owner._rb)]  # _rb: the actor, read for its pid only
     # "ray_replay": writers and learner through ReplayClient (DistributedReplay's data path);
+    # "handle": through DistributedReplay's .remote calls (the same data path, one hop);
     # "coordinator": through the coordinator's own handle (every payload relayed by it).
     replay = ReplayCoordinator.remote(
         capacity=CAPACITY, num_shards=num_shards, buffer_type="prioritized", alpha=ALPHA, beta=BETA, schema=SCHEMA, seed=0,
@@ -251,18 +268,18 @@ def close_replay(kind: str, owner: Any) -> None:
     if kind == "torchrl":
         owner.close()
         return
-    if kind in ("ray_replay", "coordinator"):
+    if kind in ("ray_replay", "handle", "coordinator"):
         ray.get(owner.shutdown.remote())
     ray.kill(owner)
 
 
 def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = WRITE_BATCH, prefetch: int = SAMPLES_IN_FLIGHT,
-              num_writers: int = 2, rounds_per_call: int = 1, **coordinator_options: Any) -> dict[str, Any]:
+              num_writers: int = 2, rounds_per_call: int = 1, batch_from: str = "all_shards", **coordinator_options: Any) -> dict[str, Any]:
     """One DIST-1 run; every actor it creates is killed at the end."""
     owner, replay, pids = create_replay(kind, num_shards, **coordinator_options)
     prefill(replay, kind, prefill_rows)
     writers = [Writer.remote(replay, kind, i, batch_rows) for i in range(num_writers)]
-    learner = Learner.remote(replay, kind, prefetch, rounds_per_call)
+    learner = Learner.remote(replay, kind, prefetch, rounds_per_call, batch_from)
     pids += ray.get([a.pid.remote() for a in [*writers, learner]])
     start_at = time.time() + 1.0
     cpu0 = sum(cpu_seconds(p) for p in pids)
@@ -282,7 +299,7 @@ def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2,
         "cpu_us_per_transition": cpu * 1e6 / (inserted + result["rows"]),
         "overrun_s": elapsed - seconds,
     }
-    if kind in ("ray_replay", "coordinator"):
+    if kind in ("ray_replay", "handle", "coordinator"):
         out["shard_sizes"] = [s["size"] for s in ray.get(owner.stats.remote())["shards"]]
     for actor in [*writers, learner]:
         ray.kill(actor)
@@ -295,7 +312,7 @@ def single_adds(kind: str, seconds: float) -> float:
     (ray_replay: DistributedReplay's add.remote, straight to the shards; coordinator: the coordinator
     handle's); TorchRL's client waits for the reply of each add. Timed until every row is stored."""
     owner, replay, _ = create_replay(kind)
-    if kind == "ray_replay":
+    if kind in ("ray_replay", "handle"):
         replay = DistributedReplay.from_actor(owner)
     if kind == "torchrl":
         one = torchrl_ray_buffer.tensordict(make_rows(1, 0))[0]
@@ -328,17 +345,32 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-PEER_LABELS = {"naive": "naive actor", "coordinator": "ray_replay via the coordinator handle", "torchrl": torchrl_ray_buffer.NAME}
+PEER_LABELS = {"naive": "naive actor", "handle": "ray_replay via DistributedReplay's .remote", "coordinator": "ray_replay via the coordinator actor (relay)",
+               "torchrl": torchrl_ray_buffer.NAME}
+
+
+def _target(key: str, value: float, naive: float | None, higher: bool) -> tuple[str, str]:
+    """(the target for a metric, whether value meets it) for ray_replay's DIST-1 targets."""
+    if key in RATIO_TARGETS and naive:
+        want = RATIO_TARGETS[key]
+        ratio = value / naive if higher else naive / value
+        return f"{want:g}x {'naive' if higher else 'fewer than naive'}", "yes" if ratio >= want else "**no**"
+    if key in LATENCY_TARGETS:
+        return f"<= {LATENCY_TARGETS[key]:g}", "yes" if value <= LATENCY_TARGETS[key] else "**no**"
+    return "", ""
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """ray_replay (the client) against each peer; the targets are checked for the client and, when
+    measured, for DistributedReplay's .remote handle."""
     ours = results["ray_replay"]
     peers = [name for name in PEER_LABELS if name in results]
+    handle = "handle" in results
     lines = [
         "### DIST-1 (medians of %d runs, %.0f s each after a %s-row prefill)" % (results["repeats"], results["seconds"], f"{results['prefill']:,}"),
         "",
-        "| metric | ray_replay | " + " | ".join(f"{PEER_LABELS[p]} | ratio" for p in peers) + " | target | met |",
-        "|---|---|" + "---|---|" * len(peers) + "---|---|",
+        "| metric | ray_replay | " + " | ".join(f"{PEER_LABELS[p]} | ratio" for p in peers) + " | target | met" + (" | met (.remote handle)" if handle else "") + " |",
+        "|---|---|" + "---|---|" * len(peers) + "---|---|" + ("---|" if handle else ""),
     ]
     rows = [
         ("inserted/s", "inserted_per_s", "{:,.0f}", True),
@@ -357,27 +389,25 @@ def markdown(results: dict[str, Any]) -> str:
             verdict = f"{ratio:.1f}x better" if ratio >= 1 else f"{1 / ratio:.1f}x worse"
             cells.append(f"{fmt.format(b)} | {verdict}")
         naive = results.get("naive", {}).get(key)
-        if key in RATIO_TARGETS and naive:
-            want = RATIO_TARGETS[key]
-            ratio = a / naive if higher else naive / a
-            tgt, met = f"{want:g}x {'naive' if higher else 'fewer than naive'}", "yes" if ratio >= want else "**no**"
-        elif key in LATENCY_TARGETS:
-            tgt, met = f"<= {LATENCY_TARGETS[key]:g}", "yes" if a <= LATENCY_TARGETS[key] else "**no**"
-        else:
-            tgt, met = "", ""
+        tgt, met = _target(key, a, naive, higher)
+        if handle:
+            met += " | " + _target(key, results["handle"][key], naive, higher)[1]
         lines.append(f"| {label} | {fmt.format(a)} | " + " | ".join(cells) + f" | {tgt} | {met} |")
     return "\n".join(lines) + "\n"
 
 
 def cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
     """DIST-1 on a simulated 4-node cluster (head + 3 workers, 1 CPU each): 1, 2, 4 shards with 2
-    writers, then 1 and 4 writers with 4 shards."""
+    writers, then 1 and 4 writers with 4 shards (the learner's batches from ``--batch-from``); then
+    2 and 4 shards with the other batch_from (1 shard: the same either way)."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster()
-    results: dict[str, Any] = {"shards": {}, "writers": {}, "writers_with_shards": 4}
+    other = "one_shard" if args.batch_from == "all_shards" else "all_shards"
+    results: dict[str, Any] = {"shards": {}, "writers": {}, "writers_with_shards": 4, "batch_from": args.batch_from, f"shards_{other}": {}}
 
     def measure(table: str, key: int, **options: Any) -> dict[str, Any]:
+        options.setdefault("batch_from", args.batch_from)
         runs = [run_dist1("ray_replay", args.seconds, args.prefill, rounds_per_call=args.rounds_per_call, **options) for _ in range(args.repeats)]
         r = results[table][str(key)] = median_of(runs)
         print(f"{options}: {r['inserted_per_s']:,.0f} inserted/s, {r['sampled_per_s']:,.0f} sampled/s, "
@@ -394,11 +424,15 @@ def cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
         for writers in (1, 4):
             measure("writers", writers, num_shards=4, num_writers=writers)
         results["writers"] = dict(sorted(results["writers"].items(), key=lambda kv: int(kv[0])))
+        results[f"shards_{other}"]["1"] = results["shards"]["1"]
+        for shards in (2, 4):
+            measure(f"shards_{other}", shards, num_shards=shards, batch_from=other)
     finally:
         ray.shutdown()
         cluster.shutdown()
     lines = ["### DIST-1 on a simulated 4-node cluster", ""]
-    for table, label in (("shards", "shards (2 writers)"), ("writers", "writers (4 shards)")):
+    for table, label in (("shards", f"shards (2 writers, batch_from={args.batch_from})"), ("writers", "writers (4 shards)"),
+                         (f"shards_{other}", f"shards (2 writers, batch_from={other})")):
         lines += [f"| {label} | inserted/s | sampled/s | p50 ms | CPU-us per transition |", "|---|---|---|---|---|"]
         for key, r in results[table].items():
             lines.append(f"| {key} | {r['inserted_per_s']:,.0f} | {r['sampled_per_s']:,.0f} | {r['sample_p50_ms']:.2f} | {r['cpu_us_per_transition']:.2f} |")
@@ -458,6 +492,8 @@ def main() -> int:
                         help="ReplayClient batch_rows of the writers (default: one call per 1000-row batch, as the peers)")
     parser.add_argument("--rounds-per-call", type=int, default=2,
                         help="ray_replay's learner: prefetched rounds per shard call (ReplayClient rounds_per_call; 1: one call per round)")
+    parser.add_argument("--batch-from", choices=("all_shards", "one_shard"), default="all_shards",
+                        help="ray_replay's learner: ReplayClient batch_from (one global draw over the shards, or each batch from one shard picked by mass)")
     parser.add_argument("--out", default=str(HERE / "results" / "distributed.json"))
     args = parser.parse_args()
     if args.quick:
@@ -466,7 +502,7 @@ def main() -> int:
         args.seconds, args.prefill, args.repeats = 1.0, 20_000, 1
     single_add_seconds = 2.0 if args.quick else min(args.seconds, 5.0)
     results: dict[str, Any] = {"machine": machine_info(), "seconds": args.seconds, "prefill": args.prefill, "repeats": args.repeats, "batch_rows": args.batch_rows,
-                               "rounds_per_call": args.rounds_per_call}
+                               "rounds_per_call": args.rounds_per_call, "batch_from": args.batch_from}
     if args.cluster:
         results["cluster"] = cluster_mode(args)
         write_json(results, Path(args.out).with_name("distributed_cluster.json"))
@@ -486,7 +522,7 @@ def main() -> int:
         Path(args.out).with_name("distributed_durability.md").write_text(results["durability"]["markdown"], encoding="utf-8")
         return 0
     try:
-        kinds = ["ray_replay", "naive", "coordinator"]
+        kinds = ["ray_replay", "naive", "handle", "coordinator"]
         if torchrl_ok:
             kinds.append("torchrl")
             results["torchrl_version"] = torchrl_detail
@@ -495,7 +531,7 @@ def main() -> int:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in kinds}
         for rep in range(args.repeats):  # interleaved, so load spikes fall on all alike
             for name in kinds:
-                r = run_dist1(name, args.seconds, args.prefill, batch_rows=args.batch_rows, rounds_per_call=args.rounds_per_call)
+                r = run_dist1(name, args.seconds, args.prefill, batch_rows=args.batch_rows, rounds_per_call=args.rounds_per_call, batch_from=args.batch_from)
                 r["single_add_per_s"] = single_adds(name, single_add_seconds)
                 runs[name].append(r)
                 print(f"[{rep + 1}/{args.repeats}] {name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items() if isinstance(v, float)), flush=True)

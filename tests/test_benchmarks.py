@@ -170,12 +170,13 @@ def test_distributed_benchmark_measures_ray_replay_beside_its_peers(bench_run) -
     if "torchrl_version" not in data:
         assert "torchrl RayReplayBuffer not measured" in stdout
     metrics = ("inserted_per_s", "sampled_per_s", "sample_p50_ms", "cpu_us_per_transition", "single_add_per_s")
-    for name in ["ray_replay", *peers]:
+    for name in ["ray_replay", "handle", *peers]:
         for key in metrics:
             assert data[name][key] > 0, (name, key)
     assert sum(data["ray_replay"]["runs"][0]["shard_sizes"]) >= data["prefill"]
     header = data["markdown"].splitlines()[2]
-    assert header.startswith("| metric | ray_replay | naive actor | ratio |") and header.endswith("| target | met |")
+    assert header.startswith("| metric | ray_replay | naive actor | ratio | ray_replay via DistributedReplay's .remote | ratio |")
+    assert header.endswith("| target | met | met (.remote handle) |")
     assert ("| torchrl RayReplayBuffer | ratio |" in header) == ("torchrl" in peers)
 
 
@@ -183,7 +184,8 @@ def test_cluster_and_durability_runs_cover_every_configuration(bench_run) -> Non
     results, _ = bench_run
     cluster = json.loads((results / "distributed_cluster.json").read_text(encoding="utf-8"))["cluster"]
     assert list(cluster["shards"]) == ["1", "2", "4"] and list(cluster["writers"]) == ["1", "2", "4"]
-    for table in ("shards", "writers"):
+    assert list(cluster["shards_one_shard"]) == ["1", "2", "4"]
+    for table in ("shards", "writers", "shards_one_shard"):
         assert all(r["inserted_per_s"] > 0 and r["sampled_per_s"] > 0 for r in cluster[table].values()), table
     durability = json.loads((results / "distributed_durability.json").read_text(encoding="utf-8"))["durability"]
     for name in ("plain", "checkpoints every 1 s", "replication_factor=2", "both"):

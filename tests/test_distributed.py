@@ -266,6 +266,37 @@ def test_prioritized_sampling_over_shards_has_the_distribution_of_one_buffer(rep
     client.close()
 
 
+@pytest.mark.parametrize("rounds_per_call", [1, 2])
+def test_one_shard_batches_pick_the_shard_by_mass_and_keep_global_probabilities(replays, rounds_per_call):
+    """batch_from="one_shard": each batch comes whole from one shard, the shard picked with probability
+    mass_k / mass (chi-square over the batches), the rows within it by their mass in that shard
+    (chi-square per shard); probabilities and weights are those of one buffer holding every row."""
+    groups = uneven_priorities(10, 2)
+    replay = replays(2000, 2)
+    fill_uneven(replay, groups)
+    mass = expected_masses(groups)
+    reference = reference_weights(local_reference(groups), len(mass))
+    client = ReplayClient(replay, prefetch=2, rounds_per_call=rounds_per_call, batch_from="one_shard", seed=3)
+    picks, rows = np.zeros(2), [[], []]
+    for _ in range(600):
+        batch = client.sample(200)
+        shards = np.unique(batch["ids"] >> LOCAL_ID_BITS)
+        assert len(shards) == 1, f"a one_shard batch came from shards {shards.tolist()}"
+        np.testing.assert_allclose(batch["probabilities"], mass[batch["action"]] / mass.sum(), rtol=1e-9)
+        np.testing.assert_allclose(batch["weights"], reference[batch["action"]], rtol=1e-5)
+        picks[shards[0]] += 1
+        rows[shards[0]].append(batch["action"])
+    shard_mass = np.array([mass[:10].sum(), mass[10:].sum()])
+    assert stats.chisquare(picks, shard_mass / shard_mass.sum() * picks.sum()).pvalue > 0.001
+    for k in range(2):
+        within = mass[10 * k:10 * (k + 1)]
+        observed = np.bincount(np.concatenate(rows[k]) - 10 * k, minlength=10).astype(float)
+        live = within > 0
+        assert observed[~live].sum() == 0, "an item of priority 0 was sampled"
+        assert stats.chisquare(observed[live], within[live] / within.sum() * observed.sum()).pvalue > 0.001
+    client.close()
+
+
 def test_priorities_route_back_to_their_shards_and_stale_ids_are_ignored(replays):
     groups = uneven_priorities(10, 2)
     replay = replays(20, 2)
@@ -324,8 +355,12 @@ def test_every_buffer_type_works_sharded(replays, buffer_type):
             assert ray.get(replay.size.remote()) == 0
             with pytest.raises(ValueError, match="empty"):
                 ray.get(replay.sample.remote(1))
+            with pytest.raises(ValueError, match="batch_from='one_shard' does not apply to a fifo replay"):
+                ReplayClient(replay, batch_from="one_shard")
         else:
-            for batch in (client.sample(64), ray.get(replay.sample.remote(64))):
+            with ReplayClient(replay, batch_from="one_shard", seed=1) as one_shard:
+                batches = (client.sample(64), ray.get(replay.sample.remote(64)), one_shard.sample(64), one_shard.sample(64))
+            for batch in batches:
                 assert_rows_consistent({k: v for k, v in batch.items() if k in SCHEMA})
                 assert len(batch["action"]) == 64 and batch["action"].max() < 150
             assert ray.get(replay.size.remote()) == 150
@@ -391,6 +426,7 @@ def test_bad_input_through_the_remote_api_raises_and_writes_nothing(shared_repla
     ({"prefetch": 2, "rounds_per_call": 3}, ValueError, "rounds_per_call must be <= prefetch"),
     ({"rounds_per_call": 0}, ValueError, "rounds_per_call must be >= 1"),
     ({"flush_interval_s": 0}, ValueError, "flush_interval_s"),
+    ({"batch_from": "any_shard"}, ValueError, "batch_from must be 'all_shards' or 'one_shard'"),
 ])
 def test_bad_client_options_name_the_option(shared_replay, options, error, message):
     with pytest.raises(error, match=message):

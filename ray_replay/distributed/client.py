@@ -67,6 +67,13 @@ class ReplayClient:
         rounds_per_call: prefetched rounds asked of each shard in one call (at most ``prefetch``):
             fewer calls per sampled row; the rounds in flight then range from
             ``prefetch - rounds_per_call + 1`` to ``prefetch`` (e.g. prefetch=4, rounds_per_call=2).
+        batch_from: ``"all_shards"`` (default): each sample is one global draw, its rows spread over the
+            shards by a multinomial on their masses (independent rows, as from one buffer; every shard
+            is asked in each round). ``"one_shard"``: each sample is drawn whole from one shard, picked
+            with probability (its mass / the replay's), as Ape-X's replay shards served a learner: each
+            row's probability and importance weight are the same as with "all_shards", but the rows of
+            one batch share a shard; one shard call per round however many shards (the other shards
+            are asked for their snapshot every 20 ms). Not for fifo.
         seed: seeds the client's multinomial draws.
     """
 
@@ -79,6 +86,7 @@ class ReplayClient:
         max_in_flight: int = 4,
         prefetch: int = 2,
         rounds_per_call: int = 1,
+        batch_from: str = "all_shards",
         seed: int | None = None,
     ) -> None:
         batch_rows, max_in_flight, prefetch, rounds_per_call = (check_count(name, value, low) for name, value, low in (
@@ -86,7 +94,11 @@ class ReplayClient:
         flush_interval_s = check_seconds("flush_interval_s", flush_interval_s)
         if rounds_per_call > max(prefetch, 1):
             raise ValueError(f"rounds_per_call must be <= prefetch ({prefetch}): the rounds of a call are prefetched, got {rounds_per_call}")
+        if batch_from not in ("all_shards", "one_shard"):
+            raise ValueError(f"batch_from must be 'all_shards' or 'one_shard', got {batch_from!r}")
         config = ray.get(coordinator.client_config.remote())
+        if batch_from == "one_shard" and config["buffer_type"] == "fifo":
+            raise ValueError("batch_from='one_shard' does not apply to a fifo replay (a read pops the oldest rows of every shard)")
         self._coordinator = coordinator
         self._shards: list[Any] = config["shards"]
         self._backups: list[Any] = config["backups"]
@@ -108,7 +120,7 @@ class ReplayClient:
         router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)),
                         tie_order=self._rng.permutation(len(self._shards)).tolist())
         self._rounds = SampleRounds(self._shards, self._health, self._table, self._limiter, self._rng, self._timeout_s,
-                                    prefetch if self._buffer_type != "fifo" else 0, rounds_per_call)
+                                    prefetch if self._buffer_type != "fifo" else 0, rounds_per_call, one_shard=batch_from == "one_shard")
         self._writes = InFlight(self._shards, self._backups, self._health, self._table, router, self._timeout_s, max_in_flight)
         self._closed = False
 

@@ -9,6 +9,11 @@ learner usually finds its next batch there; ``rounds_per_call`` of them share on
 (ReplayShard.draw: the request in one argument, see ReplayShardImpl.add_run). A round that loses a
 shard is planned again over the live ones.
 
+With ``one_shard`` (ReplayClient's ``batch_from="one_shard"``) a round is drawn whole from one shard,
+picked by mass (ShardTable.plan_one): one call per round however many shards there are. Shards with
+no rows in the plan are then asked (for 0 rows: a snapshot, and the updates held for them) only once
+their snapshot is SNAPSHOT_MAX_AGE_S old, so the masses the plan picks by stay that fresh.
+
 Held priority updates go out with the next request to their shard, so a learner step costs one round
 trip; an update whose request fails (the shard is down) is counted in ``dropped``, never lost silently.
 
@@ -28,7 +33,9 @@ import ray
 from ray_replay.distributed.health import PROCESS_FAILURES, RETRY_PAUSE_S, SHARD_FAILURES, ShardHealth, ShardUnavailableError, pause_before_retry
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, WireSnapshot
 
-__all__ = ["SampleRounds"]
+__all__ = ["SNAPSHOT_MAX_AGE_S", "SampleRounds"]
+
+SNAPSHOT_MAX_AGE_S = 0.02  # one_shard rounds: a shard not in the plan is asked for a snapshot once its own is this old
 
 Part = dict[str, np.ndarray]
 Sequence_ = tuple[int, int | None, int | None]  # (seq_len, min_len, period) of a sequence sample
@@ -72,11 +79,15 @@ class SampleRounds:
         limiter: the replay's RateLimiter; rng: the owner's generator (multinomial plans).
         timeout_s: a shard reply not back this long marks the shard down.
         prefetch, rounds_per_call: as for ReplayClient (validated there).
+        one_shard: each round from one shard picked by mass (ReplayClient's batch_from="one_shard").
     """
 
     def __init__(self, shards: list[Any], health: ShardHealth, table: ShardTable, limiter: RateLimiter, rng: np.random.Generator,
-                 timeout_s: float, prefetch: int, rounds_per_call: int) -> None:
+                 timeout_s: float, prefetch: int, rounds_per_call: int, one_shard: bool = False) -> None:
         self._shards, self._health, self._table, self._limiter, self._rng = shards, health, table, limiter, rng
+        self._plan = table.plan_one if one_shard else table.plan
+        self._one_shard = one_shard
+        self._asked_at = [-np.inf] * len(shards)  # time.monotonic() of the last request to each shard
         self._timeout_s = timeout_s
         self._prefetch = prefetch
         self._group = rounds_per_call if prefetch else 1
@@ -165,14 +176,20 @@ class SampleRounds:
 
     def _issue(self, batch_size: int, beta: float, sequence: Sequence_ | None, queue: bool = True, rounds: int = 1) -> dict[int, Any]:
         """Asks every shard worth asking for its planned rows of ``rounds`` rounds in one call (a down
-        one, after a while, for 0: a probe), each request carrying the updates held for that shard;
+        one, after a while, for 0: a probe; with one_shard, a shard with no rows planned only once its
+        snapshot is SNAPSHOT_MAX_AGE_S old), each request carrying the updates held for that shard;
         queues the rounds (or not) and returns the first round's {shard: ref or _Share}."""
-        plans = [self._table.plan(self._rng, batch_size) for _ in range(rounds)]
+        plans = [self._plan(self._rng, batch_size) for _ in range(rounds)]
         issued: list[dict[int, Any]] = [{} for _ in range(rounds)]
+        now = time.monotonic()
         for k in range(len(self._shards)):
             if self._health.worth_trying(k):
+                counts = [int(plan[k]) for plan in plans]
+                if self._one_shard and not any(counts) and now - self._asked_at[k] < SNAPSHOT_MAX_AGE_S:
+                    continue
+                self._asked_at[k] = now
                 updates = self.take_updates(k)
-                call = _Call(self._shards[k].draw.remote(([int(counts[k]) for counts in plans], None, updates, sequence)))
+                call = _Call(self._shards[k].draw.remote((counts, None, updates, sequence)))
                 for j in range(rounds):
                     issued[j][k] = _Share(call, j)
                 if updates is not None:

@@ -268,6 +268,20 @@ class ShardTable:
             return fifo_counts(batch_size, [s.size for s in self.snapshots])
         return multinomial_counts(rng, batch_size, [s.mass for s in self.snapshots])
 
+    def plan_one(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        """Every row of a round from one shard, picked with probability mass / total mass (not fifo).
+
+        Each row's probability is still m_i / S: P(shard k) x P(row i | shard k) = (M_k / S) (m_i / M_k),
+        and its weight (m_i / m_min)^-beta is the same as in ``plan``'s rounds; what changes is that the
+        rows of one round are not independent across shards (they share the shard). O(K)."""
+        masses = np.asarray([s.mass for s in self.snapshots], dtype=np.float64)
+        total = masses.sum()
+        if not total > 0:
+            raise ValueError("cannot sample from an empty buffer")
+        counts = np.zeros(len(masses), dtype=np.int64)
+        counts[min(int(np.searchsorted(np.cumsum(masses), rng.random() * total, side="right")), len(masses) - 1)] = batch_size
+        return counts
+
     def merge(self, parts: Sequence[Mapping[str, np.ndarray] | None], beta: float) -> dict[str, np.ndarray]:
         """One batch from the shards' parts (in shard order; None for shards not sampled).
 
