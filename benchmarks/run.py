@@ -6,6 +6,8 @@ Steps (each writes JSON and Markdown under benchmarks/results/):
   local        ray_replay beside numpy ring, deque, cpprb, TorchRL and a numpy sum tree; includes the C++ benchmark
   batch_sizes  sample latency per call vs batch size (ray_replay uniform and prioritized, numpy ring)
   atari        Atari-sized observations with and without dedup, beside a numpy ring and cpprb
+  pixels       64x64x3 ALE frames that do not stack, plain and compressed (LZ4, zstd), beside TorchRL's
+               CompressedListStorage and cpprb
   persistence  save / load throughput beside np.save / np.load
   sequences    sample(64, seq_len=80) from 1M rows beside TorchRL's SliceSampler / PrioritizedSliceSampler
   distributed  DIST-1 on Ray: ReplayCoordinator/ReplayClient vs a naive numpy actor and TorchRL's RayReplayBuffer
@@ -175,7 +177,7 @@ def plots(results: Path) -> list[str]:
 
 def summary(made: list[str], results: Path) -> None:
     parts = ["# Benchmark results", ""]
-    for name in ("local.md", "atari.md", "persistence.md", "sequences.md", "distributed.json", "distributed_cluster.md", "distributed_durability.md",
+    for name in ("local.md", "atari.md", "atari_pixels.md", "persistence.md", "sequences.md", "distributed.json", "distributed_cluster.md", "distributed_durability.md",
                  "rllib_dqn.md"):
         path = results / name
         if path.exists():
@@ -198,7 +200,7 @@ def main() -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="short runs: under 2 minutes in all")
     mode.add_argument("--smoke", action="store_true", help="every step but rllib at tiny sizes, for the test suite")
-    parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out (local, batch_sizes, atari, persistence, sequences, distributed, scaling, durability, rllib)")
+    parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out (local, batch_sizes, atari, pixels, persistence, sequences, distributed, scaling, durability, rllib, apex)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where JSON, Markdown and plots go")
     args = parser.parse_args()
     results: Path = args.results
@@ -213,6 +215,7 @@ def main() -> int:
         ("local", {"full": 60, "quick": 22, "smoke": 5}[name], script("local.py", *short, *(["--no-cpp"] if args.smoke else []), out="local.json")),
         ("batch_sizes", {"full": 40, "quick": 10, "smoke": 1}[name], lambda: batch_size_sweep(name, results)),
         ("atari", {"full": 60, "quick": 16, "smoke": 5}[name], script("atari.py", *short, out="atari.json")),
+        ("pixels", {"full": 120, "quick": 30, "smoke": 20}[name], script("atari.py", "--pixels", *short, out="atari_pixels.json")),
         ("persistence", {"full": 20, "quick": 5, "smoke": 2}[name], script("persistence.py", *short, out="persistence.json")),
         ("sequences", {"full": 60, "quick": 20, "smoke": 10}[name], script("sequences.py", *short, out="sequences.json")),
         ("distributed", {"full": 240, "quick": 65, "smoke": 60}[name], script("distributed.py", *short, out="distributed.json")),

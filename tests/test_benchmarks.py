@@ -116,6 +116,19 @@ def test_atari_benchmark_measures_every_implementation(bench_run) -> None:
     assert "| ray_replay frame-stack dedup |" in out.with_suffix(".md").read_text(encoding="utf-8")
 
 
+def test_pixels_benchmark_compresses_rendered_frames(bench_run) -> None:
+    out = bench_run[0] / "atari_pixels.json"
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["frames_from"].startswith("ALE")
+    assert {"ray_replay", "ray_replay lz4", "ray_replay zstd"} <= set(data["results"])
+    for name, figures in data["results"].items():
+        assert figures["add_mb_per_s"] > 0 and figures["sample_us"] > 0, name
+    # Bytes held are counted, not timed: rendered frames compress to well under half their raw size.
+    for codec in ("lz4", "zstd"):
+        assert data["results"][f"ray_replay {codec}"]["bytes_held_per_100k_gb"] < 100_000 * 64 * 64 * 3 / 1e9 / 2, codec
+    assert "| ray_replay lz4 |" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
 def test_ray_replay_bench_finds_the_checkouts_runner_or_says_why_not(tmp_path: Path) -> None:
     from ray_replay.__main__ import benchmark_runner
 
