@@ -19,9 +19,17 @@ Learner and are not covered; RLlib 2.60's old API stack is broken for every buff
 Needs the ``[rllib]`` extra.
 """
 
-from ray_replay.rllib.direct import DirectWriteEnvRunner
+from ray_replay.rllib.direct import DirectWriteDQN, DirectWriteDQNConfig, DirectWriteEnvRunner
 from ray_replay.rllib.episode_buffer import NativeEpisodeReplayBuffer
 from ray_replay.rllib.multi_agent import NativeMultiAgentEpisodeReplayBuffer
 from ray_replay.rllib.sac import SAC, SACConfig
 
-__all__ = ["SAC", "DirectWriteEnvRunner", "NativeEpisodeReplayBuffer", "NativeMultiAgentEpisodeReplayBuffer", "SACConfig"]
+__all__ = [
+    "SAC",
+    "DirectWriteDQN",
+    "DirectWriteDQNConfig",
+    "DirectWriteEnvRunner",
+    "NativeEpisodeReplayBuffer",
+    "NativeMultiAgentEpisodeReplayBuffer",
+    "SACConfig",
+]
