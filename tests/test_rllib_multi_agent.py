@@ -103,6 +103,8 @@ def test_priorities_are_per_module_and_n_step_returns_are_exact() -> None:
 def test_bad_options_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="replay_mode must be one of"):
         NativeMultiAgentEpisodeReplayBuffer(100, replay_mode="lockstep")
+    with pytest.raises(ValueError, match="synchronized' keeps every agent of an environment step in one row"):
+        NativeMultiAgentEpisodeReplayBuffer(100, replay_mode="synchronized", backend={"p0": "replay-p0"})
     with pytest.raises(ValueError, match="unknown replay_buffer_config option"):
         NativeMultiAgentEpisodeReplayBuffer(100, capacty=3)
     with pytest.raises(ValueError, match="need alpha >= 0"):
@@ -157,9 +159,24 @@ def play_chunks(steps: int, seed: int, every: int = 7) -> list[MultiAgentEpisode
     return chunks
 
 
-def test_synchronized_mode_returns_every_agent_of_the_same_env_steps() -> None:
+@pytest.fixture
+def uniform_coordinator(ray_local: None) -> Any:
+    """A uniform 2-shard ReplayCoordinator, removed afterwards."""
+    import ray
+
+    from ray_replay.distributed import ReplayCoordinator
+
+    handle = ReplayCoordinator.remote(capacity=10_000, num_shards=2, buffer_type="uniform", seed=5)
+    yield handle
+    ray.get(handle.shutdown.remote())
+    ray.kill(handle)
+
+
+@pytest.mark.parametrize("backend", ["local", "sharded"])
+def test_synchronized_mode_returns_every_agent_of_the_same_env_steps(backend: str, request: pytest.FixtureRequest) -> None:
     chunks = play_chunks(500, seed=3)
-    buffer = NativeMultiAgentEpisodeReplayBuffer(10_000, n_step=2, replay_mode="synchronized", seed=4)
+    where = "local" if backend == "local" else request.getfixturevalue("uniform_coordinator")
+    buffer = NativeMultiAgentEpisodeReplayBuffer(10_000, n_step=2, replay_mode="synchronized", seed=4, backend=where)
     buffer.add(chunks)
     assert sorted(buffer.get_module_ids()) == ["p0", "p1"]
     # The truth, per (episode id, env t), from the chunks: observations, actions, rewards of each agent.
@@ -207,6 +224,10 @@ def test_synchronized_mode_returns_every_agent_of_the_same_env_steps() -> None:
     assert buffer.get_metrics()["ray_replay"]["ignored_priority_updates"].peek() == 5
     with pytest.raises(ValueError, match="stores rows for replay_mode='synchronized'"):
         buffer.sample(num_items=4, replay_mode="independent")
+    if backend == "sharded":  # the rows live on the shards: checkpointed there, not in the RLlib buffer's state
+        with pytest.raises(NotImplementedError, match="through its ReplayCoordinator"):
+            buffer.get_state()
+        return
     clone = NativeMultiAgentEpisodeReplayBuffer(10_000, n_step=2, replay_mode="synchronized")
     clone.set_state(pickle.loads(pickle.dumps(buffer.get_state())))
     a = buffer.sample(num_items=8, n_step=2, gamma=GAMMA)

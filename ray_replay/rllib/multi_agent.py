@@ -48,13 +48,14 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
             (each module's buffer gets its own seed drawn from ``seed``; any n_step the algorithm
             passes is served, except in synchronized mode, which stores windows of this n_step).
         backend: ``"local"``, or a mapping ``module_id -> ReplayCoordinator`` (handle or name) to keep
-            each module's rows on its own sharded replay.
+            each module's rows on its own sharded replay; in synchronized mode, one "uniform"
+            ReplayCoordinator (a row holds every agent of an environment step).
         replay_mode: ``"independent"`` (RLlib's default: ``sample(B)`` returns B transitions of every
             module, drawn from that module's prioritized distribution) or ``"synchronized"``
             (``sample(B)`` draws B environment steps uniformly and returns the transition of every
             agent that has a full one there, so the modules' batches come from the same steps;
-            weights are 1 and priority updates are counted as ignored; local backend only). The
-            mode is fixed at construction: it decides how rows are stored.
+            weights are 1 and priority updates are counted as ignored). The mode is fixed at
+            construction: it decides how rows are stored.
 
     Observations and actions may be Dict/Tuple spaces, per agent (see NativeEpisodeReplayBuffer).
     """
@@ -74,7 +75,7 @@ class NativeMultiAgentEpisodeReplayBuffer(MultiAgentPrioritizedEpisodeReplayBuff
         self._modules: dict[ModuleID, NativeEpisodeReplayBuffer] = {}
         self._sync: SynchronizedStore | None = None
         if replay_mode == "synchronized":
-            self._sync = SynchronizedStore(self.capacity, max_n_step(n_step), seed=int(self._seeds.spawn(1)[0].generate_state(1)[0]))
+            self._sync = SynchronizedStore(self.capacity, max_n_step(n_step), seed=int(self._seeds.spawn(1)[0].generate_state(1)[0]), backend=backend)
         self._counts = {"env_steps_added": 0, "steps_sampled": 0}
         self._reported = dict(self._counts)
         self.metrics = MetricsLogger(root=False)

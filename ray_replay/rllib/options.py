@@ -79,10 +79,11 @@ class BufferOptions:
         if multi_agent:
             if self.replay_mode not in REPLAY_MODES:
                 raise ValueError(f"{owner}: replay_mode must be one of {REPLAY_MODES}, got {self.replay_mode!r}")
-            if not local and not isinstance(self.backend, dict):
+            if self.replay_mode == "synchronized" and isinstance(self.backend, dict):
+                raise ValueError(f"{owner}: replay_mode='synchronized' keeps every agent of an environment step in one row: backend must be "
+                                 "'local' or one ReplayCoordinator (buffer type 'uniform'), not a dict per module")
+            if self.replay_mode != "synchronized" and not local and not isinstance(self.backend, dict):
                 raise ValueError(f"{owner}: backend must be 'local' or a dict module_id -> ReplayCoordinator, got {self.backend!r}")
-            if self.replay_mode == "synchronized" and not local:
-                raise ValueError(f"{owner}: replay_mode='synchronized' keeps its rows locally; backend must be 'local'")
         elif self.env_runners_write and local:
             raise ValueError(f"{owner}: env_runners_write needs a sharded backend (a ReplayCoordinator), not 'local'")
 

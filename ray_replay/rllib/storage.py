@@ -24,8 +24,8 @@ class Storage(Protocol):
 
     capacity: int
 
-    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray) -> None: ...
-    def sample(self, size: int, beta: float, seq_len: int) -> dict[str, np.ndarray]: ...
+    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray | None) -> None: ...
+    def sample(self, size: int, beta: float | None = None, seq_len: int | None = None) -> dict[str, np.ndarray]: ...
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray, mask: np.ndarray | None = None) -> None: ...
     def __len__(self) -> int: ...
     def stats(self) -> dict[str, Any]: ...
@@ -35,16 +35,18 @@ class Storage(Protocol):
 
 
 class LocalStorage:
-    """One native prioritized ``ReplayBuffer`` in this process."""
+    """One native ``ReplayBuffer`` in this process: prioritized (alpha, beta, eps), or uniform."""
 
-    def __init__(self, capacity: int, *, alpha: float, beta: float, eps: float, seed: int | None) -> None:
-        self._buffer = ReplayBuffer(capacity, "prioritized", alpha=alpha, beta=beta, eps=eps, seed=seed)
+    def __init__(self, capacity: int, *, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6, seed: int | None,
+                 buffer_type: str = "prioritized") -> None:
+        options = {"alpha": alpha, "beta": beta, "eps": eps} if buffer_type == "prioritized" else {}
+        self._buffer = ReplayBuffer(capacity, buffer_type, seed=seed, **options)  # type: ignore[arg-type]  # "prioritized" or "uniform"
         self.capacity = capacity
 
-    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray) -> None:
+    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray | None) -> None:
         self._buffer.add_batch(**columns, priorities=priorities, streams=streams)
 
-    def sample(self, size: int, beta: float, seq_len: int) -> dict[str, np.ndarray]:
+    def sample(self, size: int, beta: float | None = None, seq_len: int | None = None) -> dict[str, np.ndarray]:
         return self._buffer.sample(size, beta=beta, seq_len=seq_len)
 
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray, mask: np.ndarray | None = None) -> None:
@@ -71,10 +73,10 @@ class ShardedStorage:
 
     Writes go through a ``ReplayClient`` (staged, sent in batches; ``sample`` sends what is staged
     first so every added row can be drawn). No prefetching, so each sample sees the last priority
-    update. The coordinator's capacity, alpha and beta apply; it must be ``"prioritized"``.
+    update. The coordinator's capacity, alpha and beta apply; its buffer type must be ``buffer_type``.
     """
 
-    def __init__(self, coordinator: Any, *, seed: int | None) -> None:
+    def __init__(self, coordinator: Any, *, seed: int | None, buffer_type: str = "prioritized") -> None:
         import ray
 
         from ray_replay.distributed import ReplayClient
@@ -85,15 +87,15 @@ class ShardedStorage:
         self._coordinator = coordinator
         self._client = ReplayClient(coordinator, prefetch=0, seed=seed)
         stats = self.stats()
-        if stats["buffer_type"] != "prioritized":
-            raise ValueError(f"the ReplayCoordinator must be 'prioritized', it is {stats['buffer_type']!r}")
+        if stats["buffer_type"] != buffer_type:
+            raise ValueError(f"the ReplayCoordinator must be {buffer_type!r}, it is {stats['buffer_type']!r}")
         self.capacity = int(stats["capacity"])
 
-    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray) -> None:
+    def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray | None) -> None:
         named: dict[str, Any] = columns  # (as Any: mypy would match **columns against add_batch's wait: bool)
         self._client.add_batch(**named, priorities=priorities, streams=streams)
 
-    def sample(self, size: int, beta: float, seq_len: int) -> dict[str, np.ndarray]:
+    def sample(self, size: int, beta: float | None = None, seq_len: int | None = None) -> dict[str, np.ndarray]:
         self._client.flush()
         return self._client.sample(size, beta=beta, seq_len=seq_len)
 
@@ -119,8 +121,10 @@ class ShardedStorage:
         raise NotImplementedError("checkpoint a sharded replay through its ReplayCoordinator, not the RLlib buffer")
 
 
-def make_storage(backend: Any, capacity: int, *, alpha: float, beta: float, eps: float, seed: int | None) -> Storage:
-    """``"local"``, or a running ``ReplayCoordinator`` (actor handle or actor name) for the sharded backend."""
+def make_storage(backend: Any, capacity: int, *, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6, seed: int | None,
+                 buffer_type: str = "prioritized") -> Storage:
+    """``"local"``, or a running ``ReplayCoordinator`` (actor handle or actor name) for the sharded backend
+    (whose buffer type must be ``buffer_type``; its own capacity and priority settings apply)."""
     if isinstance(backend, str) and backend == "local":
-        return LocalStorage(capacity, alpha=alpha, beta=beta, eps=eps, seed=seed)
-    return ShardedStorage(backend, seed=seed)
+        return LocalStorage(capacity, alpha=alpha, beta=beta, eps=eps, seed=seed, buffer_type=buffer_type)
+    return ShardedStorage(backend, seed=seed, buffer_type=buffer_type)

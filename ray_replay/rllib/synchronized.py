@@ -11,6 +11,10 @@ single-agent buffer (``ray_replay.rllib.nstep``), along environment steps.
 Sampling is uniform (RLlib's synchronized mode has no priorities): ``weights`` are 1, and priority
 updates are accepted and counted as ignored (``get_metrics()["ray_replay"]["ignored_priority_updates"]``).
 Costs: a row stores every agent slot (zeros where an agent is absent).
+
+The rows live in a local uniform buffer, or (``backend``: one ``ReplayCoordinator`` of buffer type
+"uniform") on its shards, written through a ReplayClient and sampled uniformly over the whole replay;
+the segments held back and the episode ids stay in this process.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ray_replay.buffer import ReplayBuffer
 from ray_replay.nested import Layout, infer_layout, map_structure, stack_structures
 from ray_replay.rllib.episodes import EpisodeFactory
 from ray_replay.rllib.nstep import END_NONE, END_TERMINATED, END_TRUNCATED, Segment, draw_n_steps
+from ray_replay.rllib.storage import make_storage
 
 __all__ = ["SynchronizedStore"]
 
@@ -31,11 +35,12 @@ _MAX_OPEN_EPISODES = 10_000
 
 
 class SynchronizedStore:
-    """Environment-step rows of multi-agent episodes in one native uniform buffer."""
+    """Environment-step rows of multi-agent episodes in one native uniform buffer, local or sharded
+    (``backend``: "local" or a uniform ReplayCoordinator, whose capacity then applies)."""
 
-    def __init__(self, capacity: int, k: int, seed: int | None) -> None:
-        self._buffer = ReplayBuffer(capacity, "uniform", seed=seed)
-        self.capacity = capacity
+    def __init__(self, capacity: int, k: int, seed: int | None, backend: Any = "local") -> None:
+        self._buffer = make_storage(backend, capacity, seed=seed, buffer_type="uniform")
+        self.capacity = self._buffer.capacity
         self._k = k
         self._rng = np.random.default_rng(seed)
         self._factory = EpisodeFactory()
@@ -88,7 +93,7 @@ class SynchronizedStore:
             return 0
         if self._layout is None:
             self._layout = infer_layout(list(rows), list(rows.values()), batched=True, every_tuple=True)
-        self._buffer.add_batch(**(rows if self._layout is None else self._layout.flatten(rows)))
+        self._buffer.add_batch(rows if self._layout is None else self._layout.flatten(rows), None, None)
         return len(rows["t"])
 
     def _segment(self, episode: Any, n: int) -> Segment:
@@ -185,7 +190,7 @@ class SynchronizedStore:
                 "rng": self._rng.bit_generator.state, "ignored_priority_updates": self.ignored_priority_updates}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._buffer = ReplayBuffer.from_state(state["buffer"])
+        self._buffer.set_state(state["buffer"])
         self._agents, self._modules, self._spaces, self._zeros = state["agents"], state["modules"], state["spaces"], state["zeros"]
         self._open = OrderedDict((k, Segment(**fields)) for k, fields in state["open"])
         self._episode_ids = OrderedDict(state["episode_ids"])
