@@ -46,6 +46,7 @@
 #include "replay_buffer/dedup/frame_codec.hpp"
 #include "replay_buffer/dedup/frame_layout.hpp"
 #include "replay_buffer/dedup/frame_pool.hpp"
+#include "replay_buffer/dedup/frame_store.hpp"
 
 namespace replay_buffer::dedup {
 
@@ -70,11 +71,8 @@ class DedupBuffer final : public core::ReplayBufferInterface {
         ring_size_(2 * capacity),  // live rows and one batch of new rows never share a ring entry
         refs_(ring_size_ * 2 * k_),
         row_streams_(ring_size_),
-        pool_(layout_.frame_bytes(), 4 * k_ * capacity),
+        frames_(layout_, 4 * k_ * capacity, std::move(codec)),
         scratch_stack_(layout_.stack_bytes()),
-        frame_pointers_(k_),
-        frame_scratch_(codec ? layout_.frame_bytes() : 0),
-        codec_(std::move(codec)),
         inner_columns_(row_bytes, [observations](std::size_t c) { return c != observations.state && c != observations.next_state; }) {
     if (capacity == 0) throw std::invalid_argument("capacity must be > 0");
     const std::size_t columns = row_bytes.size();
@@ -147,7 +145,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
         std::memset(next_state, 0, bytes);
         continue;
       }
-      restore_row(row_refs(sequence_numbers[i]), state, next_state);
+      frames_.restore_row(row_refs(sequence_numbers[i]), state, next_state);
     }
   }
 
@@ -158,8 +156,8 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     const std::size_t n = inner_->sample(request, inner_columns_.destinations(destinations, sequence_numbers_.data()).data());
     const std::size_t bytes = layout_.stack_bytes();
     for (std::size_t i = 0; i < n; ++i) {
-      if (i + 1 < n) prefetch_frames(row_refs(sequence_numbers_[i + 1]));
-      restore_row(row_refs(sequence_numbers_[i]), destinations[observations_.state] + i * bytes, destinations[observations_.next_state] + i * bytes);
+      if (i + 1 < n) frames_.prefetch_row(row_refs(sequence_numbers_[i + 1]));
+      frames_.restore_row(row_refs(sequence_numbers_[i]), destinations[observations_.state] + i * bytes, destinations[observations_.next_state] + i * bytes);
     }
     const std::uint64_t oldest = next_seq_ - inner_->size();  // a FIFO read consumed rows
     release_rows(released_upto_, oldest);
@@ -176,28 +174,16 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   core::BufferStats stats() const override {
     std::lock_guard lock(mutex_);
     core::BufferStats s = inner_->stats();
-    s.frames_held = pool_.live();
-    s.frame_bytes = layout_.frame_bytes();
     s.bytes_reserved += refs_.size() * sizeof(FramePool::Slot) + row_streams_.size() * sizeof(std::int64_t);
-    if (codec_) {  // the pool's frame storage stays untouched: only its reference counts are used
-      const FrameCodecStats frames = codec_->stats();
-      s.bytes_held += frames.bytes_held;
-      s.bytes_reserved += frames.bytes_reserved + pool_.slots_touched() * sizeof(std::uint32_t);
-    } else {
-      s.bytes_held += pool_.live() * layout_.frame_bytes();
-      s.bytes_reserved += pool_.bytes_touched();
-    }
+    frames_.add_stats(s);
     fill_latencies(s);
     return s;
   }
 
   // The frames' compression (none without a codec).
   std::optional<FrameCodecStats> frame_codec_stats() const {
-    if (!codec_) return std::nullopt;
     std::lock_guard lock(mutex_);
-    FrameCodecStats s = codec_->stats();
-    s.frames_held = pool_.live();
-    return s;
+    return frames_.codec_stats();
   }
 
   // state.streams: the stream of each exported row.
@@ -210,7 +196,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     state.streams.resize(rows);
     const std::size_t bytes = layout_.stack_bytes();
     for (std::size_t i = 0; i < rows; ++i) {
-      restore_row(row_refs(sequence_numbers[i]), destinations[observations_.state] + i * bytes, destinations[observations_.next_state] + i * bytes);
+      frames_.restore_row(row_refs(sequence_numbers[i]), destinations[observations_.state] + i * bytes, destinations[observations_.next_state] + i * bytes);
       state.streams[i] = row_streams_[sequence_numbers[i] % ring_size_];
     }
     return state;
@@ -281,7 +267,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
       stage_frames(state, next, is_new, tail, state_refs);
     } catch (...) {  // out of memory or a frame that does not decode: drop this row's frames, so nothing changed
       for (std::size_t j = 0; j < 2 * k_; ++j) {
-        if (state_refs[j] != kNoSlot) release_frame(state_refs[j]);
+        if (state_refs[j] != kNoSlot) frames_.release(state_refs[j]);
       }
       throw;
     }
@@ -300,95 +286,30 @@ class DedupBuffer final : public core::ReplayBufferInterface {
       if (tail.call == call_) {
         linked = std::memcmp(state, tail.next_input, bytes) == 0;
       } else {
-        assemble(previous, scratch_stack_.data());
+        frames_.assemble(previous, scratch_stack_.data());
         linked = std::memcmp(state, scratch_stack_.data(), bytes) == 0;
       }
       if (linked) {
-        for (std::size_t j = 0; j < k_; ++j) pool_.retain(state_refs[j] = previous[j]);
+        for (std::size_t j = 0; j < k_; ++j) frames_.retain(state_refs[j] = previous[j]);
       }
     }
-    if (!linked) store_stack(state, state_refs);
+    if (!linked) frames_.store_stack(state, state_refs);
 
     if (layout_.shifted_by_one(next, state)) {
-      for (std::size_t j = 0; j + 1 < k_; ++j) pool_.retain(next_refs[j] = state_refs[j + 1]);
-      next_refs[k_ - 1] = store_frame(next, k_ - 1);
+      for (std::size_t j = 0; j + 1 < k_; ++j) frames_.retain(next_refs[j] = state_refs[j + 1]);
+      next_refs[k_ - 1] = frames_.store_frame(next, k_ - 1);
     } else {
-      store_stack(next, next_refs);
+      frames_.store_stack(next, next_refs);
     }
-  }
-
-  FramePool::Slot store_frame(const std::byte* stack, std::size_t j) {
-    const FramePool::Slot slot = pool_.allocate();
-    if (!codec_) {
-      layout_.extract(stack, j, pool_.data(slot));
-      return slot;
-    }
-    try {
-      const std::byte* frame = stack + layout_.frame_offset(j);
-      if (!layout_.frames_contiguous()) {
-        layout_.extract(stack, j, frame_scratch_.data());
-        frame = frame_scratch_.data();
-      }
-      codec_->store(slot, frame);
-    } catch (...) {
-      pool_.release(slot);  // the codec kept nothing
-      throw;
-    }
-    return slot;
-  }
-
-  void store_stack(const std::byte* stack, FramePool::Slot* refs) {
-    for (std::size_t j = 0; j < k_; ++j) {
-      if (j > 0 && layout_.frames_equal(stack, j, j - 1)) {
-        pool_.retain(refs[j] = refs[j - 1]);
-      } else {
-        refs[j] = store_frame(stack, j);
-      }
-    }
-  }
-
-  void assemble(const FramePool::Slot* refs, std::byte* stack) const {
-    if (codec_) return decoder_.decode(*codec_, refs, 1, &stack);
-    for (std::size_t j = 0; j < k_; ++j) frame_pointers_[j] = pool_.data(refs[j]);
-    layout_.assemble(frame_pointers_.data(), stack);
-  }
-
-  // A row's state and next_state from its 2K frame references.
-  void restore_row(const FramePool::Slot* refs, std::byte* state, std::byte* next_state) const {
-    if (!codec_) {
-      assemble(refs, state);
-      assemble(refs + k_, next_state);
-      return;
-    }
-    std::byte* const stacks[2] = {state, next_state};
-    decoder_.decode(*codec_, refs, 2, stacks);
-  }
-
-  // Frames sit at random slots: start the next row's first cache lines of each frame early, so their
-  // misses overlap the copy of this row (the hardware prefetcher takes over within a frame).
-  void prefetch_frames(const FramePool::Slot* refs) const noexcept {
-    if (codec_) return;  // the frames' bytes are in the codec's log
-    constexpr std::size_t kLines = 4;
-    for (std::size_t j = 0; j < 2 * k_; ++j) {
-      const std::byte* frame = pool_.data(refs[j]);
-      for (std::size_t line = 0; line < kLines && line * memory::kCacheLineBytes < layout_.frame_bytes(); ++line) {
-        __builtin_prefetch(frame + line * memory::kCacheLineBytes);
-      }
-    }
-  }
-
-  void release_frame(FramePool::Slot slot) noexcept {
-    if (pool_.release(slot) && codec_) codec_->drop(slot);
   }
 
   void release_row(std::uint64_t seq) noexcept {
     const FramePool::Slot* refs = row_refs(seq);
-    for (std::size_t j = 0; j < 2 * k_; ++j) release_frame(refs[j]);
+    for (std::size_t j = 0; j < 2 * k_; ++j) frames_.release(refs[j]);
   }
 
   void clear_frames() noexcept {
-    pool_.clear();
-    if (codec_) codec_->clear();
+    frames_.clear();
     streams_.clear();
   }
 
@@ -412,7 +333,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   mutable std::mutex mutex_;  // guards everything below
   std::vector<FramePool::Slot> refs_;      // per ring entry: K state refs, then K next_state refs
   std::vector<std::int64_t> row_streams_;  // per ring entry: the row's stream
-  FramePool pool_;
+  FrameStore frames_;
   std::unordered_map<std::int64_t, StreamTail> streams_;  // streams with a row still held
   std::vector<UndoEntry> undo_;
   std::uint64_t next_seq_ = 0;       // sequence number of the next row stored
@@ -420,10 +341,6 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   std::uint64_t call_ = 0;
   std::vector<std::uint64_t> sequence_numbers_;
   std::vector<std::byte> scratch_stack_;
-  mutable std::vector<const std::byte*> frame_pointers_;
-  std::vector<std::byte> frame_scratch_;  // with a codec: a frame extracted from an interleaved stack
-  const std::unique_ptr<FrameCodec> codec_;  // null: frames kept in pool_
-  const StackDecoder decoder_{layout_};
   const core::InnerColumns inner_columns_;  // every column but state and next_state, then the sequence number
 };
 
