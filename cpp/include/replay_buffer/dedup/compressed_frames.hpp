@@ -8,8 +8,10 @@
 // Thread roles: none of its own; the DedupBuffer's mutex serializes every call (load() included,
 // which shares the one CodecContext). Costs: store O(frame bytes) of compression plus a copy of the
 // compressed bytes; load O(frame bytes) of decompression (a copy for a raw frame). Measured on a
-// loaded 2-core x86 machine, 4 KiB structured frames (tests/test_dedup_compression.py's data), LZ4:
-// store ~4 us, load ~1.5 us per frame. Memory: the stored bytes, packed, plus 12 bytes per slot.
+// loaded 2-core VM with tests/test_dedup_compression.py's 4 KiB frames (4 x 64 x 64 stacks, one new
+// frame a row, batches of 64): LZ4 adds about 0.7 us a row to add (Zstandard level 3 about 10 us)
+// and holds 1/4 of the raw frames' bytes (Zstandard 1/6); a sample row (K + 1 = 5 frames decoded)
+// takes 2.4 us against 2.1 us uncompressed. Memory: the stored bytes, packed, plus 12 bytes per slot.
 #pragma once
 
 #include <algorithm>

@@ -23,9 +23,13 @@
 // sample O(observation bytes) of copies. With a codec, add also compresses each new frame and, when
 // the stream's previous row came in an earlier call, decodes its next_state (K frames) to compare;
 // sample decodes K + 1 frames per row in the steady state. Measured with LZ4 on 4 x 64 x 64 uint8
-// stacks (a loaded 2-core machine): see docs/compression.md. Concurrency: one mutex serializes add, sample, stats and
-// state export/import (rows share frames, so a read must not interleave with the add that frees them);
-// priority updates go straight to the inner buffer, which synchronizes itself.
+// stacks, one row per add (a loaded 2-core VM): add 7.1 us a row stacked on axis 0 (as without a
+// codec), 14.9 us on axis -1 (11.5); sample 2.4 us and 5.9 us a row (2.9, 2.5); a quarter of the
+// bytes (docs/compression.md, "Dedup and compression"). Concurrency: one mutex serializes add,
+// sample, stats and state export/import (rows share frames, so a read must not interleave with the
+// add that frees them), the frames' compression and decoding included; priority updates go straight
+// to the inner buffer, which synchronizes itself. Failure contract: a method that throws (a full
+// FIFO, out of memory) changed nothing: the frames staged for the call are released again.
 #pragma once
 
 #include <algorithm>
