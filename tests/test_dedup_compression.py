@@ -6,6 +6,7 @@ state, pickle, save/load and checkpoint round trips; stats; and the errors of mi
 from __future__ import annotations
 
 import pickle
+import threading
 from typing import Any
 
 import helpers
@@ -233,3 +234,45 @@ def test_mismatched_observation_codecs_under_dedup_are_refused(fields: dict[str,
     schema = {name: ((K, 8, 8), np.uint8, fields[name]) if name in fields else ((K, 8, 8), np.uint8) for name in ("state", "next_state")}
     with pytest.raises(ValueError, match=message):
         ReplayBuffer(10, schema=schema, next_state="dedup", frame_stack_axis=0, compress=compress)
+
+
+@pytest.mark.parametrize("buffer_type", ["lockfree", "prioritized"])
+def test_threads_adding_and_sampling_compressed_frames_get_whole_exact_rows(buffer_type: str) -> None:
+    buffer = ReplayBuffer(128, buffer_type, next_state="dedup", frame_stack_axis=-1, seed=0,  # type: ignore[arg-type]
+                          compress={"state": "lz4", "next_state": "lz4"})
+    episodes = []
+    for w in range(3):
+        writer = Pixels(seed=20 + w, streams=1, axis=-1)
+        frames = [writer.frame() for _ in range(150 + K)]
+        state = np.stack([np.stack(frames[t : t + K], axis=-1) for t in range(150)])
+        next_state = np.stack([np.stack(frames[t + 1 : t + 1 + K], axis=-1) for t in range(150)])
+        episodes.append({"state": state, "action": np.arange(150) + 1000 * w, "reward": np.zeros(150, np.float32),
+                         "next_state": next_state, "done": np.zeros(150, bool)})
+    errors: list[BaseException] = []
+
+    def write(w: int) -> None:
+        try:
+            for start in range(0, 150, 10):
+                buffer.add_batch(**{name: values[start : start + 10] for name, values in episodes[w].items()}, streams=w)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    def read() -> None:
+        try:
+            for _ in range(150):
+                if len(buffer):
+                    batch = buffer.sample(8)
+                    for row, action in enumerate(batch["action"]):
+                        w, t = divmod(int(action), 1000)
+                        np.testing.assert_array_equal(batch["state"][row], episodes[w]["state"][t])
+                        np.testing.assert_array_equal(batch["next_state"][row], episodes[w]["next_state"][t])
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)] + [threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert buffer.stats()["adds"] == 450 and buffer.stats()["frames_held"] <= 128 + 3 * K  # one new frame a row, plus each stream's first stack
