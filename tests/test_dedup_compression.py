@@ -6,7 +6,6 @@ state, pickle, save/load and checkpoint round trips; stats; and the errors of mi
 from __future__ import annotations
 
 import pickle
-import threading
 from typing import Any
 
 import helpers
@@ -248,31 +247,19 @@ def test_threads_adding_and_sampling_compressed_frames_get_whole_exact_rows(buff
         next_state = np.stack([np.stack(frames[t + 1 : t + 1 + K], axis=-1) for t in range(150)])
         episodes.append({"state": state, "action": np.arange(150) + 1000 * w, "reward": np.zeros(150, np.float32),
                          "next_state": next_state, "done": np.zeros(150, bool)})
-    errors: list[BaseException] = []
 
     def write(w: int) -> None:
-        try:
-            for start in range(0, 150, 10):
-                buffer.add_batch(**{name: values[start : start + 10] for name, values in episodes[w].items()}, streams=w)
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+        for start in range(0, 150, 10):
+            buffer.add_batch(**{name: values[start : start + 10] for name, values in episodes[w].items()}, streams=w)
 
     def read() -> None:
-        try:
-            for _ in range(150):
-                if len(buffer):
-                    batch = buffer.sample(8)
-                    for row, action in enumerate(batch["action"]):
-                        w, t = divmod(int(action), 1000)
-                        np.testing.assert_array_equal(batch["state"][row], episodes[w]["state"][t])
-                        np.testing.assert_array_equal(batch["next_state"][row], episodes[w]["next_state"][t])
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+        for _ in range(150):
+            if len(buffer):
+                batch = buffer.sample(8)
+                for row, action in enumerate(batch["action"]):
+                    w, t = divmod(int(action), 1000)
+                    np.testing.assert_array_equal(batch["state"][row], episodes[w]["state"][t])
+                    np.testing.assert_array_equal(batch["next_state"][row], episodes[w]["next_state"][t])
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)] + [threading.Thread(target=read)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    helpers.run_threads(*(lambda w=w: write(w) for w in range(3)), read)
     assert buffer.stats()["adds"] == 450 and buffer.stats()["frames_held"] <= 128 + 3 * K  # one new frame a row, plus each stream's first stack
