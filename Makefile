@@ -59,7 +59,7 @@ test-cpp: $(VENV)/.build-tools
 # out here with -m "not ray" and run in test-python, without the preload; RAY_REPLAY_TESTS_NO_RAY
 # makes conftest refuse, with a message, any Ray start that slips through, so no Ray process (GCS,
 # raylet, worker) ever starts under the ASan runtime.
-ASAN_TESTS := tests/test_compression.py tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py tests/test_sampling.py tests/test_sharding.py tests/test_coordinator_impl.py tests/test_nested.py tests/test_sequences.py
+ASAN_TESTS := tests/test_compression.py tests/test_dedup_compression.py tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py tests/test_sampling.py tests/test_sharding.py tests/test_coordinator_impl.py tests/test_nested.py tests/test_sequences.py
 test-asan: install
 	$(call cpp_tests,-asan,address,-DREPLAY_BUFFER_BUILD_PYTHON_MODULE=ON -DPython_EXECUTABLE=$(VENV_ABS)/bin/python -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir))
 	rm -rf build/asan-package && mkdir -p build/asan-package && cp -r ray_replay build/asan-package/
@@ -197,7 +197,7 @@ test-wheel: wheel
 # not found is reported and skipped. The full Ray and RLlib suites run on the .venv's Python (make test).
 TEST_PYTHON_VERSIONS ?= 3.10 3.12 3.13
 PYENV_ROOT ?= $(HOME)/.pyenv
-LOCAL_TESTS := tests/test_compression.py tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py tests/test_sampling.py tests/test_nested.py
+LOCAL_TESTS := tests/test_compression.py tests/test_dedup_compression.py tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_lockfree.py tests/test_persistence.py tests/test_model.py tests/test_dedup.py tests/test_storage.py tests/test_sampling.py tests/test_nested.py
 test-pythons: $(VENV)/.system-deps
 	@for version in $(TEST_PYTHON_VERSIONS); do \
 		python=$$(ls -d $(PYENV_ROOT)/versions/$$version.*/bin/python$$version 2>/dev/null | sort -V | tail -n 1); \

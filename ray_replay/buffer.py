@@ -70,8 +70,8 @@ class ReplayBuffer(_core.NativeReplayBuffer):
             with level 1..22. Rows of those fields are compressed in the native add (in parallel
             over a large batch, GIL released) and decompressed straight into sample's arrays; a row
             that does not shrink is stored raw. Fields of at least 32 bytes per row; not with
-            ``storage_dir``, nor on ``state``/``next_state`` with ``next_state="dedup"``. See
-            docs/compression.md.
+            ``storage_dir``. With ``next_state="dedup"``, a codec on ``state`` and ``next_state``
+            (the same on both) compresses each stored frame. See docs/compression.md.
         sequence_priority_eta: prioritized only: how ``update_priorities(ids, errors)`` mixes the
             (n, seq_len) per-step errors of a ``sample(n, seq_len=...)`` into one priority per
             sequence: ``eta * max|e| + (1 - eta) * mean|e|`` over the valid steps (R2D2's 0.9).

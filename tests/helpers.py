@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -50,6 +51,25 @@ def assert_same_contents(actual, expected) -> None:
     for key in ("total_adds", "samples", "evictions"):
         assert left[key] == right[key], key
     np.testing.assert_array_equal(left["masses"], right["masses"])
+
+
+def run_threads(*targets: Callable[[], object]) -> None:
+    """Runs each target in a thread of its own, waits for all, and fails with what any of them raised
+    (a failed assertion in a thread would otherwise only be printed)."""
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[[], object]) -> None:
+        try:
+            target()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(target,)) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
 
 
 def wait_for(condition: Callable[[], T], timeout_s: float, message: str | Callable[[], str], interval_s: float = 0.1) -> T:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import helpers
 import numpy as np
 import pytest
@@ -228,28 +226,19 @@ def test_a_schema_inferred_without_next_state_is_refused_and_nothing_is_created(
 def test_lockfree_dedup_with_threads_returns_only_whole_transitions():
     buffer = ReplayBuffer(256, "lockfree", next_state="dedup", frame_stack_axis=-1, seed=0)
     episodes = [atari_like_episode(np.random.default_rng(10 + w), 300) for w in range(3)]
-    errors: list[BaseException] = []
 
     def write(w: int) -> None:
         for start in range(0, 300, 20):
             buffer.add_batch(**{name: values[start : start + 20] for name, values in episodes[w].items()}, streams=w)
 
     def read() -> None:
-        try:
-            for _ in range(200):
-                if len(buffer):
-                    batch = buffer.sample(16)
-                    # next_state is its state moved on by one frame: the rows are whole.
-                    np.testing.assert_array_equal(batch["next_state"][..., :-1], batch["state"][..., 1:])
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+        for _ in range(200):
+            if len(buffer):
+                batch = buffer.sample(16)
+                # next_state is its state moved on by one frame: the rows are whole.
+                np.testing.assert_array_equal(batch["next_state"][..., :-1], batch["state"][..., 1:])
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)] + [threading.Thread(target=read)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    helpers.run_threads(*(lambda w=w: write(w) for w in range(3)), read)
     assert buffer.stats()["adds"] == 900
 
 

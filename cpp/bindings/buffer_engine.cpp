@@ -62,16 +62,25 @@ std::pair<dedup::ObservationColumns, dedup::FrameLayout> NativeBuffer::dedup_lay
 std::unique_ptr<core::ReplayBufferInterface> NativeBuffer::make_base(const Schema& schema, std::vector<std::size_t> row_bytes, dedup::DedupBuffer** dedup) const {
   if (next_state_ != NextState::kDedup) return make_engine(std::move(row_bytes));
   auto [observations, layout] = dedup_layout(schema);
-  auto buffer = std::make_unique<dedup::DedupBuffer>(capacity_, row_bytes, observations, std::move(layout),
-                                                     [this](std::vector<std::size_t> inner) { return make_engine(std::move(inner)); });
+  const Field& state = schema[observations.state];  // a codec here is on the frames (resolve_codecs: the same on next_state)
+  auto codec = state.codec_on_frames ? make_frame_codec(state.codec, layout.frame_bytes()) : nullptr;
+  auto buffer = std::make_unique<dedup::DedupBuffer>(
+      capacity_, row_bytes, observations, std::move(layout), [this](std::vector<std::size_t> inner) { return make_engine(std::move(inner)); },
+      std::move(codec));
   *dedup = buffer.get();
   return buffer;
 }
 
 // Checks the codecs and builds the engine; throws (changing nothing) on a bad combination.
 void NativeBuffer::create_engine(Schema schema) {
-  const auto codecs = resolve_codecs(schema, compress_, next_state_ == NextState::kDedup, storage_dir_.has_value());
-  for (std::size_t i = 0; i < schema.size(); ++i) schema[i].codec = codecs[i];
+  const bool dedup_frames = next_state_ == NextState::kDedup;
+  auto codecs = resolve_codecs(schema, compress_, dedup_frames, storage_dir_.has_value());
+  for (std::size_t i = 0; i < schema.size(); ++i) {
+    schema[i].codec = codecs[i];
+    // Under dedup the observation fields' codec compresses their frames (DedupBuffer), not their rows.
+    schema[i].codec_on_frames = dedup_frames && codecs[i].enabled() && (schema[i].name == "state" || schema[i].name == "next_state");
+    if (schema[i].codec_on_frames) codecs[i] = {};
+  }
   std::vector<std::size_t> row_bytes;
   for (const Field& field : schema) row_bytes.push_back(field.row_bytes);
   std::unique_ptr<core::ReplayBufferInterface> engine;
@@ -80,7 +89,7 @@ void NativeBuffer::create_engine(Schema schema) {
   if (compressed) {
     Schema plain;  // the fields the inner buffer keeps as they are (then a sequence column)
     for (const Field& field : schema) {
-      if (!field.codec.enabled()) plain.push_back(field);
+      if (!column_codec(field)) plain.push_back(field);
     }
     engine = make_compressed(capacity_, row_bytes, codecs,
                              [&](std::vector<std::size_t> inner) { return make_base(plain, std::move(inner), &dedup); });

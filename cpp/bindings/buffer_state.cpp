@@ -53,7 +53,7 @@ py::dict NativeBuffer::stats() const {
   std::size_t row_bytes = 0;
   for (const Field& field : schema_) row_bytes += field.row_bytes;
   d["bytes_raw"] = s.size * row_bytes;  // the rows held as given: bytes_held is what they take
-  if (engine_) add_compression_stats(d, *engine_, schema_, s.size);
+  if (engine_) add_compression_stats(d, *engine_, dedup_, schema_, s.size);
   d["collect_stats"] = collect_stats_;
   d["stats_enabled"] = collect_stats_;  // the former name of collect_stats, kept for readers of old dashboards
   d["add_p50_ns"] = s.add_p50_ns;
@@ -108,7 +108,7 @@ py::dict NativeBuffer::get_state(bool with_rows, std::optional<std::size_t> newe
   const bool as_stored = stored && compressed_ && with_rows;
   for (const Field& field : schema_) {
     if (!with_rows) break;  // file-backed rows stay where they are
-    if (as_stored && field.codec.enabled()) {
+    if (as_stored && column_codec(field)) {
       destinations.push_back(nullptr);
       continue;
     }
@@ -167,7 +167,7 @@ void NativeBuffer::set_state(const py::dict& state) {
   } else {
     const py::dict columns = state["columns"];
     for (std::size_t i = 0; i < schema_.size(); ++i) {
-      if (stored && schema_[i].codec.enabled()) {
+      if (stored && column_codec(schema_[i])) {
         converted.pointers()[i] = nullptr;
         continue;
       }

@@ -6,7 +6,9 @@
 
 #if REPLAY_BUFFER_WITH_COMPRESSION
 #include "replay_buffer/compression/compressed_buffer.hpp"
+#include "replay_buffer/dedup/compressed_frames.hpp"
 #endif
+#include "replay_buffer/dedup/dedup_buffer.hpp"
 
 namespace replay_buffer::bindings {
 
@@ -102,11 +104,23 @@ std::vector<compression::Codec> resolve_codecs(const Schema& schema, const std::
       throw py::value_error("field '" + field.name + "': rows of " + std::to_string(field.row_bytes) + " bytes cannot be compressed (codec '" +
                             codecs[i].name() + "'; a codec needs rows of at least " + std::to_string(kMinCompressibleBytes) + " bytes)");
     }
-    if (dedup && (field.name == "state" || field.name == "next_state")) {
-      throw py::value_error("field '" + field.name + "': a codec does not combine with next_state='dedup' on the observation fields "
-                            "(dedup stores each observation or frame once; compress other fields, or use next_state='store')");
-    }
     if (file_backed) throw py::value_error("field '" + field.name + "': compressed fields do not combine with storage_dir (compressed rows live in memory)");
+  }
+  if (dedup) {  // state and next_state share frames: one codec for both
+    const auto codec_of = [&](const std::string& name) -> const compression::Codec* {
+      for (std::size_t i = 0; i < schema.size(); ++i) {
+        if (schema[i].name == name) return &codecs[i];
+      }
+      return nullptr;
+    };
+    const compression::Codec* state = codec_of("state");
+    const compression::Codec* next = codec_of("next_state");
+    if (state != nullptr && next != nullptr && !(*state == *next)) {
+      const bool next_has = next->enabled();
+      throw py::value_error("field '" + std::string(next_has ? "next_state" : "state") + "': next_state='dedup' shares frames between state and " +
+                            "next_state, so both need the same codec: expected '" + (next_has ? state : next)->name() + "' like '" +
+                            (next_has ? "state" : "next_state") + "', got '" + (next_has ? next : state)->name() + "'");
+    }
   }
   return codecs;
 }
@@ -125,11 +139,33 @@ std::unique_ptr<core::ReplayBufferInterface> make_compressed(std::size_t capacit
   return std::make_unique<compression::CompressedBuffer>(capacity, row_bytes, codecs, make_inner);
 }
 
-void add_compression_stats(py::dict& stats, const core::ReplayBufferInterface& engine, const Schema& schema, std::size_t size) {
+std::unique_ptr<dedup::FrameCodec> make_frame_codec(const compression::Codec& codec, std::size_t frame_bytes) {
+  return std::make_unique<dedup::CompressedFrames>(codec, frame_bytes);
+}
+
+void add_compression_stats(py::dict& stats, const core::ReplayBufferInterface& engine, const dedup::DedupBuffer* dedup, const Schema& schema,
+                           std::size_t size) {
   const auto* compressed = dynamic_cast<const compression::CompressedBuffer*>(&engine);
-  if (compressed == nullptr) return;
+  const auto frames = dedup != nullptr ? dedup->frame_codec_stats() : std::nullopt;
+  if (compressed == nullptr && !frames) return;
   py::dict fields;
-  for (const auto& column : compressed->compression_stats()) {
+  if (frames) {
+    std::size_t raw = 0;
+    for (const Field& field : schema) raw += field.codec_on_frames ? size * field.row_bytes : 0;
+    for (const Field& field : schema) {
+      if (!field.codec_on_frames) continue;
+      py::dict entry;
+      entry["codec"] = field.codec.name();
+      entry["frames"] = true;
+      entry["bytes_held"] = frames->bytes_held;
+      entry["bytes_raw"] = raw;
+      entry["ratio"] = frames->bytes_held == 0 ? 1.0 : static_cast<double>(raw) / static_cast<double>(frames->bytes_held);
+      entry["rows_stored_raw"] = frames->frames_stored_raw;
+      entry["frames_held"] = frames->frames_held;
+      fields[field.name.c_str()] = entry;
+    }
+  }
+  for (const auto& column : compressed != nullptr ? compressed->compression_stats() : std::vector<compression::ColumnCompressionStats>{}) {
     const Field& field = schema[column.column];
     py::dict entry;
     const std::size_t raw = size * field.row_bytes;
@@ -150,7 +186,7 @@ StoredRows parse_stored(py::handle stored, const Schema& schema, std::optional<s
   std::optional<std::size_t> rows = plain_rows;
   std::size_t expected = 0;
   for (const Field& field : schema) {
-    if (!field.codec.enabled()) continue;
+    if (!column_codec(field)) continue;
     ++expected;
     const std::string prefix = "state 'stored' field '" + field.name + "': ";
     if (!fields.contains(field.name.c_str())) throw py::value_error(prefix + "missing");
@@ -184,7 +220,7 @@ core::BufferState export_stored(const core::ReplayBufferInterface& engine, std::
   }
   std::size_t k = 0;
   for (const Field& field : schema) {
-    if (!field.codec.enabled()) continue;
+    if (!column_codec(field)) continue;
     py::dict entry;
     entry["lengths"] = py::array_t<std::uint32_t>(static_cast<py::ssize_t>(columns[k].lengths.size()), columns[k].lengths.data());
     entry["data"] = py::array_t<std::uint8_t>(static_cast<py::ssize_t>(columns[k].data.size()), reinterpret_cast<const std::uint8_t*>(columns[k].data.data()));
@@ -222,7 +258,11 @@ std::unique_ptr<core::ReplayBufferInterface> make_compressed(std::size_t, const 
   throw py::value_error("this build of ray_replay has no compression (built with REPLAY_BUFFER_WITH_COMPRESSION=OFF)");
 }
 
-void add_compression_stats(py::dict&, const core::ReplayBufferInterface&, const Schema&, std::size_t) {}
+void add_compression_stats(py::dict&, const core::ReplayBufferInterface&, const dedup::DedupBuffer*, const Schema&, std::size_t) {}
+
+std::unique_ptr<dedup::FrameCodec> make_frame_codec(const compression::Codec&, std::size_t) {
+  throw py::value_error("this build of ray_replay has no compression (built with REPLAY_BUFFER_WITH_COMPRESSION=OFF)");
+}
 
 #endif
 

@@ -17,7 +17,12 @@
 
 #include "replay_buffer/compression/codec_spec.hpp"
 #include "replay_buffer/core/buffer_interface.hpp"
+#include "replay_buffer/dedup/frame_codec.hpp"
 #include "schema.hpp"
+
+namespace replay_buffer::dedup {
+class DedupBuffer;
+}
 
 namespace replay_buffer::bindings {
 
@@ -29,12 +34,21 @@ std::vector<std::pair<std::string, compression::Codec>> parse_compress(py::handl
 
 // The codec of every field of `schema`: the schema's own, overridden where compress= names the field
 // (a field given two different codecs is an error). Throws ValueError for a compress= name that is not
-// a field, a field too small to compress, a dedup observation field with a codec (dedup stores those
-// frames once already), or any codec on a file-backed buffer. Changes nothing.
+// a field, a field too small to compress, dedup observation fields of different codecs (state and
+// next_state share frames: both need the same one, or none), or any codec on a file-backed buffer.
+// Changes nothing.
 std::vector<compression::Codec> resolve_codecs(const Schema& schema, const std::vector<std::pair<std::string, compression::Codec>>& compress,
                                                bool dedup, bool file_backed);
 
 bool any_codec(const std::vector<compression::Codec>& codecs);
+
+// Whether a field's rows are compressed whole (by the compressing decorator; stored as they are in a
+// state): a field with a codec, unless that codec applies to dedup frames.
+inline bool column_codec(const Field& field) { return field.codec.enabled() && !field.codec_on_frames; }
+
+// next_state='dedup' with a codec on the observation fields: where the dedup buffer keeps its frames.
+// Throws ValueError in a build without compression.
+std::unique_ptr<dedup::FrameCodec> make_frame_codec(const compression::Codec& codec, std::size_t frame_bytes);
 
 using EngineFactory = std::function<std::unique_ptr<core::ReplayBufferInterface>(std::vector<std::size_t> row_bytes)>;
 
@@ -44,8 +58,11 @@ std::unique_ptr<core::ReplayBufferInterface> make_compressed(std::size_t capacit
                                                              const std::vector<compression::Codec>& codecs, const EngineFactory& make_inner);
 
 // stats(): "compression" -> {field: {"codec", "bytes_held", "bytes_raw", "ratio", "rows_stored_raw"}}
-// for a compressed engine (nothing otherwise).
-void add_compression_stats(py::dict& stats, const core::ReplayBufferInterface& engine, const Schema& schema, std::size_t size);
+// for a compressed engine or dedup frames with a codec (nothing otherwise). The dedup observation
+// fields share their frames: both entries give the frames' figures ("frames": True, bytes_raw both
+// fields' rows, rows_stored_raw the frames stored raw, plus frames_held), counted once in bytes_held.
+void add_compression_stats(py::dict& stats, const core::ReplayBufferInterface& engine, const dedup::DedupBuffer* dedup, const Schema& schema,
+                           std::size_t size);
 
 // Compressed rows as stored, in a state: state["stored"] = {field: {"lengths": uint32[rows] (a length
 // equal to the row's size marks a row stored raw), "data": uint8[sum of lengths]}} for every field

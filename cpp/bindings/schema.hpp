@@ -35,6 +35,7 @@ struct Field {
   char kind = 0;                   // numpy kind: 'b', 'i', 'u', 'f'
   int itemsize = 0;
   compression::Codec codec;        // how rows are kept (none: as they are); see codecs.hpp
+  bool codec_on_frames = false;    // next_state='dedup' observation field: the codec applies to its frames
 
   static Field make(std::string name, py::dtype dtype, std::vector<py::ssize_t> shape);
   std::string shape_text() const;

@@ -37,6 +37,10 @@ class FrameLayout {
   std::size_t frames() const noexcept { return k_; }
   std::size_t frame_bytes() const noexcept { return outer_ * inner_; }
   std::size_t stack_bytes() const noexcept { return outer_ * k_ * inner_; }
+  // Whether each frame is one contiguous block of its stack (stacked on the first axis, or K = 1),
+  // and where frame j's block starts.
+  bool frames_contiguous() const noexcept { return outer_ == 1 || k_ == 1; }
+  std::size_t frame_offset(std::size_t j) const noexcept { return j * inner_; }
 
   // stack <- frames[0..K).
   void assemble(const std::byte* const* frames, std::byte* stack) const noexcept {

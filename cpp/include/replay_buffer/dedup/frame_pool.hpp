@@ -49,12 +49,12 @@ class FramePool {
 
   void retain(Slot slot) noexcept { ++references()[slot]; }  // O(1)
 
-  // Drops one reference; the last one frees the slot. O(1).
-  void release(Slot slot) noexcept {
-    if (--references()[slot] == 0) {
-      free_.push_back(slot);
-      --live_;
-    }
+  // Drops one reference; the last one frees the slot (and returns true). O(1).
+  bool release(Slot slot) noexcept {
+    if (--references()[slot] != 0) return false;
+    free_.push_back(slot);
+    --live_;
+    return true;
   }
 
   // Forgets every frame (for import_state).
@@ -71,6 +71,7 @@ class FramePool {
   std::size_t frame_bytes() const noexcept { return frame_bytes_; }
   std::size_t live() const noexcept { return live_; }
   std::size_t bytes_touched() const noexcept { return touched_ * stride_; }
+  std::size_t slots_touched() const noexcept { return touched_; }
 
  private:
   std::uint32_t* references() noexcept { return reinterpret_cast<std::uint32_t*>(references_.data()); }
