@@ -237,3 +237,31 @@ def test_dqn_trains_on_dict_observations(ray_local: None) -> None:
         algo.stop()
 
 
+
+
+def test_direct_writes_share_the_nested_layout_with_the_learners_reader(coordinator: Any) -> None:
+    """With env_runners_write the learner's buffer stores nothing itself: it takes the rows' nested
+    layout from the replay's first writer (kept by the coordinator) and rebuilds Dict/Tuple structures;
+    a writer of another structure is refused before it stores anything."""
+    writer = NativeEpisodeReplayBuffer(backend=coordinator, n_step=(1, 3), seed=1)  # as DirectWriteEnvRunner makes it
+    reader = NativeEpisodeReplayBuffer(backend=coordinator, n_step=(1, 3), seed=2, env_runners_write=True)
+    pieces, episodes = chunks()
+    writer.add(pieces)
+    writer.flush()
+    assert reader.payload_steps_received == 0
+    for episode in reader.sample(num_items=64, n_step=1, gamma=GAMMA, include_extra_model_outputs=True):
+        first = episode.get_observations(0)
+        e, t = int(first["pos"][0]), int(first["pos"][1])
+        assert_equal_structures(first, obs(e, t))
+        assert_equal_structures(episode.get_observations(1), obs(e, t + 1))
+        assert_equal_structures(episode.get_actions(0), action(e, t))
+        assert_equal_structures(episode.get_extra_model_outputs("out", 0), extra(e, t))
+    assert reader._writer.layout is not None and reader._writer.layout.columns == writer._writer.layout.columns
+    size = ray.get(coordinator.size.remote())
+    other = NativeEpisodeReplayBuffer(backend=coordinator, n_step=1, seed=3)
+    flat = SingleAgentEpisode(observations=[np.zeros(2, np.float32)] * 3, actions=[0, 1], rewards=[1.0, 1.0], terminated=True,
+                              len_lookback_buffer=0)
+    with pytest.raises(ValueError, match="differs from .* which another writer of this replay stored first"):
+        other.add([flat])
+    other.flush()
+    assert ray.get(coordinator.size.remote()) == size

@@ -163,6 +163,7 @@ class ReplayCoordinatorImpl:
         metrics_name = (self._name or "replay") if metrics else None
         self._sample_latency = SampleLatencyHistogram(metrics_name) if metrics_name else None
         self._totals = Totals()
+        self._metadata: dict[str, Any] = {}  # set_metadata: first value per key wins
         durability: dict[str, Any] = {}
         if checkpoint_dir is not None:
             durability = {"checkpoint_every_s": checkpoint_every_s, "checkpoint_every_adds": checkpoint_every_adds}
@@ -277,6 +278,18 @@ class ReplayCoordinatorImpl:
 
     def shard_handles(self) -> list[Any]:
         return list(self._set.primaries)
+
+    def set_metadata(self, key: str, value: Any) -> Any:
+        """Stores ``value`` under ``key`` unless a value is there already; returns the value stored (the
+        first one set). What writers of one replay agree on without a payload passing through here,
+        e.g. the row layout that RLlib env runners writing directly publish for the learner's reader."""
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, got {type(key).__name__}")
+        return self._metadata.setdefault(key, value)
+
+    def metadata(self, key: str) -> Any:
+        """The value set_metadata stored under ``key``, or None."""
+        return self._metadata.get(key)
 
     def backup_handles(self) -> list[Any]:
         """The backups (replication_factor=2), shard k's at index k; empty otherwise."""

@@ -9,9 +9,9 @@ shards, returning no episodes: the driver's process handles no transition payloa
 buffer counts what it receives, ``get_metrics()["ray_replay"]["payload_steps_received"]``, which stays
 0) and samples prioritized batches from the shards for the learner. An env runner's writes go out
 asynchronously (its ReplayClient sends every ``flush_interval_s``), so env stepping never waits for
-the shards; the driver's first sample waits for the first rows. Flat (Box/Discrete)
-spaces: the driver does not see the episodes, so it cannot learn a Dict/Tuple layout from them. Nor
-does it hold the newest observation of an unfinished episode (its env runner does), so the driver
+the shards; the driver's first sample waits for the first rows. Dict/Tuple spaces: the driver does
+not see the episodes; it takes their rows' layout from the first writer, through the coordinator
+(``ReplayCoordinator.set_metadata``). Nor does the driver hold the newest observation of an unfinished episode (its env runner does), so the driver
 draws again the starts whose o_t+n is that observation; sampled sequences carry no episode ids.
 """
 

@@ -160,6 +160,7 @@ class NativeEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
         beta = self._beta if beta is None else float(beta)
         if self._awaiting_rows:
             self._await_rows()
+            self._writer.adopt_shared_layout()  # env runners write: the structure of their rows
         if length and length > 1:
             if n_step not in (None, 1):
                 raise ValueError(f"sample(batch_length_T={length}): n_step must be 1 when sampling sequences (as in RLlib), got {n_step!r}")

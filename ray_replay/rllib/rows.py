@@ -25,12 +25,13 @@ from ray_replay.rllib.compact import T_DTYPE, ActionColumns, check_steps
 from ray_replay.rllib.nstep import END_NONE, END_TERMINATED, END_TRUNCATED, EXTRA_PREFIX, Segment
 from ray_replay.rllib.storage import Storage
 
-__all__ = ["MAX_OPEN_EPISODES", "RowWriter"]
+__all__ = ["LAYOUT_KEY", "MAX_OPEN_EPISODES", "RowWriter"]
 
 # Unfinished episodes whose next chunk never comes (e.g. an EnvRunner was restarted) would otherwise
 # keep their last observation forever; past this many open episodes the least recently extended goes
 # (its stored rows stay sampleable wherever their n-step future is stored).
 MAX_OPEN_EPISODES = 10_000
+LAYOUT_KEY = "ray_replay.rllib.layout"  # the rows' nested layout, shared by a replay's writers (Storage.share)
 
 Tag = tuple[Any, Any, Any, Any]  # (episode id, agent_id, module_id, multi_agent_episode_id)
 
@@ -97,8 +98,15 @@ class RowWriter:
         columns = pieces[0][0] if len(pieces) == 1 else {k: map_structure(_concatenate, *[p[0][k] for p in pieces]) for k in pieces[0][0]}
         count = len(columns["t"])
         if not self.layout_known:
-            self.layout = infer_layout(list(columns), list(columns.values()), batched=True, every_tuple=True)
-            self.layout_known = True
+            layout = infer_layout(list(columns), list(columns.values()), batched=True, every_tuple=True)
+            mine = None if layout is None else layout.to_json()
+            # Every writer of a replay must lay rows out alike, and a reader that writes nothing (the
+            # learner's buffer with env_runners_write) learns the layout from the first writer.
+            kept = self.storage.share(LAYOUT_KEY, {"layout": mine})["layout"]
+            if kept != mine:
+                raise ValueError(f"these rows' nested layout {mine} differs from {kept}, which another writer of this replay stored first "
+                                 "(observation, action and extra model output spaces must be the same for every writer)")
+            self.layout, self.layout_known = layout, True
         streams = columns["episode"]
         flat = columns if self.layout is None else self.layout.flatten(columns)
         if self.actions is not None:
@@ -136,6 +144,14 @@ class RowWriter:
         row["episode"] = np.array([segment.key], dtype=np.int64)
         row["t"] = np.array([segment.base], dtype=T_DTYPE)
         return row
+
+    def adopt_shared_layout(self) -> None:
+        """A reader that has stored nothing takes the layout the replay's first writer shared (if any)."""
+        if not self.layout_known:
+            kept = self.storage.shared(LAYOUT_KEY)
+            if kept is not None:
+                self.layout = None if kept["layout"] is None else Layout.from_json(kept["layout"])
+                self.layout_known = True
 
     def _conform(self, rows: dict[str, Any]) -> dict[str, Any]:
         """Fixes the stored extra model outputs to those of the first rows: later missing ones are

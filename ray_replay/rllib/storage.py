@@ -32,6 +32,8 @@ class Storage(Protocol):
     def get_state(self) -> dict[str, Any]: ...
     def set_state(self, state: dict[str, Any]) -> None: ...
     def flush(self) -> None: ...
+    def share(self, key: str, value: Any) -> Any: ...
+    def shared(self, key: str) -> Any: ...
 
 
 class LocalStorage:
@@ -42,6 +44,7 @@ class LocalStorage:
         options = {"alpha": alpha, "beta": beta, "eps": eps} if buffer_type == "prioritized" else {}
         self._buffer = ReplayBuffer(capacity, buffer_type, seed=seed, **options)  # type: ignore[arg-type]  # "prioritized" or "uniform"
         self.capacity = capacity
+        self._shared: dict[str, Any] = {}
 
     def add_batch(self, columns: dict[str, np.ndarray], priorities: np.ndarray | None, streams: np.ndarray | None) -> None:
         self._buffer.add_batch(**columns, priorities=priorities, streams=streams)
@@ -66,6 +69,13 @@ class LocalStorage:
 
     def flush(self) -> None:
         """Rows are stored as they are added: nothing to wait for."""
+
+    def share(self, key: str, value: Any) -> Any:
+        """Keeps ``value`` under ``key`` unless one is there; returns the one kept (as ShardedStorage)."""
+        return self._shared.setdefault(key, value)
+
+    def shared(self, key: str) -> Any:
+        return self._shared.get(key)
 
 
 class ShardedStorage:
@@ -109,6 +119,15 @@ class ShardedStorage:
     def __len__(self) -> int:
         self._client.flush()
         return int(self._ray.get(self._coordinator.size.remote()))
+
+    def share(self, key: str, value: Any) -> Any:
+        """What every writer of this replay must agree on (e.g. the rows' layout): kept by the
+        coordinator, first value wins; returns the value kept. One coordinator call."""
+        return self._ray.get(self._coordinator.set_metadata.remote(key, value))
+
+    def shared(self, key: str) -> Any:
+        """The value some writer shared under ``key`` (None if none has yet). One coordinator call."""
+        return self._ray.get(self._coordinator.metadata.remote(key))
 
     def stats(self) -> dict[str, Any]:
         """The coordinator's counters summed over the shards."""
