@@ -205,7 +205,7 @@ void NativeBuffer::set_state(const py::dict& state) {
     }
   }
   if (stored) {
-    import_stored(*engine_, s, converted.pointers(), stored_rows);
+    import_stored(*engine_, s, converted.pointers(), stored_rows, schema_);
   } else {
     ReleaseGil release;
     engine_->import_state(s, in_place ? nullptr : converted.pointers(), rows);

@@ -1,6 +1,9 @@
 #include "codecs.hpp"
 
 #include <cctype>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
 
 #include "gil.hpp"
 
@@ -230,15 +233,27 @@ core::BufferState export_stored(const core::ReplayBufferInterface& engine, std::
   return state;
 }
 
-void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored) {
+void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored,
+                   const Schema& schema) {
   auto& compressed = dynamic_cast<compression::CompressedBuffer&>(engine);
   std::vector<compression::StoredColumnView> views;
   for (std::size_t k = 0; k < stored.lengths.size(); ++k) {
     views.push_back({static_cast<const std::uint32_t*>(stored.lengths[k].data()), static_cast<const std::byte*>(stored.data[k].data()),
                      static_cast<std::size_t>(stored.data[k].size())});
   }
-  ReleaseGil release;
-  compressed.import_stored(state, sources, views, stored.rows);
+  try {
+    ReleaseGil release;
+    compressed.import_stored(state, sources, views, stored.rows);
+  } catch (const std::invalid_argument& error) {  // "column <c> row <i>: ..." -> "field '<name>' row <i>: ..."
+    std::string message = error.what();
+    std::size_t column = 0;
+    const std::size_t rest = message.find_first_not_of("0123456789", 7);
+    if (message.rfind("column ", 0) == 0 && std::sscanf(message.c_str(), "column %zu", &column) == 1 && column < schema.size() &&
+        rest != std::string::npos) {
+      message = "stored field '" + schema[column].name + "'" + message.substr(rest);
+    }
+    throw py::value_error(message);
+  }
 }
 
 #else
@@ -249,7 +264,7 @@ StoredRows parse_stored(py::handle, const Schema&, std::optional<std::size_t>) {
 core::BufferState export_stored(const core::ReplayBufferInterface&, std::byte* const*, std::size_t, const Schema&, py::dict&) {
   throw py::value_error("this build of ray_replay has no compression");
 }
-void import_stored(core::ReplayBufferInterface&, const core::BufferState&, const std::byte* const*, const StoredRows&) {
+void import_stored(core::ReplayBufferInterface&, const core::BufferState&, const std::byte* const*, const StoredRows&, const Schema&) {
   throw py::value_error("this build of ray_replay has no compression");
 }
 

@@ -82,6 +82,7 @@ StoredRows parse_stored(py::handle stored, const Schema& schema, std::optional<s
 
 // Imports a state whose codec fields come as stored (each row checked to decode; a corrupt one is a
 // ValueError naming the field and row, and changes nothing). sources: per field, null for codec fields.
-void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored);
+void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored,
+                   const Schema& schema);
 
 }  // namespace replay_buffer::bindings

@@ -220,7 +220,8 @@ class ReplayShardImpl:
 
     def replica_state(self) -> dict[str, Any]:
         """What a replica needs to become this one: the buffer's state and the ids of recent batches."""
-        return {"buffer": self.buffer.get_state(), "applied": list(self._applied)}
+        # Compressed fields travel as stored: no decompression here, no recompression in the replica.
+        return {"buffer": self.buffer._get_state(stored=True), "applied": list(self._applied)}
 
     def set_replica_state(self, state: Mapping[str, Any]) -> Snapshot:
         """Becomes a copy of the replica whose ``replica_state()`` this is (and checkpoints, when enabled)."""
