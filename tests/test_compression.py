@@ -690,3 +690,119 @@ def test_a_compressed_buffer_keeps_its_sequences_through_save_load_and_pickle(tm
             np.testing.assert_array_equal(batch["obs"][i][batch["mask"][i]],
                                           np.arange(n * 64, dtype=np.uint8).reshape(n, 8, 8)[steps])
         assert (batch["mask"].sum(axis=1) >= 1).all() and (batch["mask"].sum(axis=1) > 1).any()
+
+
+# -- rows that come compressed (ReplayClient -> shard) --------------------------------------------------
+
+
+def stored_batch(ids: np.ndarray, codec: Any = "lz4") -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """The rows with these ids as a writer sends them: the plain columns, and the codec fields compressed."""
+    from ray_replay import _core
+
+    batch = rows(ids)
+    stored = {}
+    for name in COMPRESSED:
+        lengths, data = _core.compress_rows(batch[name], codec)
+        stored[name] = {"lengths": lengths, "data": data}
+    return {name: value for name, value in batch.items() if name not in COMPRESSED}, stored
+
+
+@pytest.mark.parametrize("buffer_type", BUFFER_TYPES)
+@pytest.mark.parametrize("codec", ["lz4", "zstd:5"])
+def test_rows_added_as_stored_equal_rows_added_plain(buffer_type, codec):
+    """compress_rows gives exactly the bytes a buffer stores; a buffer fed them as stored (through
+    wrap-around and a batch longer than the capacity) holds and samples what one fed plain rows does."""
+    plain, fed = make(buffer_type, codec), make(buffer_type, codec)
+    for start, n in ((0, 25), (25, 30), (55, 90)):
+        ids = np.arange(start, start + n)
+        plain.add_batch(**rows(ids))
+        columns, stored = stored_batch(ids, codec)
+        fed._add_stored_batch(columns, stored)
+    expected = plain._get_state(stored=True)["stored"]
+    for name in COMPRESSED:
+        np.testing.assert_array_equal(fed._get_state(stored=True)["stored"][name]["data"], expected[name]["data"], err_msg=name)
+    keep = ("size", "adds", "evictions", "bytes_held", "compression")
+    assert {k: fed.stats()[k] for k in keep} == {k: plain.stats()[k] for k in keep}
+    x, y = fed.sample(min(8, len(fed))), plain.sample(min(8, len(plain)))
+    for key in x:
+        np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+    assert_rows_exact(x)
+
+
+def test_stored_rows_with_priorities_and_streams_keep_their_sequences():
+    buf = make("prioritized", "lz4")
+    columns, stored = stored_batch(np.arange(12))
+    buf._add_stored_batch(columns, stored, priorities=np.linspace(1, 2, 12), streams=np.arange(12) % 2)
+    np.testing.assert_array_equal(buf.get_state()["masses"][:2] > 0, [True, True])
+    batch = buf.sample(4, seq_len=3)
+    assert batch["image"].shape == (4, 3, 16, 16, 3)
+    assert_rows_exact({name: batch[name][:, 0] for name in rows(np.arange(1))})
+
+
+def corrupt(stored: dict[str, dict[str, np.ndarray]], name: str) -> dict[str, dict[str, np.ndarray]]:
+    data = stored[name]["data"].copy()
+    data[: min(40, len(data))] ^= 0x5A
+    return {**stored, name: {"lengths": stored[name]["lengths"], "data": data}}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c, s: (c, corrupt(s, "zeros")), "stored field 'zeros' row 0: the compressed row does not decode"),
+    (lambda c, s: (c, {**s, "image": {**s["image"], "data": s["image"]["data"][:-1]}}), "stored field 'image'"),
+    (lambda c, s: (c, {**s, "noise": {**s["noise"], "lengths": s["noise"]["lengths"][:-1]}}), "'noise': 9 rows where the other columns hold 10"),
+    (lambda c, s: (c, {k: v for k, v in s.items() if k != "vector"}), "field 'vector': missing"),
+    (lambda c, s: ({**c, "image": rows(np.arange(10))["image"]}, s), "names a field it should not"),
+    (lambda c, s: ({k: v for k, v in c.items() if k != "reward"}, s), "no column 'reward'"),
+    (lambda c, s: (c, {**s, "noise": {"lengths": s["noise"]["lengths"]}}), "expected a dict with 'lengths' and 'data'"),
+])
+def test_bad_stored_rows_raise_a_value_error_naming_the_field_and_add_nothing(damage, message):
+    buf = make("prioritized", "lz4")
+    buf.add_batch(**rows(np.arange(30)))
+    before = buf.stats()
+    columns, stored = stored_batch(np.arange(30, 40))
+    with pytest.raises(ValueError, match=message):
+        buf._add_stored_batch(*damage(columns, stored))
+    after = buf.stats()
+    for key in ("size", "adds", "bytes_held", "compression"):
+        assert after[key] == before[key], key
+    buf._add_stored_batch(columns, stored)  # the intact batch still goes in
+    assert len(buf) == 40
+    assert_rows_exact(buf.sample(40))
+
+
+def test_stored_rows_need_a_compressed_buffer_and_compress_rows_checks_its_input():
+    from ray_replay import _core
+
+    columns, stored = stored_batch(np.arange(5))
+    plain = ReplayBuffer(10, schema={k: v[:2] for k, v in schema("lz4").items()})
+    with pytest.raises(ValueError, match="codecs on its fields"):
+        plain._add_stored_batch(columns, stored)
+    assert len(plain) == 0
+    with pytest.raises(ValueError, match="unknown codec"):
+        _core.compress_rows(np.zeros((3, 64), np.uint8), "brotli")
+    with pytest.raises(ValueError, match="leading batch axis"):
+        _core.compress_rows(np.zeros((), np.uint8), "lz4")
+    lengths, data = _core.compress_rows(np.zeros((3, 64), np.uint8), "lz4")
+    assert len(lengths) == 3 and lengths.sum() == len(data) < 3 * 64
+
+
+def test_a_shard_keeps_a_writers_compressed_run_and_refuses_a_corrupt_one_whole():
+    from ray_replay.distributed.shard import ReplayShardImpl
+    from ray_replay.distributed.writes import compress_codec_fields
+
+    shard = ReplayShardImpl(0, 40, "prioritized", schema=schema("lz4"), seed=0)
+    buffer_schema = make("prioritized").schema
+    _, named = compress_codec_fields((), rows(np.arange(20)), 20, dict.fromkeys(COMPRESSED, "lz4"), buffer_schema)
+    assert set(named["stored"]) == set(COMPRESSED) and not set(COMPRESSED) & set(named)
+    shard.add_run(((), {**named, "batch_id": "a"}))
+    assert len(shard.buffer) == 20
+    assert_rows_exact(shard.buffer.sample(20))
+    _, named = compress_codec_fields((), rows(np.arange(20, 30)), 10, dict.fromkeys(COMPRESSED, "lz4"), buffer_schema)
+    before = shard.buffer.stats()
+    with pytest.raises(ValueError, match="stored field 'image'"):
+        shard.add_run(((), {**named, "stored": corrupt(named["stored"], "image"), "batch_id": "b"}))
+    assert shard.buffer.stats()["bytes_held"] == before["bytes_held"] and len(shard.buffer) == 20
+    shard.add_run(((), {**named, "batch_id": "b"}))  # not recorded as applied: the retry goes in
+    assert len(shard.buffer) == 30
+    # A field not of the schema's dtype is sent as given: the shard converts and compresses it.
+    columns, named = compress_codec_fields((), {**rows(np.arange(3)), "vector": np.zeros((3, 24))}, 3, {"vector": "lz4"}, buffer_schema)
+    assert "stored" not in named and named["vector"].dtype == np.float64
