@@ -8,6 +8,10 @@ import numpy.typing as npt
 
 __version__: str
 
+def compress_rows(rows: Any, codec: Any) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
+    """Each row along the leading axis compressed on its own, as a buffer with ``codec`` stores it: (uint32
+    lengths, a row's size meaning stored raw; the bytes back to back). GIL released."""
+
 class BufferFullError(RuntimeError):
     """A fifo buffer with ``on_full="error"`` is full: the add wrote nothing (counted in ``stats()["rejected"]``)."""
 
@@ -143,3 +147,6 @@ class NativeReplayBuffer:
     def _get_state(self, with_rows: bool = True, newest_rows: int | None = None, stored: bool = False) -> dict[str, Any]: ...
     def _sync_storage(self) -> None: ...
     def _set_state(self, state: dict[str, Any], /) -> None: ...  # py::dict, positional (pybind11's arg0)
+    def _add_stored_batch(self, columns: dict[str, Any], stored: Any, priorities: Any = None, streams: Any = None) -> None:
+        """add_batch of named columns whose codec fields come compressed in ``stored`` ({field: {"lengths", "data"}},
+        compress_rows' form): checked to decode and kept as they are; a ValueError naming the field changes nothing."""

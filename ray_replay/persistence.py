@@ -4,8 +4,9 @@ Layout (all integers little-endian)::
 
     offset 0   8 bytes   magic b"RRBUF\\x00\\r\\n" (the CR/LF catch text-mode mangling)
     offset 8   uint32    format version (2; 3 for a checkpoint increment; 4 for a buffer whose
-                         compressed fields are stored as they are; version 1 files, without dedup,
-                         are read too)
+                         compressed fields are stored as they are; 5 for a checkpoint increment
+                         whose compressed fields are stored as they are; version 1 files, without
+                         dedup, are read too)
     offset 12  uint32    header length H (at most 1 MiB)
     offset 16  uint32    CRC-32 of the header
     offset 20  H bytes   header: UTF-8 JSON (configuration, schema, counters, random state and,
@@ -25,7 +26,7 @@ Layout (all integers little-endian)::
                          The metadata file of a storage_dir buffer ("columns_external": true in the
                          header) has no column sections: its rows stay in the folder's column files.
 
-A checkpoint increment (version 3, "increment": {"size": S} in the header) holds only the newest
+A checkpoint increment (version 3, or 5 with "stored_fields"; "increment": {"size": S} in the header) holds only the newest
 "rows" rows of a buffer that held S rows (and their streams), with the counters, the random state and
 the priority masses of all S rows: applied to the buffer's previous checkpoint it gives the buffer's
 state (see ray_replay.distributed.checkpoint). "checkpoint_id" (optional) names a checkpoint chain.
@@ -58,7 +59,8 @@ MAGIC = b"RRBUF\x00\r\n"
 FORMAT_VERSION = 2
 INCREMENT_VERSION = 3
 STORED_VERSION = 4  # compressed fields stored as they are
-_READABLE_VERSIONS = (1, 2, 3, 4)
+STORED_INCREMENT_VERSION = 5  # a checkpoint increment whose compressed fields are stored as they are
+_READABLE_VERSIONS = (1, 2, 3, 4, 5)
 _PREAMBLE = struct.Struct("<8sIII")
 _MAX_HEADER_BYTES = 1 << 20
 _ALIGNMENT = 64
@@ -100,8 +102,6 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
         header["random"] = [int(word) for word in state["random"]]
         header["rows"] = int(state["rows"]) if external else int(len(arrays[0][1]))
         if state.get("stored"):
-            if "newest_rows" in state:
-                raise ValueError("a checkpoint increment holds decompressed rows (get_state(), not stored=True)")
             header["stored_fields"] = [name for name, _, _ in state["schema"] if name in state["stored"]]
         if "newest_rows" in state:
             header["increment"] = {"size": int(state["size"])}
@@ -135,7 +135,9 @@ def write_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as file:
-            version = INCREMENT_VERSION if "increment" in header else STORED_VERSION if "stored_fields" in header else FORMAT_VERSION
+            increment, stored = "increment" in header, "stored_fields" in header
+            version = (STORED_INCREMENT_VERSION if increment and stored else INCREMENT_VERSION if increment
+                       else STORED_VERSION if stored else FORMAT_VERSION)
             file.write(_PREAMBLE.pack(MAGIC, version, len(encoded), zlib.crc32(encoded)))
             file.write(encoded)
             for section, (_, array) in zip(sections, arrays):
@@ -190,8 +192,9 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CorruptFileError(f"{path}: header is not valid JSON ({error})") from None
     try:
-        _require((version == INCREMENT_VERSION) == ("increment" in header), f"{path}: increment header and version {version} disagree")
-        _require((version == STORED_VERSION) == ("stored_fields" in header), f"{path}: stored_fields and version {version} disagree")
+        increments, stored = (INCREMENT_VERSION, STORED_INCREMENT_VERSION), (STORED_VERSION, STORED_INCREMENT_VERSION)
+        _require((version in increments) == ("increment" in header), f"{path}: increment header and version {version} disagree")
+        _require((version in stored) == ("stored_fields" in header), f"{path}: stored_fields and version {version} disagree")
         return _state_from(header, view, size, str(path))
     except (KeyError, TypeError, ValueError, OverflowError) as error:
         if isinstance(error, CorruptFileError):

@@ -545,3 +545,43 @@ def test_init_ray_starts_its_own_ray_beside_a_running_one(ray_local, tmp_path):
     started = result.stdout.strip().splitlines()[-1]
     assert started != running
     assert started.startswith(f"{LOOPBACK}:")
+
+
+def test_a_client_sends_codec_fields_compressed_and_the_shards_keep_them_as_sent(replays, monkeypatch):
+    """The client compresses the codec fields of each run (writes.compress_codec_fields) and the shards
+    store those bytes as they come: samples are exact, and the shards hold what one local buffer fed
+    the same rows holds. A bad row is still refused with the shard's error, storing nothing."""
+    from ray_replay.distributed import in_flight
+
+    frames = np.zeros((120, 32, 32), np.uint8)
+    frames[:, 8:24, 8:24] = (np.arange(120) % 200 + 1)[:, None, None]
+    schema = {"obs": ((32, 32), np.uint8, "lz4"), "action": ((), np.int64), "reward": ((), np.float32)}
+
+    def batch(ids: np.ndarray) -> dict:
+        return {"obs": frames[ids], "action": ids.astype(np.int64), "reward": ids.astype(np.float32)}
+
+    compressed = []
+    real = in_flight.compress_codec_fields
+
+    def spy(*args):
+        result = real(*args)
+        compressed.append("stored" in result[1])
+        return result
+
+    monkeypatch.setattr(in_flight, "compress_codec_fields", spy)
+    replay = replays(200, 2, "uniform", schema=schema)
+    with ReplayClient(replay, batch_rows=16, seed=0) as client:
+        client.add_batch(**batch(np.arange(100)))
+        for i in range(100, 120):
+            client.add(**{key: value[0] for key, value in batch(np.array([i])).items()})
+        client.flush()
+        sample = client.sample(64)
+        np.testing.assert_array_equal(sample["obs"], frames[sample["action"]])
+        assert compressed and all(compressed)
+        client.add_batch(obs=np.zeros((20, 31, 32), np.uint8), action=np.zeros(20, np.int64), reward=np.zeros(20, np.float32))
+        with pytest.raises(ValueError, match="obs"):
+            client.flush()
+    local = ReplayBuffer(200, schema=schema)
+    local.add_batch(**batch(np.arange(120)))
+    total = ray.get(replay.stats.remote())["total"]
+    assert total["size"] == 120 and total["bytes_held"] == local.stats()["bytes_held"]

@@ -88,7 +88,12 @@ void bind_buffer(py::module_& m) {
            py::arg("stored") = false)
       .def("_sync_storage", &Guarded<&NativeBuffer::sync_storage>::call)
       .def_property_readonly("storage_dir", &Guarded<&NativeBuffer::storage_dir>::call)
-      .def("_set_state", &Guarded<&NativeBuffer::set_state>::call);
+      .def("_set_state", &Guarded<&NativeBuffer::set_state>::call)
+      .def("_add_stored_batch", &Guarded<&NativeBuffer::add_stored_batch>::call, py::arg("columns"), py::arg("stored"),
+           py::arg("priorities") = py::none(), py::arg("streams") = py::none());
+  m.def("compress_rows", &compress_rows, py::arg("rows"), py::arg("codec"),
+        "compress_rows(rows, codec) -> (lengths, data): each row along the leading axis compressed on its own, as a buffer with "
+        "that codec stores it (uint32 lengths, a row's size meaning stored raw; the bytes back to back). GIL released.");
   add_method(cls, &kAddMethod);
   add_method(cls, &kAddBatchMethod);
 }

@@ -205,7 +205,7 @@ void NativeBuffer::set_state(const py::dict& state) {
     }
   }
   if (stored) {
-    import_stored(*engine_, s, converted.pointers(), stored_rows);
+    import_stored(*engine_, s, converted.pointers(), stored_rows, schema_);
   } else {
     ReleaseGil release;
     engine_->import_state(s, in_place ? nullptr : converted.pointers(), rows);
@@ -217,6 +217,47 @@ void NativeBuffer::set_state(const py::dict& state) {
     std::vector<std::size_t> row_bytes;
     for (const Field& field : schema_) row_bytes.push_back(field.row_bytes);
     sequences_->import_rows(*engine_, in_place ? nullptr : converted.pointers(), rows, with_streams ? streams.data() : nullptr, row_bytes);
+  }
+}
+
+void NativeBuffer::add_stored_batch(const py::dict& columns, const py::handle& stored, const py::object& priorities, const py::object& streams) {
+  if (!engine_ || !compressed_) throw py::value_error("rows with stored compressed fields need a buffer with a known schema and codecs on its fields");
+  Columns converted(schema_.size());
+  std::optional<std::size_t> rows;
+  std::size_t plain = 0;
+  for (std::size_t i = 0; i < schema_.size(); ++i) {
+    if (column_codec(schema_[i])) {
+      converted.pointers()[i] = nullptr;  // ignored: the stored rows take their place
+      continue;
+    }
+    ++plain;
+    if (!columns.contains(schema_[i].name.c_str())) throw py::value_error("rows with stored compressed fields: no column '" + schema_[i].name + "'");
+    const std::size_t n = convert_value(schema_[i], columns[schema_[i].name.c_str()], true, converted, i);
+    if (rows && *rows != n) throw py::value_error("batch columns have different lengths: '" + schema_[i].name + "' has " + std::to_string(n) + " rows");
+    rows = n;
+  }
+  if (columns.size() != plain) throw py::value_error("rows with stored compressed fields: columns names a field it should not (a compressed or unknown one)");
+  const StoredRows stored_rows = parse_stored(stored, schema_, rows);
+  std::vector<double> priority_values;
+  if (!priorities.is_none()) {
+    require_prioritized("priorities");
+    priority_values = convert_priorities(priorities, stored_rows.rows, "priorities");
+  }
+  std::vector<std::int64_t> stream_values;
+  if (!streams.is_none()) stream_values = convert_streams(streams, stored_rows.rows);
+  if (stored_rows.rows == 0) return;
+  const double* p = priority_values.empty() ? nullptr : priority_values.data();
+  const std::int64_t* s = stream_values.empty() ? nullptr : stream_values.data();
+  try {
+    ReleaseGil release;
+    if (sequences_ != nullptr) {  // the episode ends come from the plain fields (scalars, never compressed)
+      sequences_->add([&](const std::byte* const* sources, std::size_t, const double* q, const std::int64_t* t) { add_stored(*engine_, sources, stored_rows, q, t); },
+                      converted.pointers(), stored_rows.rows, p, s);
+    } else {
+      add_stored(*engine_, converted.pointers(), stored_rows, p, s);
+    }
+  } catch (const std::invalid_argument& error) {
+    throw_stored_error(error, schema_);
   }
 }
 

@@ -1,6 +1,10 @@
 #include "codecs.hpp"
 
 #include <cctype>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "gil.hpp"
 
@@ -230,15 +234,75 @@ core::BufferState export_stored(const core::ReplayBufferInterface& engine, std::
   return state;
 }
 
-void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored) {
-  auto& compressed = dynamic_cast<compression::CompressedBuffer&>(engine);
+namespace {
+std::vector<compression::StoredColumnView> views_of(const StoredRows& stored) {
   std::vector<compression::StoredColumnView> views;
   for (std::size_t k = 0; k < stored.lengths.size(); ++k) {
     views.push_back({static_cast<const std::uint32_t*>(stored.lengths[k].data()), static_cast<const std::byte*>(stored.data[k].data()),
                      static_cast<std::size_t>(stored.data[k].size())});
   }
-  ReleaseGil release;
-  compressed.import_stored(state, sources, views, stored.rows);
+  return views;
+}
+}  // namespace
+
+void throw_stored_error(const std::invalid_argument& error, const Schema& schema) {
+  std::string message = error.what();  // "column <c> row <i>: ..." -> "stored field '<name>' row <i>: ..."
+  std::size_t column = 0;
+  const std::size_t rest = message.find_first_not_of("0123456789", 7);
+  if (message.rfind("column ", 0) == 0 && std::sscanf(message.c_str(), "column %zu", &column) == 1 && column < schema.size() &&
+      rest != std::string::npos) {
+    message = "stored field '" + schema[column].name + "'" + message.substr(rest);
+  }
+  throw py::value_error(message);
+}
+
+void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored,
+                   const Schema& schema) {
+  auto& compressed = dynamic_cast<compression::CompressedBuffer&>(engine);
+  const auto views = views_of(stored);
+  try {
+    ReleaseGil release;
+    compressed.import_stored(state, sources, views, stored.rows);
+  } catch (const std::invalid_argument& error) {
+    throw_stored_error(error, schema);
+  }
+}
+
+void add_stored(core::ReplayBufferInterface& engine, const std::byte* const* sources, const StoredRows& stored, const double* priorities,
+                const std::int64_t* streams) {
+  dynamic_cast<compression::CompressedBuffer&>(engine).add_stored(sources, views_of(stored), stored.rows, priorities, streams);
+}
+
+py::tuple compress_rows(const py::array& rows, const py::handle& codec_spec) {
+  const compression::Codec codec = parse_codec(codec_spec, "rows");
+  if (!codec.enabled()) throw py::value_error("compress_rows needs a codec, got " + std::string(py::str(codec_spec)));
+  const auto array = py::array::ensure(rows, py::array::c_style);
+  if (!array || array.ndim() < 1) throw py::value_error("compress_rows expects an array of rows (a leading batch axis)");
+  const auto count = static_cast<std::size_t>(array.shape(0));
+  std::size_t bytes = static_cast<std::size_t>(array.itemsize());
+  for (py::ssize_t d = 1; d < array.ndim(); ++d) bytes *= static_cast<std::size_t>(array.shape(d));
+  if (bytes == 0 || bytes >= (std::size_t{1} << 31)) throw py::value_error("compress_rows: rows of " + std::to_string(bytes) + " bytes");
+  py::array_t<std::uint32_t> lengths(static_cast<py::ssize_t>(count));
+  std::vector<std::byte> data;
+  {
+    ReleaseGil release;
+    compression::BatchCompressor compressor({0}, {bytes}, {codec}, 0);
+    const auto* source = static_cast<const std::byte*>(array.data());
+    compressor.compress(&source, 0, count);
+    std::size_t total = 0;
+    for (std::size_t r = 0; r < count; ++r) total += compressor.length(0, r) != 0 ? compressor.length(0, r) : bytes;
+    data.resize(total);
+    std::uint32_t* out = lengths.mutable_data();
+    std::size_t offset = 0;
+    for (std::size_t r = 0; r < count; ++r) {
+      const std::size_t length = compressor.length(0, r);
+      std::memcpy(data.data() + offset, length != 0 ? compressor.scratch(0, r) : source + r * bytes, length != 0 ? length : bytes);
+      out[r] = static_cast<std::uint32_t>(length != 0 ? length : bytes);
+      offset += out[r];
+    }
+  }
+  py::array_t<std::uint8_t> packed(static_cast<py::ssize_t>(data.size()), reinterpret_cast<const std::uint8_t*>(data.data()));
+  return py::make_tuple(lengths, packed);
 }
 
 #else
@@ -249,8 +313,15 @@ StoredRows parse_stored(py::handle, const Schema&, std::optional<std::size_t>) {
 core::BufferState export_stored(const core::ReplayBufferInterface&, std::byte* const*, std::size_t, const Schema&, py::dict&) {
   throw py::value_error("this build of ray_replay has no compression");
 }
-void import_stored(core::ReplayBufferInterface&, const core::BufferState&, const std::byte* const*, const StoredRows&) {
+void import_stored(core::ReplayBufferInterface&, const core::BufferState&, const std::byte* const*, const StoredRows&, const Schema&) {
   throw py::value_error("this build of ray_replay has no compression");
+}
+void add_stored(core::ReplayBufferInterface&, const std::byte* const*, const StoredRows&, const double*, const std::int64_t*) {
+  throw py::value_error("this build of ray_replay has no compression");
+}
+void throw_stored_error(const std::invalid_argument& error, const Schema&) { throw py::value_error(error.what()); }
+py::tuple compress_rows(const py::array&, const py::handle&) {
+  throw py::value_error("this build of ray_replay has no compression (built with REPLAY_BUFFER_WITH_COMPRESSION=OFF)");
 }
 
 std::unique_ptr<core::ReplayBufferInterface> make_compressed(std::size_t, const std::vector<std::size_t>&, const std::vector<compression::Codec>&,

@@ -82,6 +82,19 @@ StoredRows parse_stored(py::handle stored, const Schema& schema, std::optional<s
 
 // Imports a state whose codec fields come as stored (each row checked to decode; a corrupt one is a
 // ValueError naming the field and row, and changes nothing). sources: per field, null for codec fields.
-void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored);
+// A compressed engine's add_stored (see CompressedBuffer): call without the GIL. Errors as import_stored's.
+void add_stored(core::ReplayBufferInterface& engine, const std::byte* const* sources, const StoredRows& stored, const double* priorities,
+                const std::int64_t* streams);
+
+// A std::invalid_argument of the compressed engine ("column <c> row <i>: ...") as a ValueError naming the field.
+[[noreturn]] void throw_stored_error(const std::invalid_argument& error, const Schema& schema);
+
+// compress_rows(rows, codec) -> (lengths uint32[n], data uint8[sum]): rows (n, ...) compressed one by
+// one, as a buffer with that codec stores them (a row that does not shrink is kept raw, its length the
+// row's size). GIL released; in parallel over rows for a batch of 1 MiB or more (BatchCompressor).
+py::tuple compress_rows(const py::array& rows, const py::handle& codec);
+
+void import_stored(core::ReplayBufferInterface& engine, const core::BufferState& state, const std::byte* const* sources, const StoredRows& stored,
+                   const Schema& schema);
 
 }  // namespace replay_buffer::bindings

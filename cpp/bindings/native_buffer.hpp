@@ -61,6 +61,11 @@ class NativeBuffer {
   // Restores rows and counters from get_state() into this buffer, built with the same configuration.
   // A state without columns but with "rows" adopts the rows already in this buffer's files.
   void set_state(const py::dict& state);
+  // add_batch(**columns) for rows whose compressed fields arrive as stored: columns holds the other
+  // fields, stored every compressed one as {"lengths", "data"} (compress_rows' form, see codecs.hpp).
+  // The stored rows are checked to decode and kept as they are, not recompressed; bad input is a
+  // ValueError naming the field, and nothing is added.
+  void add_stored_batch(const py::dict& columns, const py::handle& stored, const py::object& priorities, const py::object& streams);
   // File-backed buffers: returns once every row added so far is in the files.
   void sync_storage() const;
   std::optional<std::string> storage_dir() const { return storage_dir_; }

@@ -62,15 +62,54 @@ def apply_increments(state: dict[str, Any], increments: list[dict[str, Any]]) ->
         return joined[len(joined) - held :]
 
     last = increments[-1]
-    merged = {key: value for key, value in last.items() if key not in ("newest_rows", "size", "columns", "streams")}
+    merged = {key: value for key, value in last.items() if key not in ("newest_rows", "size", "columns", "streams", "stored")}
+    stored_fields = _stored_fields(state)
+    for part in increments:
+        if _stored_fields(part) != stored_fields:
+            raise CorruptFileError(f"a checkpoint chain mixes compressed fields stored as they are ({sorted(_stored_fields(part))}) "
+                                   f"with decompressed ones ({sorted(stored_fields)})")
     merged["columns"] = {name: newest("columns", name) for name in last["columns"]}
+    if stored_fields:
+        parts = (state, *increments)
+        for part in parts:
+            rows = part["newest_rows"] if "newest_rows" in part else _rows(part)
+            if any(len(part["stored"][name]["lengths"]) != rows for name in stored_fields):
+                raise CorruptFileError(f"a checkpoint part of {rows} rows holds stored fields of other lengths")
+        merged["stored"] = {name: _newest_stored(name, [part["stored"][name] for part in parts], held) for name in stored_fields}
     if "streams" in last:
         merged["streams"] = newest("streams")
     return merged
 
 
+def _stored_fields(state: dict[str, Any]) -> set[str]:
+    return set(state.get("stored") or ())
+
+
+def _newest_stored(name: str, parts: list[dict[str, np.ndarray]], held: int) -> dict[str, np.ndarray]:
+    """The ``held`` newest rows of a compressed field carried as stored (per-row lengths, the rows' bytes
+    back to back) across a state and its increments: no decompression, one copy of the bytes kept."""
+    for part in parts:
+        if int(np.sum(part["lengths"], dtype=np.int64)) != len(part["data"]):
+            raise CorruptFileError(f"checkpoint field {name!r}: stored bytes do not add up to the rows' lengths")
+    lengths = np.concatenate([np.asarray(part["lengths"], dtype=np.uint32) for part in parts])
+    skip = len(lengths) - held
+    start = int(np.sum(lengths[:skip], dtype=np.int64))
+    # Only the parts that hold kept bytes are joined (the oldest parts are mostly evicted ones).
+    data, offset = [], 0
+    for part in parts:
+        size = len(part["data"])
+        if offset + size > start:
+            data.append(np.asarray(part["data"], dtype=np.uint8)[max(start - offset, 0) :])
+        offset += size
+    return {"lengths": lengths[skip:], "data": np.concatenate(data) if data else np.empty(0, np.uint8)}
+
+
 def _rows(state: dict[str, Any]) -> int:
-    return len(next(iter(state["columns"].values()))) if state.get("columns") else 0
+    if state.get("columns"):
+        return len(next(iter(state["columns"].values())))
+    if state.get("stored"):  # every field compressed: the rows are counted by the stored lengths
+        return len(next(iter(state["stored"].values()))["lengths"])
+    return 0
 
 
 class Checkpointer:
@@ -122,9 +161,16 @@ class Checkpointer:
         if not self.path.exists():
             return None
         state, chain_id, length = self._read_chain()
-        buffer = ReplayBuffer.from_state(state)
+        try:
+            buffer = ReplayBuffer.from_state(state)  # compressed fields stored: each row checked to decode, none recompressed
+        except (ValueError, TypeError) as error:
+            if isinstance(error, CorruptFileError):
+                raise
+            raise CorruptFileError(f"{self.path}: inconsistent checkpoint chain ({error})") from None
         self._chain_id, self._chain_length = chain_id, length
         self._checkpointed_adds = state.get("total_adds") if chain_id is not None else None
+        if _stored_fields(state) != _stored_fields(buffer._get_state(newest_rows=0, stored=True)):
+            self._checkpointed_adds = None  # a chain of decompressed rows (an older ray_replay): continue with a new one
         self._adds_since = 0
         return buffer
 
@@ -142,9 +188,10 @@ class Checkpointer:
         if not full:
             new_rows = buffer.stats()["adds"] - self._checkpointed_adds
             full = not 0 <= new_rows < len(buffer)
-        state = buffer.get_state() if full else buffer._get_state(newest_rows=new_rows)
+        # Compressed fields are copied as stored (no decompression here, none to recompress on restore).
+        state = buffer._get_state(stored=True) if full else buffer._get_state(newest_rows=new_rows, stored=True)
         if not full and state["total_adds"] - self._checkpointed_adds != new_rows:
-            state, full = buffer.get_state(), True  # another thread added rows meanwhile: copy them all
+            state, full = buffer._get_state(stored=True), True  # another thread added rows meanwhile: copy them all
         self._checkpointed_adds = state.get("total_adds")  # None before the first add: the next one is full too
         self._adds_since = 0
         self._write_failed = False

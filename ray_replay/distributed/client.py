@@ -121,7 +121,8 @@ class ReplayClient:
                         tie_order=self._rng.permutation(len(self._shards)).tolist())
         self._rounds = SampleRounds(self._shards, self._health, self._table, self._limiter, self._rng, self._timeout_s,
                                     prefetch if self._buffer_type != "fifo" else 0, rounds_per_call, one_shard=batch_from == "one_shard")
-        self._writes = InFlight(self._shards, self._backups, self._health, self._table, router, self._timeout_s, max_in_flight)
+        self._writes = InFlight(self._shards, self._backups, self._health, self._table, router, self._timeout_s, max_in_flight,
+                                codecs=config.get("codecs"), codec_schema=self._stager.schema)
         self._closed = False
 
     # -- writing -----------------------------------------------------------------------------------

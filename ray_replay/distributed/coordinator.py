@@ -148,6 +148,9 @@ class ReplayCoordinatorImpl:
         # Nested fields: shards hold the flat leaf columns; this coordinator and every ReplayClient
         # (through client_config) flatten writes and rebuild samples with the layout.
         buffer_kwargs, self._layout = flat_buffer_kwargs(buffer_kwargs)
+        # With a schema given, every shard's buffer has it from the start: clients may then send the
+        # codec fields compressed, as the shards store them (ReplayClient, writes.compress_codec_fields).
+        self._codecs = ReplayBuffer(1, buffer_type, **buffer_kwargs).codecs if buffer_kwargs.get("schema") is not None else {}
         self._capacity = int(capacity)
         self._buffer_type = buffer_type
         self._beta = float(beta)
@@ -311,6 +314,7 @@ class ReplayCoordinatorImpl:
             "limiter": self._reads.limiter,
             "snapshots": list(self._set.table.snapshots),
             "schema": self._writes.schema,
+            "codecs": self._codecs,
             "nested": None if self._layout is None else self._layout.to_json(),
             "sequence_priority_eta": self._reads.sequence_eta,
         }

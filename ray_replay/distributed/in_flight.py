@@ -23,7 +23,7 @@ import ray
 from ray_replay.distributed.health import ACKED, PROCESS_FAILURES, RETRY_PAUSE_S, RETRY_SAME, SHARD_FAILURES, ShardHealth, ShardUnavailableError
 from ray_replay.distributed.routing import Router
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, ShardTable, Snapshot, WireSnapshot
-from ray_replay.distributed.writes import Write, plan_batch, slice_rows
+from ray_replay.distributed.writes import Write, compress_codec_fields, plan_batch, slice_rows
 
 __all__ = ["InFlight"]
 
@@ -53,7 +53,9 @@ class InFlight:
     """
 
     def __init__(self, shards: list[Any], backups: list[Any], health: ShardHealth, table: ShardTable, router: Router, timeout_s: float,
-                 max_in_flight: int) -> None:
+                 max_in_flight: int, codecs: Mapping[str, str] | None = None, codec_schema: Mapping[str, Any] | None = None) -> None:
+        self._codecs = dict(codecs or {})  # fields sent compressed, as the shards store them (writes.compress_codec_fields)
+        self._codec_schema = codec_schema
         self._shards = shards
         self._backups = backups
         self._health = health
@@ -97,6 +99,7 @@ class InFlight:
             self.handed += rows
         for k, start, stop in plan:
             part = (columns, named) if len(plan) == 1 else slice_rows(columns, named, start, stop, rows)
+            part = compress_codec_fields(*part, stop - start, self._codecs, self._codec_schema)  # once: retries resend it
             self._submit(Write.new(*part, stop - start, self._timeout_s), k)
         self.reap()
 

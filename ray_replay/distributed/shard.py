@@ -80,18 +80,28 @@ class ReplayShardImpl:
         self._changed(1)
         return self.snapshot()
 
-    def add_batch(self, *columns: Any, batch_id: str | None = None, **named: Any) -> Snapshot:
+    def add_batch(self, *columns: Any, batch_id: str | None = None, stored: Mapping[str, Any] | None = None, **named: Any) -> Snapshot:
         """``batch_id``: a writer's id for this batch; a batch this shard already applied is not applied
-        again (a writer that could not tell whether its write landed retries it here)."""
+        again (a writer that could not tell whether its write landed retries it here). ``stored``: the
+        codec fields compressed by the writer ({field: {"lengths", "data"}}, see
+        writes.compress_codec_fields), kept as they come after a check that every row decodes."""
         self._check_not_fenced()
         if batch_id is not None and batch_id in self._applied:
             return self.snapshot()
-        self.buffer.add_batch(*columns, **named)
+        if stored is not None:
+            if columns:
+                raise ValueError("rows with stored compressed fields come as named columns only")
+            priorities, streams = named.pop("priorities", None), named.pop("streams", None)
+            self.buffer._add_stored_batch(named, stored, priorities=priorities, streams=streams)
+        else:
+            self.buffer.add_batch(*columns, **named)
         if batch_id is not None:
             self._applied[batch_id] = None
             if len(self._applied) > APPLIED_BATCHES_KEPT:
                 self._applied.popitem(last=False)
-        first = columns[0] if columns else next(v for k, v in named.items() if k not in ("priorities", "streams"))
+        first = columns[0] if columns else next((v for k, v in named.items() if k not in ("priorities", "streams")), None)
+        if first is None:  # every field came stored
+            first = next(iter(stored.values()))["lengths"] if stored else ()
         self._changed(len(first))  # validated by add_batch: every column has this many rows
         return self.snapshot()
 
@@ -220,7 +230,8 @@ class ReplayShardImpl:
 
     def replica_state(self) -> dict[str, Any]:
         """What a replica needs to become this one: the buffer's state and the ids of recent batches."""
-        return {"buffer": self.buffer.get_state(), "applied": list(self._applied)}
+        # Compressed fields travel as stored: no decompression here, no recompression in the replica.
+        return {"buffer": self.buffer._get_state(stored=True), "applied": list(self._applied)}
 
     def set_replica_state(self, state: Mapping[str, Any]) -> Snapshot:
         """Becomes a copy of the replica whose ``replica_state()`` this is (and checkpoints, when enabled)."""

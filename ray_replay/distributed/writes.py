@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ray_replay import _core
 from ray_replay.buffer import ReplayBuffer
 from ray_replay.distributed.health import ACKED, REROUTE, RETRY_PAUSE_S, RETRY_SAME, ShardUnavailableError, pause_before_retry, write_outcome
 from ray_replay.distributed.routing import DEFAULT_MIN_RUN_ROWS, MAX_STREAM_HOMES, Router, water_fill
@@ -192,6 +193,38 @@ class Stager:
         if self.has_streams:  # else every row is stream 0, what a buffer assumes without streams
             columns["streams"] = self._streams[:rows].copy()
         return columns
+
+
+def compress_codec_fields(columns: tuple[Any, ...], named: dict[str, Any], rows: int, codecs: Mapping[str, str],
+                          schema: Mapping[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A run with its codec fields compressed as a shard stores them (``named["stored"]``: per field the
+    rows' lengths and bytes, from the native compress_rows, GIL released), so the shard keeps them as
+    they come instead of compressing them on its one writes thread, and fewer bytes travel. The run is
+    returned unchanged where that cannot be exact: no codecs or schema (``schema``: the buffer schema,
+    name -> (shape, dtype)), or a codec field that is not an array of the schema's dtype and shape (the
+    shard then converts and compresses it, or refuses it with its own error).
+
+    Measured on a loaded 2-core VM: 1,000 rows of 84x84x3 uint8 (21 MB, a flat scene) compress in
+    6 ms (lz4, median of 5; up to 80 ms under load) or 7 ms (zstd), to 0.11 / 0.14 MB sent.
+    """
+    if not codecs or schema is None or rows == 0 or "stored" in named:
+        return columns, named
+    original = columns, named
+    if columns:
+        if len(columns) != len(schema):
+            return original
+        named = {**dict(zip(schema, columns)), **named}
+    stored: dict[str, dict[str, Any]] = {}
+    for name, codec in codecs.items():
+        value = named.get(name)
+        if name not in schema or not isinstance(value, np.ndarray):
+            return original
+        shape, dtype = schema[name][0], schema[name][1]
+        if value.dtype != np.dtype(dtype) or value.shape != (rows, *tuple(shape)):
+            return original
+        lengths, data = _core.compress_rows(value, codec)
+        stored[name] = {"lengths": lengths, "data": data}
+    return (), {**{key: value for key, value in named.items() if key not in stored}, "stored": stored}
 
 
 def validated(columns: Sequence[Any], named: Mapping[str, Any], schema: Mapping[str, Any] | None, rows: int) -> dict[str, Any]:

@@ -210,37 +210,39 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
   // and row, and changes nothing. O(rows x compressed bytes) to check, no recompression.
   void import_stored(const core::BufferState& state, const std::byte* const* sources, const std::vector<StoredColumnView>& stored, std::size_t rows) {
     check_rows(state, rows);
-    if (stored.size() != compressed_columns_.size()) throw std::invalid_argument("one stored column per compressed column expected");
     std::lock_guard add_lock(add_mutex_);
-    std::vector<std::vector<std::size_t>> offsets(stored.size(), std::vector<std::size_t>(rows));
-    {
-      std::vector<std::byte> scratch;
-      for (std::size_t k = 0; k < stored.size(); ++k) {
-        const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
-        scratch.resize(bytes);
-        std::size_t offset = 0;
-        for (std::size_t i = 0; i < rows; ++i) {
-          const std::size_t length = stored[k].lengths[i];
-          const std::string where = "column " + std::to_string(c) + " row " + std::to_string(i);
-          if (length == 0 || length > bytes || offset + length > stored[k].data_bytes) {
-            throw std::invalid_argument(where + ": stored length " + std::to_string(length) + " is out of range");
-          }
-          if (length < bytes && !compressor_.context().decompress(codecs_[c], stored[k].data + offset, length, scratch.data(), bytes)) {
-            throw std::invalid_argument(where + ": the compressed row does not decode to " + std::to_string(bytes) + " bytes");
-          }
-          offsets[k][i] = offset;
-          offset += length;
-        }
-        if (offset != stored[k].data_bytes) throw std::invalid_argument("column " + std::to_string(c) + ": stored bytes do not add up to the rows' lengths");
+    const auto offsets = check_stored(stored, rows);
+    replace_rows(state, sources, rows, [&](std::size_t i) { store_stored_row(stored, offsets, i, i); });
+  }
+
+  // add_with_streams, but the compressed columns arrive as stored (export_stored's form, e.g. rows a
+  // writer compressed before sending them): checked as import_stored checks them (a bad row throws
+  // std::invalid_argument naming the column and row, and nothing changes), then kept as they are; the
+  // sources of the compressed columns are ignored. Cost: one decompression per stored row to check it
+  // (LZ4 decodes at several GB/s: far less than compressing it here), plus the copy into the log.
+  void add_stored(const std::byte* const* sources, const std::vector<StoredColumnView>& stored, std::size_t count, const double* priorities,
+                  const std::int64_t* streams) {
+    std::lock_guard add_lock(add_mutex_);
+    const auto offsets = check_stored(stored, count);
+    if (count == 0) return;
+    core::ScopedTimer timer(add_latency_, collect_stats());
+    const std::size_t skipped = count > capacity_ ? count - capacity_ : 0;
+    std::lock_guard lock(mutex_);
+    const std::uint64_t first = next_seq_;
+    sequence_numbers_.assign(count, 0);
+    std::size_t staged = 0;
+    try {
+      for (std::size_t i = skipped; i < count; ++i, ++staged) {
+        sequence_numbers_[i] = first + staged;
+        store_stored_row(stored, offsets, i, first + staged);
       }
+      inner_->add_with_streams(inner_columns_.sources(sources, sequence_numbers_.data()).data(), count, priorities, streams);
+    } catch (...) {
+      for (std::size_t i = staged; i-- > 0;) release_row(first + i);
+      throw;
     }
-    replace_rows(state, sources, rows, [&](std::size_t i) {
-      for (std::size_t k = 0; k < stored.size(); ++k) {
-        ref(i, k) = log_.append(stored[k].data + offsets[k][i], stored[k].lengths[i]);
-        column_stats_[k].bytes_held += stored[k].lengths[i];
-        column_stats_[k].rows_stored_raw += stored[k].lengths[i] == row_bytes_[compressed_columns_[k]];
-      }
-    });
+    next_seq_ = first + staged;
+    release_consumed();
   }
 
   // For a fresh buffer (or to replace the contents): compresses the rows again.
@@ -302,6 +304,51 @@ class CompressedBuffer final : public core::ReplayBufferInterface {
     }
     next_seq_ = rows;
     released_upto_ = 0;
+  }
+
+  // Checks `rows` stored rows per compressed column: each length in [1, row size], every compressed one
+  // decoding to exactly the row's size, the lengths adding up to the bytes. Returns each row's offset.
+  // Caller holds add_mutex_ (the check uses the compressor's codec context).
+  std::vector<std::vector<std::size_t>> check_stored(const std::vector<StoredColumnView>& stored, std::size_t rows) {
+    if (stored.size() != compressed_columns_.size()) throw std::invalid_argument("one stored column per compressed column expected");
+    std::vector<std::vector<std::size_t>> offsets(stored.size(), std::vector<std::size_t>(rows));
+    std::vector<std::byte> scratch;
+    for (std::size_t k = 0; k < stored.size(); ++k) {
+      const std::size_t c = compressed_columns_[k], bytes = row_bytes_[c];
+      scratch.resize(bytes);
+      std::size_t offset = 0;
+      for (std::size_t i = 0; i < rows; ++i) {
+        const std::size_t length = stored[k].lengths[i];
+        if (length == 0 || length > bytes || offset + length > stored[k].data_bytes) {
+          throw std::invalid_argument("column " + std::to_string(c) + " row " + std::to_string(i) + ": stored length " + std::to_string(length) +
+                                      " is out of range");
+        }
+        if (length < bytes && !compressor_.context().decompress(codecs_[c], stored[k].data + offset, length, scratch.data(), bytes)) {
+          throw std::invalid_argument("column " + std::to_string(c) + " row " + std::to_string(i) + ": the compressed row does not decode to " +
+                                      std::to_string(bytes) + " bytes");
+        }
+        offsets[k][i] = offset;
+        offset += length;
+      }
+      if (offset != stored[k].data_bytes) throw std::invalid_argument("column " + std::to_string(c) + ": stored bytes do not add up to the rows' lengths");
+    }
+    return offsets;
+  }
+
+  // Stores row i of checked stored columns as row `seq`. Caller holds mutex_.
+  void store_stored_row(const std::vector<StoredColumnView>& stored, const std::vector<std::vector<std::size_t>>& offsets, std::size_t i,
+                        std::uint64_t seq) {
+    std::size_t k = 0;
+    try {
+      for (; k < stored.size(); ++k) {
+        ref(seq, k) = log_.append(stored[k].data + offsets[k][i], stored[k].lengths[i]);
+        column_stats_[k].bytes_held += stored[k].lengths[i];
+        column_stats_[k].rows_stored_raw += stored[k].lengths[i] == row_bytes_[compressed_columns_[k]];
+      }
+    } catch (...) {
+      while (k-- > 0) release_blob(seq, k);
+      throw;
+    }
   }
 
   BlobRef& ref(std::uint64_t seq, std::size_t k) noexcept { return refs_[(seq % ring_size_) * compressed_columns_.size() + k]; }
