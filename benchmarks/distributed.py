@@ -21,6 +21,9 @@ until the last acknowledgement.
   ``replay.update_priorities.remote(...)``, driven exactly as the naive actor's handle, calls in flight
   included); its ``.remote`` calls run this process's ReplayClient, so every payload takes one hop; a
   writer is credited with its client's rows_acknowledged.
+* handle_one_shard: handle, with ``client_options={"batch_from": "one_shard"}``: ``replay.sample.remote(512)``
+  returns the ObjectRef of the shard's own reply (ReplayClient.sample_ref), so the learner's calls in
+  flight are in flight as on the naive actor's handle.
 * coordinator: the same replay driven through the coordinator actor's own handle (add_batch.remote,
   sample.remote, update_priorities.remote): every payload relayed by the coordinator actor (kept for
   compatibility; DistributedReplay is the handle to pass around).
@@ -281,6 +284,8 @@ def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2,
     whose learner draws each batch from one shard (ReplayClient batch_from="one_shard")."""
     if kind == "one_shard":
         kind, batch_from = "ray_replay", "one_shard"
+    elif kind == "handle_one_shard":
+        kind, batch_from = "handle", "one_shard"
     owner, replay, pids = create_replay(kind, num_shards, **coordinator_options)
     prefill(replay, kind, prefill_rows)
     writers = [Writer.remote(replay, kind, i, batch_rows) for i in range(num_writers)]
@@ -350,7 +355,8 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-PEER_LABELS = {"naive": "naive actor", "one_shard": "ray_replay, batch_from='one_shard'", "handle": "ray_replay via DistributedReplay's .remote", "coordinator": "ray_replay via the coordinator actor (relay)",
+PEER_LABELS = {"naive": "naive actor", "one_shard": "ray_replay, batch_from='one_shard'", "handle": "ray_replay via DistributedReplay's .remote",
+               "handle_one_shard": "ray_replay via DistributedReplay's .remote, batch_from='one_shard'", "coordinator": "ray_replay via the coordinator actor (relay)",
                "torchrl": torchrl_ray_buffer.NAME}
 
 
@@ -367,11 +373,11 @@ def _target(key: str, value: float, naive: float | None, higher: bool) -> tuple[
 
 def markdown(results: dict[str, Any]) -> str:
     """ray_replay (the client) against each peer; the targets are checked for the client and, when
-    measured, for batch_from='one_shard' and for DistributedReplay's .remote handle."""
+    measured, for batch_from='one_shard' and for DistributedReplay's .remote handle (with either batch_from)."""
     ours = results["ray_replay"]
     peers = [name for name in PEER_LABELS if name in results]
-    also = [name for name in ("one_shard", "handle") if name in results]
-    also_labels = {"one_shard": "met (one_shard)", "handle": "met (.remote handle)"}
+    also = [name for name in ("one_shard", "handle", "handle_one_shard") if name in results]
+    also_labels = {"one_shard": "met (one_shard)", "handle": "met (.remote handle)", "handle_one_shard": "met (.remote handle, one_shard)"}
     lines = [
         "### DIST-1 (medians of %d runs, %.0f s each after a %s-row prefill)" % (results["repeats"], results["seconds"], f"{results['prefill']:,}"),
         "",
@@ -528,7 +534,7 @@ def main() -> int:
         Path(args.out).with_name("distributed_durability.md").write_text(results["durability"]["markdown"], encoding="utf-8")
         return 0
     try:
-        kinds = ["ray_replay", "naive", "one_shard", "handle", "coordinator"]
+        kinds = ["ray_replay", "naive", "one_shard", "handle", "handle_one_shard", "coordinator"]
         if torchrl_ok:
             kinds.append("torchrl")
             results["torchrl_version"] = torchrl_detail
@@ -538,8 +544,10 @@ def main() -> int:
         for rep in range(args.repeats):  # interleaved, so load spikes fall on all alike
             for name in kinds:
                 r = run_dist1(name, args.seconds, args.prefill, batch_rows=args.batch_rows, rounds_per_call=args.rounds_per_call, batch_from=args.batch_from)
-                # one_shard differs from ray_replay in its learner only: its single adds are ray_replay's, measured in this repeat
-                r["single_add_per_s"] = runs["ray_replay"][-1]["single_add_per_s"] if name == "one_shard" else single_adds(name, single_add_seconds)
+                # one_shard (handle_one_shard) differs from ray_replay (handle) in its learner only: its single adds are
+                # those measured for ray_replay (handle) in this repeat
+                same_writes = {"one_shard": "ray_replay", "handle_one_shard": "handle"}.get(name)
+                r["single_add_per_s"] = runs[same_writes][-1]["single_add_per_s"] if same_writes else single_adds(name, single_add_seconds)
                 runs[name].append(r)
                 print(f"[{rep + 1}/{args.repeats}] {name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items() if isinstance(v, float)), flush=True)
         for name, rs in runs.items():

@@ -266,11 +266,12 @@ def test_prioritized_sampling_over_shards_has_the_distribution_of_one_buffer(rep
     client.close()
 
 
-@pytest.mark.parametrize("rounds_per_call", [1, 2])
-def test_one_shard_batches_pick_the_shard_by_mass_and_keep_global_probabilities(replays, rounds_per_call):
+@pytest.mark.parametrize("rounds_per_call, by_ref", [(1, False), (2, False), (1, True)])
+def test_one_shard_batches_pick_the_shard_by_mass_and_keep_global_probabilities(replays, rounds_per_call, by_ref):
     """batch_from="one_shard": each batch comes whole from one shard, the shard picked with probability
     mass_k / mass (chi-square over the batches), the rows within it by their mass in that shard
-    (chi-square per shard); probabilities and weights are those of one buffer holding every row."""
+    (chi-square per shard); probabilities and weights are those of one buffer holding every row.
+    ``by_ref``: the batches come from sample_ref, finished by the shard (3 kept in flight)."""
     groups = uneven_priorities(10, 2)
     replay = replays(2000, 2)
     fill_uneven(replay, groups)
@@ -278,8 +279,13 @@ def test_one_shard_batches_pick_the_shard_by_mass_and_keep_global_probabilities(
     reference = reference_weights(local_reference(groups), len(mass))
     client = ReplayClient(replay, prefetch=2, rounds_per_call=rounds_per_call, batch_from="one_shard", seed=3)
     picks, rows = np.zeros(2), [[], []]
+    in_flight = [client.sample_ref(200) for _ in range(3)] if by_ref else []
     for _ in range(600):
-        batch = client.sample(200)
+        if by_ref:
+            in_flight.append(client.sample_ref(200))
+            batch = ray.get(in_flight.pop(0))
+        else:
+            batch = client.sample(200)
         shards = np.unique(batch["ids"] >> LOCAL_ID_BITS)
         assert len(shards) == 1, f"a one_shard batch came from shards {shards.tolist()}"
         np.testing.assert_allclose(batch["probabilities"], mass[batch["action"]] / mass.sum(), rtol=1e-9)

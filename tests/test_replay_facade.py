@@ -7,12 +7,15 @@ none, whichever style of call is used and from whichever process.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import ray
 from helpers import SCHEMA, assert_rows_consistent, transitions
 
 from ray_replay import DistributedReplay
+from ray_replay.distributed.sampling import LOCAL_ID_BITS
 
 
 @pytest.fixture
@@ -68,6 +71,46 @@ def test_writes_and_samples_take_one_hop_from_any_process(make):
     assert replay.stats()["total"]["priority_updates"] == 64
     for w in writers:
         ray.kill(w)
+
+
+@pytest.mark.parametrize("buffer_type", ["uniform", "prioritized"])
+def test_with_one_shard_sample_remote_returns_the_shards_own_reply(make, buffer_type, monkeypatch):
+    """client_options={"batch_from": "one_shard"}: ``sample.remote(n)`` waits for nothing and puts
+    nothing in the object store (the ref is the shard's reply); the rows are whole and from one shard,
+    with the probabilities and weights of one buffer holding every row; a priority update rides with
+    the next request to its shard."""
+    replay = make(2000, 2, buffer_type, alpha=1.0, client_options={"batch_from": "one_shard", "seed": 0})
+    priorities = np.where(np.arange(1000) % 2 == 0, 1.0, 3.0)  # mass of action a (alpha 1): 1 if even, 3 if odd
+    replay.add_batch(**transitions(1000), priorities=priorities if buffer_type == "prioritized" else None)
+    replay.flush()
+    with monkeypatch.context() as patch:
+        patch.setattr(ray, "put", lambda *a, **k: pytest.fail("sample.remote put its result in the object store"))
+        refs = [replay.sample.remote(64, beta=0.5) for _ in range(8)]  # 8 in flight, none waited for
+    assert replay.client_stats()["sample_rounds_in_flight"] == 0  # not the client's prefetch
+    for batch in ray.get(refs):
+        assert_rows_consistent(batch)
+        assert len(batch["action"]) == 64
+        if buffer_type == "prioritized":
+            assert len(np.unique(batch["ids"] >> LOCAL_ID_BITS)) == 1
+            mass = priorities[batch["action"]]
+            np.testing.assert_allclose(batch["probabilities"], mass / priorities.sum(), rtol=1e-9)
+            np.testing.assert_allclose(batch["weights"], mass ** -0.5, rtol=1e-5)
+    if buffer_type == "prioritized":
+        shards = ray.get(replay.shard_handles.remote())
+        before = sum(ray.get(s.stats.remote())["priority_updates"] for s in shards)
+        replay.update_priorities(batch["ids"], np.full(64, 5.0))
+        for _ in range(4):  # the shard is picked, or asked for its snapshot once that is 20 ms old
+            time.sleep(0.03)
+            ray.get(replay.sample.remote(8))
+        assert sum(ray.get(s.stats.remote())["priority_updates"] for s in shards) == before + 64
+
+
+def test_sample_ref_needs_one_shard_batches(make):
+    replay = make(100, 2, "uniform")
+    replay.add_batch(**transitions(10))
+    with pytest.raises(ValueError, match="batch_from='one_shard'"):
+        replay.client.sample_ref(4)
+    assert len(ray.get(replay.sample.remote(4))["action"]) == 4  # sample.remote: the client's sample, put
 
 
 def test_the_coordinator_handle_still_works_and_is_counted_as_relayed(make):

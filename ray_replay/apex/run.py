@@ -24,6 +24,7 @@ from ray_replay.apex.config import ApexConfig
 
 __all__ = ["SUMMARY_KEYS", "main", "make_replay", "plot_curves", "replay_schema", "summary_table", "train"]
 
+KILL_SETTLE_UPDATES = 500  # with kill_shard_at_s: learner updates after the kill before a return can end the run
 SUMMARY_KEYS = ("solved", "eval_return", "env_steps", "learner_updates", "wall_s", "inserted_per_s", "sampled_per_s")
 
 
@@ -105,8 +106,9 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
     """Trains on the running Ray until the evaluation return reaches ``config.target_return`` or
     ``seconds`` of training pass; returns the summary (:data:`SUMMARY_KEYS`, the curve, the replay's
     counters, time and env steps to the target). ``kill_shard_at_s`` kills shard 0 (Ray restarts it)
-    that many seconds into training, to show that learning goes on: then only an evaluation after
-    the kill ends the run."""
+    that many seconds into training, to show that learning goes on: then only the evaluation of
+    weights trained KILL_SETTLE_UPDATES updates past the kill (on the replay as it is after it) ends
+    the run."""
     import torch
 
     from ray_replay.apex.actor import Actor, evaluate
@@ -133,6 +135,8 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
         learner_run = learner.run.remote()
         next_eval, evaluated_version = start + config.eval_every_s, 0
         killed = kill_shard_at_s is None
+        counts_from_update = 0  # with a shard kill: only weights trained this far past it can end the run
+        kill: dict[str, Any] | None = None
         last = (start, 0, 0, 0)  # time, env steps, updates, inserted
         rates = (0.0, 0.0, 0.0)
         while True:
@@ -155,6 +159,8 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
                 ray.kill(shard, no_restart=False)
                 events.append(f"shard 0 killed at {elapsed:.1f} s ({env_steps} env steps, {latest['updates']} updates)")
                 killed = True
+                counts_from_update = latest["updates"] + KILL_SETTLE_UPDATES
+                kill = {"at_s": elapsed, "env_steps": env_steps, "updates": latest["updates"], "counts_from_update": counts_from_update}
             if now >= next_eval and latest["version"] != evaluated_version and latest["updates"] > 0:
                 set_weights(net, ray.get(latest["weights"][0]))
                 ret = evaluate(net, config.env_id, config.eval_episodes, seed=10_000 + len(curve), frame_stack=config.frame_stack)
@@ -164,7 +170,8 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
                 if on_eval is not None:
                     on_eval(point)
                 next_eval = time.monotonic() + config.eval_every_s
-                if ret >= config.target_return and killed:  # with a shard kill, only a return reached after it counts
+                # with a shard kill, only the return of weights trained KILL_SETTLE_UPDATES updates past it counts
+                if ret >= config.target_return and killed and latest["updates"] >= counts_from_update:
                     solved_at = point
             last_eval = curve[-1]["eval_return"] if curve else float("nan")
             line.show(f"  t={elapsed:5.0f}s  env steps {env_steps:>8,} ({rates[0]:>6,.0f}/s)  updates {latest['updates']:>7,} "
@@ -207,6 +214,7 @@ def train(config: ApexConfig, seconds: float, *, progress: bool = True, kill_sha
         "best_eval_return": max(p["eval_return"] for p in curve),
         "curve": curve,
         "events": events,
+        "kill": kill,  # with kill_shard_at_s: when (s, env steps, updates) and the update from which a return counted
         "replay": {k: stats.get(k) for k in ("size", "adds", "samples", "priority_updates", "stale_priority_updates", "restarts",
                                              "dropped_priority_updates", "max_priority", "min_priority", "frames_held")},
         "learner": learned,

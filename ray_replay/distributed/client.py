@@ -249,6 +249,32 @@ class ReplayClient:
             self._writes.reap(wait_all=True)
         return self._rounds.sample(batch_size, beta, sequence)
 
+    def sample_ref(self, batch_size: int, beta: float | None = None) -> Any:
+        """``sample(batch_size, beta)`` without waiting: the ObjectRef of the batch, drawn whole from one
+        shard and finished there (global probabilities and weights, as ``sample`` gives them), so its
+        rows go from the shard straight to whoever calls ``ray.get`` on it; keep several in flight to
+        prefetch (this client's ``prefetch`` does not apply). For ``batch_from="one_shard"`` clients
+        of a replay with flat fields (else ValueError). ``DistributedReplay``'s ``sample.remote(n)``
+        uses it when its clients draw from one shard. A shard that fails makes ``ray.get`` raise, as a
+        call on an actor handle does; the next call plans without that shard."""
+        self._check_open()
+        if not self._rounds.one_shard:
+            raise ValueError("sample_ref needs batch_from='one_shard' (with 'all_shards' a batch is merged from every shard here: use sample)")
+        if self._layout is not None:
+            raise ValueError("sample_ref returns the shards' flat columns; a replay with nested fields rebuilds them in sample: use sample")
+        if self._writes:
+            self._writes.reap()
+        batch_size, beta = check_batch_size(batch_size), check_beta(beta, self._beta)
+        self._send_staged()
+        if self._table.total_mass == 0 and self._writes:
+            self._writes.reap(wait_all=True)
+        return self._rounds.sample_ref(batch_size, beta)
+
+    @property
+    def samples_by_ref(self) -> bool:
+        """Whether ``sample_ref`` applies: batch_from="one_shard" and flat fields."""
+        return self._rounds.one_shard and self._layout is None
+
     def update_priorities(self, ids: Any, priorities: Any, mask: Any = None) -> None:
         """New priorities for sampled ids, without waiting: each shard's share rides with the next sample
         request to that shard (a learner step costs one round trip), or goes on its own at ``flush()``,

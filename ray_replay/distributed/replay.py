@@ -21,6 +21,11 @@ coordinator never sees a payload.
     replay.size(), replay.stats(), replay.flush()
     replay.shutdown()                            # flushes, closes checkpoint writers, removes shards
 
+With ``client_options={"batch_from": "one_shard"}``, ``sample.remote(n)`` (``n`` and ``beta`` only; flat
+fields) waits for nothing: it returns the ObjectRef of the shard's own reply (ReplayClient.sample_ref),
+so a learner keeps several samples in flight as on any actor handle. Otherwise ``.remote`` runs the call
+here (a sample usually comes from the client's prefetch) and puts its result in the object store.
+
 Read-your-writes within a process: ``size``, ``stats`` and every other control call first flush this
 process's staged rows and wait for their acknowledgement. Between processes, rows become visible as
 their writers send them (``flush_interval_s``, or ``flush()``).
@@ -127,7 +132,11 @@ class DistributedReplay:
 
     def _data_remote(self, name: str) -> Callable[..., Any]:
         def remote(*args: Any, **kwargs: Any) -> Any:
-            result = getattr(self.client, name)(*args, **kwargs)
+            client = self.client
+            if name == "sample" and client.samples_by_ref and len(args) + len(kwargs) <= 2 and set(kwargs) <= {"batch_size", "beta"}:
+                # one_shard clients: the ObjectRef of the shard's own reply, nothing waited for or put here
+                return client.sample_ref(*args, **kwargs)
+            result = getattr(client, name)(*args, **kwargs)
             return _none_ref() if result is None else ray.put(result)
         return remote
 

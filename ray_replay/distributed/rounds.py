@@ -14,6 +14,11 @@ picked by mass (ShardTable.plan_one): one call per round however many shards the
 no rows in the plan are then asked (for 0 rows: a snapshot, and the updates held for them) only once
 their snapshot is SNAPSHOT_MAX_AGE_S old, so the masses the plan picks by stay that fresh.
 
+``sample_ref`` (one_shard only) does not wait at all: the shard finishes the batch itself
+(ReplayShard.draw_batch, two returns) and the caller gets the ObjectRef of the rows, so they take one
+hop, from the shard to whoever calls ``ray.get``; the snapshot that comes with them is read here once
+it has arrived (``_reap_direct``), as the rounds' snapshots are.
+
 Held priority updates go out with the next request to their shard, so a learner step costs one round
 trip; an update whose request fails (the shard is down) is counted in ``dropped``, never lost silently.
 
@@ -95,12 +100,18 @@ class SampleRounds:
         self._riding: dict[Any, int] = {}  # requests carrying updates -> their rows
         # (batch_size, beta, sequence options (seq_len, min_len, period) or None, {shard: ref or _Share})
         self._rounds: deque[tuple[int, float, Sequence_ | None, dict[int, Any]]] = deque()
-        self._rows_in_flight = 0  # rows requested by prefetched rounds (for the rate limiter)
+        self._rows_in_flight = 0  # rows requested by prefetched rounds and sample_ref calls (for the rate limiter)
+        # sample_ref calls and their snapshot probes not yet read: (shard, snapshot ref, rows requested, updates riding)
+        self._direct: deque[tuple[int, Any, int, int]] = deque()
         self.dropped = 0  # priority updates whose shard was down
 
     def __len__(self) -> int:
         """Rounds in flight."""
         return len(self._rounds)
+
+    @property
+    def one_shard(self) -> bool:
+        return self._one_shard
 
     def sample(self, batch_size: int, beta: float, sequence: Sequence_ | None = None) -> Part:
         """One merged batch (validated arguments; ``sequence``: (seq_len, min_len, period) for sequences).
@@ -126,10 +137,61 @@ class SampleRounds:
             refs = self._issue(batch_size, beta, sequence, queue=False)
         raise ShardUnavailableError(f"sample({batch_size}) lost a shard in each of {len(self._shards)} rounds")
 
+    def sample_ref(self, batch_size: int, beta: float) -> Any:
+        """The ObjectRef of one one_shard batch (validated arguments, flat fields), without waiting for
+        it: the shard is picked by mass from the cached snapshots, the other shards' total and smallest
+        mass go with the request so that the shard can finish the batch (global probabilities and
+        weights, see ReplayShard.draw_batch), and the updates held for the shard ride along. Shards not
+        picked are asked for a snapshot once theirs is SNAPSHOT_MAX_AGE_S old, as for one_shard rounds.
+        Blocks only while the rate limiter does not allow the sample (TimeoutError after timeout_s) or no
+        shard answers (ShardUnavailableError). A shard that fails makes ``ray.get`` of the ref raise, as
+        a call on any actor does; this client then marks it down and plans without it."""
+        self._reap_direct()
+        self._admit(batch_size)
+        k = int(np.argmax(self._plan(self._rng, batch_size)))
+        now = time.monotonic()
+        for j in range(len(self._shards)):  # fresh masses for the next picks (and their held updates sent)
+            if j != k and self._health.worth_trying(j) and now - self._asked_at[j] >= SNAPSHOT_MAX_AGE_S:
+                self._asked_at[j] = now
+                updates = self.take_updates(j)
+                _, snapshot = self._shards[j].draw_batch.remote((0, beta, updates, (0.0, 0.0)))
+                self._direct.append((j, snapshot, 0, 0 if updates is None else len(updates[0])))
+        others = [s for j, s in enumerate(self._table.snapshots) if j != k]
+        positive = [s.min_mass for s in others if s.min_mass > 0]
+        updates = self.take_updates(k)
+        self._asked_at[k] = now
+        batch, snapshot = self._shards[k].draw_batch.remote((batch_size, beta, updates, (sum(s.mass for s in others), min(positive, default=0.0))))
+        self._direct.append((k, snapshot, batch_size, 0 if updates is None else len(updates[0])))
+        self._rows_in_flight += batch_size
+        return batch
+
+    def _reap_direct(self, wait: bool = False) -> None:
+        """Reads the snapshots of the sample_ref calls that have answered (all of them with ``wait``):
+        the table and the shards' health are updated, the rows no longer count as in flight, and the
+        updates that rode with a failed call are counted as dropped."""
+        while self._direct:
+            k, ref, rows, riding = self._direct[0]
+            if not wait and not ray.wait([ref], timeout=0, fetch_local=False)[0]:
+                break  # answers are read in the order they were asked: a shard's later snapshot stays the last one read
+            self._direct.popleft()
+            self._rows_in_flight -= rows
+            try:
+                snapshot = ray.get(ref, timeout=self._timeout_s)
+            except SHARD_FAILURES as error:
+                if isinstance(error, PROCESS_FAILURES):
+                    self._health.mark_down(k)
+                self._table.update(k, EMPTY_SNAPSHOT)
+                self.dropped += riding
+                continue
+            self._health.mark_alive(k)
+            self._table.update(k, snapshot)
+
     def discard_all(self) -> None:
-        """Drops every prefetched round (their riding updates are applied or counted, not lost)."""
+        """Drops every prefetched round and waits for the sample_ref calls' snapshots (their riding
+        updates are applied or counted, not lost)."""
         while self._rounds:
             self._discard_round()
+        self._reap_direct(wait=True)
 
     # -- priority updates ------------------------------------------------------------------------------
 
@@ -211,7 +273,11 @@ class SampleRounds:
 
     def refresh(self) -> None:
         """New snapshots from every shard worth asking (one ``sample(0)`` each)."""
-        self._collect({k: self._shards[k].sample.remote(0) for k in range(len(self._shards)) if self._health.worth_trying(k)})
+        asked = [k for k in range(len(self._shards)) if self._health.worth_trying(k)]
+        now = time.monotonic()
+        for k in asked:
+            self._asked_at[k] = now  # (one_shard: not asked again for a snapshot within SNAPSHOT_MAX_AGE_S)
+        self._collect({k: self._shards[k].sample.remote(0) for k in asked})
 
     def _admit(self, batch_size: int) -> None:
         """Waits (refreshing the snapshots) until the rate limiter allows the sample, or TimeoutError;

@@ -28,7 +28,7 @@ import ray
 from ray_replay.buffer import BufferType, ReplayBuffer
 from ray_replay.distributed.allocator import fix_mmap_threshold
 from ray_replay.distributed.checkpoint import Checkpointer
-from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, WireSnapshot, encode_ids, local_ids
+from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, WireSnapshot, encode_ids, global_weights, local_ids
 from ray_replay.errors import ShardFencedError, StalePlanError
 from ray_replay.monitoring import ShardMetrics
 
@@ -36,6 +36,8 @@ __all__ = ["ReplayShard", "ReplayShardImpl", "ShardFencedError", "StalePlanError
 
 # (counts, beta, updates (global ids, priorities) or None, sequence (seq_len, min_len, period) or None)
 DrawRequest = tuple[Sequence[int], float | None, tuple[np.ndarray, np.ndarray] | None, tuple[int, int | None, int | None] | None]
+# (batch_size, beta, updates, (total mass, smallest positive mass) of the other shards): see draw_batch
+BatchRequest = tuple[int, float, tuple[np.ndarray, np.ndarray] | None, tuple[float, float]]
 
 APPLIED_BATCHES_KEPT = 65_536  # ids of recent batches, so a batch retried on the same shard applies once
 
@@ -161,6 +163,30 @@ class ReplayShardImpl:
         400-403 us); the snapshot as a plain tuple (see WireSnapshot)."""
         parts, snapshot = self.sample_rounds(*request)
         return parts, snapshot.wire()
+
+    def draw_batch(self, request: BatchRequest) -> tuple[dict[str, np.ndarray], WireSnapshot]:
+        """A whole one_shard batch, finished here: ReplayClient.sample_ref hands the first of the two
+        returns (``num_returns=2`` on the actor) to its caller as is, so the rows take one hop, from
+        this shard to whoever calls ``ray.get``; the client keeps the snapshot.
+
+        ``request`` = (batch_size, beta, updates, others): ``updates`` as for sample; ``others`` = the
+        total mass and the smallest positive mass of the other shards, as the caller last saw them.
+        Prioritized rows get what ShardTable.merge would give them: probabilities m_i / S with S =
+        this shard's mass now + ``others``' total, and weights (m_i / m_min)^-beta with m_min over this
+        shard and ``others``. Uniform rows need nothing (the shard was picked by size)."""
+        batch_size, beta, updates, (others_mass, others_min) = request
+        if updates is not None:
+            self._apply_updates(*updates)  # the snapshot below covers them
+        if batch_size == 0:  # a probe: the snapshot (and the updates applied)
+            return {}, self.snapshot().wire()
+        batch = self._draw(batch_size, beta, False, None)
+        snapshot = self.snapshot()
+        if self._prioritized:
+            masses = batch.pop("masses")
+            positive = [m for m in (snapshot.min_mass, others_min) if m > 0]
+            batch["weights"] = global_weights(masses, min(positive) if positive else 0.0, beta)
+            batch["probabilities"] = masses / (snapshot.mass + others_mass)
+        return batch, snapshot.wire()
 
     def _draw(self, batch_size: int, beta: float | None, partial: bool,
               sequence: tuple[int, int | None, int | None] | None) -> dict[str, np.ndarray]:
@@ -335,6 +361,10 @@ class ReplayShard(ReplayShardImpl):
     @ray.method(concurrency_group="reads")
     def draw(self, request: DrawRequest) -> tuple[list[dict[str, np.ndarray] | None], WireSnapshot]:  # type: ignore[override]
         return super().draw(request)
+
+    @ray.method(concurrency_group="reads", num_returns=2)
+    def draw_batch(self, request: BatchRequest) -> tuple[dict[str, np.ndarray], WireSnapshot]:  # type: ignore[override]
+        return super().draw_batch(request)
 
     @ray.method(concurrency_group="reads")
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:  # type: ignore[override]
