@@ -49,12 +49,24 @@ _DATA = ("add", "add_batch", "sample", "update_priorities")
 _NONE: dict[str, Any] = {}  # one ObjectRef of None per Ray job (the result of every write), not a put per call
 
 
-def _none_ref() -> Any:
+def _none_ref(actor: Any) -> Any:
+    """An ObjectRef of None, made once per process and job by a call on ``actor``: a small actor return
+    lives in this process's own memory store, so ``ray.get`` of it costs 14-21 us here, against
+    74-89 us for an object that ``ray.put`` placed in the object store (a writer gets one per call)."""
     job = ray.get_runtime_context().get_job_id()
     if job not in _NONE:
         _NONE.clear()
-        _NONE[job] = ray.put(None)
+        ref = actor.__ray_call__.remote(_return_none)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:  # the coordinator is down: a put does as well (the write itself went to a shard)
+            ref = ray.put(None)
+        _NONE[job] = ref
     return _NONE[job]
+
+
+def _return_none(_actor: Any) -> None:
+    return None
 
 
 class _Method:
@@ -137,7 +149,7 @@ class DistributedReplay:
                 # one_shard clients: the ObjectRef of the shard's own reply, nothing waited for or put here
                 return client.sample_ref(*args, **kwargs)
             result = getattr(client, name)(*args, **kwargs)
-            return _none_ref() if result is None else ray.put(result)
+            return _none_ref(self.actor) if result is None else ray.put(result)
         return remote
 
     def flush(self) -> None:
