@@ -266,18 +266,19 @@ def test_prioritized_sampling_over_shards_has_the_distribution_of_one_buffer(rep
     client.close()
 
 
-@pytest.mark.parametrize("rounds_per_call, by_ref", [(1, False), (2, False), (1, True)])
+@pytest.mark.parametrize("rounds_per_call, by_ref", [(1, False), (2, False), (1, True), (3, True)])
 def test_one_shard_batches_pick_the_shard_by_mass_and_keep_global_probabilities(replays, rounds_per_call, by_ref):
     """batch_from="one_shard": each batch comes whole from one shard, the shard picked with probability
     mass_k / mass (chi-square over the batches), the rows within it by their mass in that shard
     (chi-square per shard); probabilities and weights are those of one buffer holding every row.
-    ``by_ref``: the batches come from sample_ref, finished by the shard (3 kept in flight)."""
+    ``by_ref``: the batches come from sample_ref, finished by the shard (3 kept in flight; with
+    rounds_per_call 3, one shard call per picked shard serves 3 rounds)."""
     groups = uneven_priorities(10, 2)
     replay = replays(2000, 2)
     fill_uneven(replay, groups)
     mass = expected_masses(groups)
     reference = reference_weights(local_reference(groups), len(mass))
-    client = ReplayClient(replay, prefetch=2, rounds_per_call=rounds_per_call, batch_from="one_shard", seed=3)
+    client = ReplayClient(replay, prefetch=max(2, rounds_per_call), rounds_per_call=rounds_per_call, batch_from="one_shard", seed=3)
     picks, rows = np.zeros(2), [[], []]
     in_flight = [client.sample_ref(200) for _ in range(3)] if by_ref else []
     for _ in range(600):
@@ -301,6 +302,25 @@ def test_one_shard_batches_pick_the_shard_by_mass_and_keep_global_probabilities(
         assert observed[~live].sum() == 0, "an item of priority 0 was sampled"
         assert stats.chisquare(observed[live], within[live] / within.sum() * observed.sum()).pvalue > 0.001
     client.close()
+
+
+def test_sample_ref_with_rounds_per_call_asks_once_per_group_and_drops_them_for_another_shape(replays):
+    replay = replays(2000, 1, "prioritized")
+    ray.get(replay.add_batch.remote(**transitions(500)))
+    client = ReplayClient(replay, prefetch=2, rounds_per_call=2, batch_from="one_shard", seed=0)
+    rounds = client._rounds
+    first = client.sample_ref(32)
+    calls = len(rounds._direct)  # shard calls not yet read (each sample_ref call that asked a shard adds one)
+    second = client.sample_ref(32)  # drawn by the first call
+    assert len(rounds._direct) == calls
+    a, b = ray.get([first, second])
+    assert len(a["ids"]) == len(b["ids"]) == 32 and not np.array_equal(a["ids"], b["ids"])
+    client.sample_ref(32)  # a new call, for 2 batches: one is left ...
+    assert len(rounds._refs) == 1
+    assert len(ray.get(client.sample_ref(16))["ids"]) == 16  # ... and dropped for another batch size
+    assert len(rounds._refs) == 1  # (the new call's second batch of 16)
+    client.close()
+    assert not rounds._refs and not rounds._direct
 
 
 def test_priorities_route_back_to_their_shards_and_stale_ids_are_ignored(replays):

@@ -253,7 +253,8 @@ class ReplayClient:
         """``sample(batch_size, beta)`` without waiting: the ObjectRef of the batch, drawn whole from one
         shard and finished there (global probabilities and weights, as ``sample`` gives them), so its
         rows go from the shard straight to whoever calls ``ray.get`` on it; keep several in flight to
-        prefetch (this client's ``prefetch`` does not apply). For ``batch_from="one_shard"`` clients
+        prefetch (this client's ``prefetch`` does not apply; with ``rounds_per_call`` G, one call in G
+        asks for G batches, see SampleRounds.sample_ref). For ``batch_from="one_shard"`` clients
         of a replay with flat fields (else ValueError). ``DistributedReplay``'s ``sample.remote(n)``
         uses it when its clients draw from one shard. A shard that fails makes ``ray.get`` raise, as a
         call on an actor handle does; the next call plans without that shard."""

@@ -104,6 +104,7 @@ class SampleRounds:
         self._rows_in_flight = 0  # rows requested by prefetched rounds and sample_ref calls (for the rate limiter)
         # sample_ref calls and their snapshot probes not yet read: (shard, snapshot ref, rows requested, updates riding, asked at)
         self._direct: deque[tuple[int, Any, int, int, float]] = deque()
+        self._refs: deque[tuple[int, float, Any]] = deque()  # sample_ref batches drawn ahead (rounds_per_call): (batch_size, beta, ref)
         self.dropped = 0  # priority updates whose shard was down
 
     def __len__(self) -> int:
@@ -144,29 +145,47 @@ class SampleRounds:
         mass go with the request so that the shard can finish the batch (global probabilities and
         weights, see ReplayShard.draw_batch), and the updates held for the shard ride along. Shards not
         picked are asked for a snapshot once theirs is SNAPSHOT_MAX_AGE_S old, as for one_shard rounds.
+
+        With ``rounds_per_call`` G > 1, one call in G plans G batches (a shard picked for each) and asks
+        each shard picked for its batches in one call (ray's num_returns: each batch its own ObjectRef);
+        the next calls hand out the other refs, drawn before the priority updates made since, as
+        prefetched rounds are. A call with another batch_size or beta drops them.
+
         Blocks only while the rate limiter does not allow the sample (TimeoutError after timeout_s) or no
         shard answers (ShardUnavailableError). A shard that fails makes ``ray.get`` of the ref raise, as
         a call on any actor does; this client then marks it down and plans without it."""
+        while self._refs and self._refs[0][:2] != (batch_size, beta):
+            self._refs.popleft()  # asked for another shape: those rows stay drawn, unused
+        if self._refs:
+            return self._refs.popleft()[2]
         self._reap_direct()
-        if self._direct and self._limiter.blocked(self._table, batch_size + self._rows_in_flight) is not None:
+        rows = self._group * batch_size
+        if self._direct and self._limiter.blocked(self._table, rows + self._rows_in_flight) is not None:
             self._reap_direct(wait=True)  # rows already drawn count in the snapshots, not as in flight
-        self._admit(batch_size)
-        k = int(np.argmax(self._plan(self._rng, batch_size)))
+        self._admit(rows)
+        picks = [int(np.argmax(self._plan(self._rng, batch_size))) for _ in range(self._group)]
         now = time.monotonic()
         for j in range(len(self._shards)):  # fresh masses for the next picks (and their held updates sent)
-            if j != k and self._health.worth_trying(j) and now - self._asked_at[j] >= SNAPSHOT_MAX_AGE_S:
+            if j not in picks and self._health.worth_trying(j) and now - self._asked_at[j] >= SNAPSHOT_MAX_AGE_S:
                 self._asked_at[j] = now
                 updates = self.take_updates(j)
                 _, snapshot = self._shards[j].draw_batch.remote((0, beta, updates, (0.0, 0.0)))
                 self._direct.append((j, snapshot, 0, 0 if updates is None else len(updates[0]), now))
-        others = [s for j, s in enumerate(self._table.snapshots) if j != k]
-        positive = [s.min_mass for s in others if s.min_mass > 0]
-        updates = self.take_updates(k)
-        self._asked_at[k] = now
-        batch, snapshot = self._shards[k].draw_batch.remote((batch_size, beta, updates, (sum(s.mass for s in others), min(positive, default=0.0))))
-        self._direct.append((k, snapshot, batch_size, 0 if updates is None else len(updates[0]), now))
-        self._rows_in_flight += batch_size
-        return batch
+        batches: dict[int, list[Any]] = {}
+        for k in dict.fromkeys(picks):  # each shard picked: one call for all its batches
+            count = picks.count(k)
+            others = [s for j, s in enumerate(self._table.snapshots) if j != k]
+            positive = [s.min_mass for s in others if s.min_mass > 0]
+            updates = self.take_updates(k)
+            self._asked_at[k] = now
+            request = (batch_size, beta, updates, (sum(s.mass for s in others), min(positive, default=0.0)), count)
+            method = self._shards[k].draw_batch if count == 1 else self._shards[k].draw_batch.options(num_returns=count + 1)
+            *refs, snapshot = method.remote(request)
+            batches[k] = refs
+            self._direct.append((k, snapshot, count * batch_size, 0 if updates is None else len(updates[0]), now))
+        self._rows_in_flight += rows
+        self._refs.extend((batch_size, beta, batches[k].pop(0)) for k in picks)
+        return self._refs.popleft()[2]
 
     def _reap_direct(self, wait: bool = False) -> None:
         """Reads the snapshots of the sample_ref calls that have answered, oldest first (all of them with
@@ -213,6 +232,7 @@ class SampleRounds:
         updates are applied or counted, not lost)."""
         while self._rounds:
             self._discard_round()
+        self._refs.clear()
         self._reap_direct(wait=True)
 
     # -- priority updates ------------------------------------------------------------------------------

@@ -36,8 +36,8 @@ __all__ = ["ReplayShard", "ReplayShardImpl", "ShardFencedError", "StalePlanError
 
 # (counts, beta, updates (global ids, priorities) or None, sequence (seq_len, min_len, period) or None)
 DrawRequest = tuple[Sequence[int], float | None, tuple[np.ndarray, np.ndarray] | None, tuple[int, int | None, int | None] | None]
-# (batch_size, beta, updates, (total mass, smallest positive mass) of the other shards): see draw_batch
-BatchRequest = tuple[int, float, tuple[np.ndarray, np.ndarray] | None, tuple[float, float]]
+# (batch_size, beta, updates, (total mass, smallest positive mass) of the other shards[, batches]): see draw_batch
+BatchRequest = tuple[Any, ...]
 
 APPLIED_BATCHES_KEPT = 65_536  # ids of recent batches, so a batch retried on the same shard applies once
 
@@ -164,29 +164,34 @@ class ReplayShardImpl:
         parts, snapshot = self.sample_rounds(*request)
         return parts, snapshot.wire()
 
-    def draw_batch(self, request: BatchRequest) -> tuple[dict[str, np.ndarray], WireSnapshot]:
-        """A whole one_shard batch, finished here: ReplayClient.sample_ref hands the first of the two
-        returns (``num_returns=2`` on the actor) to its caller as is, so the rows take one hop, from
-        this shard to whoever calls ``ray.get``; the client keeps the snapshot.
+    def draw_batch(self, request: BatchRequest) -> tuple[Any, ...]:
+        """Whole one_shard batches, finished here: ReplayClient.sample_ref hands the batches (the first
+        returns of this call: ``num_returns`` = batches + 1 on the actor) to its caller as they are, so
+        the rows take one hop, from this shard to whoever calls ``ray.get``; the client keeps the
+        snapshot (the last return).
 
-        ``request`` = (batch_size, beta, updates, others): ``updates`` as for sample; ``others`` = the
-        total mass and the smallest positive mass of the other shards, as the caller last saw them.
-        Prioritized rows get what ShardTable.merge would give them: probabilities m_i / S with S =
-        this shard's mass now + ``others``' total, and weights (m_i / m_min)^-beta with m_min over this
-        shard and ``others``. Uniform rows need nothing (the shard was picked by size)."""
-        batch_size, beta, updates, (others_mass, others_min) = request
+        ``request`` = (batch_size, beta, updates, others[, batches]): ``updates`` as for sample;
+        ``others`` = the total mass and the smallest positive mass of the other shards, as the caller
+        last saw them; ``batches`` (default 1) independent draws of batch_size rows. Prioritized rows get
+        what ShardTable.merge would give them: probabilities m_i / S with S = this shard's mass now +
+        ``others``' total, and weights (m_i / m_min)^-beta with m_min over this shard and ``others``.
+        Uniform rows need nothing (the shard was picked by size). A batch_size of 0 only applies the
+        updates and reports the snapshot (after one empty batch)."""
+        batch_size, beta, updates, (others_mass, others_min) = request[:4]
+        count = int(request[4]) if len(request) > 4 else 1
         if updates is not None:
             self._apply_updates(*updates)  # the snapshot below covers them
         if batch_size == 0:  # a probe: the snapshot (and the updates applied)
             return {}, self.snapshot().wire()
-        batch = self._draw(batch_size, beta, False, None)
+        batches = [self._draw(batch_size, beta, False, None) for _ in range(count)]
         snapshot = self.snapshot()
         if self._prioritized:
-            masses = batch.pop("masses")
             positive = [m for m in (snapshot.min_mass, others_min) if m > 0]
-            batch["weights"] = global_weights(masses, min(positive) if positive else 0.0, beta)
-            batch["probabilities"] = masses / (snapshot.mass + others_mass)
-        return batch, snapshot.wire()
+            for batch in batches:
+                masses = batch.pop("masses")
+                batch["weights"] = global_weights(masses, min(positive) if positive else 0.0, beta)
+                batch["probabilities"] = masses / (snapshot.mass + others_mass)
+        return (*batches, snapshot.wire())
 
     def _draw(self, batch_size: int, beta: float | None, partial: bool,
               sequence: tuple[int, int | None, int | None] | None) -> dict[str, np.ndarray]:
@@ -363,7 +368,7 @@ class ReplayShard(ReplayShardImpl):
         return super().draw(request)
 
     @ray.method(concurrency_group="reads", num_returns=2)
-    def draw_batch(self, request: BatchRequest) -> tuple[dict[str, np.ndarray], WireSnapshot]:  # type: ignore[override]
+    def draw_batch(self, request: BatchRequest) -> tuple[Any, ...]:  # type: ignore[override]
         return super().draw_batch(request)
 
     @ray.method(concurrency_group="reads")
