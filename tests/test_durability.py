@@ -18,6 +18,7 @@ from ray_replay import ReplayBuffer
 from ray_replay.distributed import ReplayClient, ReplayCoordinator, ShardFencedError, ShardUnavailableError
 from ray_replay.distributed.checkpoint import Checkpointer
 from ray_replay.distributed.health import ACKED, REROUTE, RETRY_SAME, write_outcome
+from ray_replay.distributed.sampling import LOCAL_ID_BITS
 
 # -- pure pieces ----------------------------------------------------------------------------------
 
@@ -286,6 +287,32 @@ def test_a_dead_shard_is_routed_around_and_shown_in_stats(ray_local):
     assert [s["state"] for s in stats["shards"]] == ["dead", "alive"]
     assert stats["total"]["live_shards"] == 1
     assert stats["shards"][1]["size"] == 500 and stats["total"]["size"] == 500
+    ray.get(replay.shutdown.remote())
+
+
+def test_sample_ref_with_a_dead_shard_raises_at_get_then_plans_without_it(ray_local):
+    """ReplayClient.sample_ref: a batch asked of a shard that died raises at ray.get (as any actor call
+    does); once the client has read that call's answer it marks the shard down and plans without it."""
+    replay = ReplayCoordinator.remote(capacity=2000, num_shards=2, schema=SCHEMA, seed=0, buffer_type="prioritized",
+                                      shard_options={"max_restarts": 0}, shard_timeout_s=2.0)
+    ray.get(replay.add_batch.remote(**transitions(100)))
+    ray.get(replay.add_batch.remote(**transitions(100, 100)))
+    client = ReplayClient(replay, prefetch=0, batch_from="one_shard", seed=0)
+    assert len(ray.get(client.sample_ref(8))["ids"]) == 8
+    ray.kill(ray.get(replay.shard_handles.remote())[0])
+    outcomes = []
+    for _ in range(60):
+        time.sleep(0.01)
+        try:
+            batch = ray.get(client.sample_ref(8))
+        except ray.exceptions.RayActorError:
+            outcomes.append("failed")
+            continue
+        assert len(batch["ids"]) == 8
+        outcomes.append(int(np.unique(batch["ids"] >> LOCAL_ID_BITS)[0]))
+    assert outcomes[-30:] == [1] * 30, outcomes  # the dead shard is no longer asked
+    assert client.snapshots[0].mass == 0 and client.snapshots[1].size == 100  # planned without its rows
+    client.close()
     ray.get(replay.shutdown.remote())
 
 

@@ -214,18 +214,24 @@ class SampleRounds:
             for entry in answered:
                 try:
                     snapshots.append(ray.get(entry[1], timeout=self._timeout_s))
-                except SHARD_FAILURES as error:
+                except Exception as error:  # noqa: BLE001 - kept, and raised below once every answer is accounted for
                     snapshots.append(error)
+        unexpected: BaseException | None = None
         for (k, _, rows, riding, _), snapshot in zip(answered, snapshots):
             self._rows_in_flight -= rows
             if isinstance(snapshot, BaseException):
                 if isinstance(snapshot, PROCESS_FAILURES):
                     self._health.mark_down(k)
+                elif not isinstance(snapshot, SHARD_FAILURES):
+                    unexpected = unexpected or snapshot  # (its shard answered: a bug or bad input, not a lost shard)
+                    continue
                 self._table.update(k, EMPTY_SNAPSHOT)
                 self.dropped += riding
                 continue
             self._health.mark_alive(k)
             self._table.update(k, snapshot)
+        if unexpected is not None:
+            raise unexpected
 
     def discard_all(self) -> None:
         """Drops every prefetched round and waits for the sample_ref calls' snapshots (their riding
