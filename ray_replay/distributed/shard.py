@@ -175,8 +175,8 @@ class ReplayShardImpl:
         last saw them; ``batches`` (default 1) independent draws of batch_size rows. Prioritized rows get
         what ShardTable.merge would give them: probabilities m_i / S with S = this shard's mass now +
         ``others``' total, and weights (m_i / m_min)^-beta with m_min over this shard and ``others``.
-        Uniform rows need nothing (the shard was picked by size). A batch_size of 0 only applies the
-        updates and reports the snapshot (after one empty batch)."""
+        Uniform rows need nothing (the shard was picked by size). A batch_size of 0 is a probe: the
+        updates applied, an empty batch and the snapshot."""
         batch_size, beta, updates, (others_mass, others_min) = request[:4]
         count = int(request[4]) if len(request) > 4 else 1
         if updates is not None:
