@@ -163,7 +163,7 @@ class SampleRounds:
         if self._direct and self._limiter.blocked(self._table, rows + self._rows_in_flight) is not None:
             self._reap_direct(wait=True)  # rows already drawn count in the snapshots, not as in flight
         self._admit(rows)
-        picks = [int(np.argmax(self._plan(self._rng, batch_size))) for _ in range(self._group)]
+        picks = [self._table.pick_one(self._rng) for _ in range(self._group)]
         now = time.monotonic()
         for j in range(len(self._shards)):  # fresh masses for the next picks (and their held updates sent)
             if j not in picks and self._health.worth_trying(j) and now - self._asked_at[j] >= SNAPSHOT_MAX_AGE_S:
@@ -174,11 +174,9 @@ class SampleRounds:
         batches: dict[int, list[Any]] = {}
         for k in dict.fromkeys(picks):  # each shard picked: one call for all its batches
             count = picks.count(k)
-            others = [s for j, s in enumerate(self._table.snapshots) if j != k]
-            positive = [s.min_mass for s in others if s.min_mass > 0]
             updates = self.take_updates(k)
             self._asked_at[k] = now
-            request = (batch_size, beta, updates, (sum(s.mass for s in others), min(positive, default=0.0)), count)
+            request = (batch_size, beta, updates, self._table.others(k), count)
             method = self._shards[k].draw_batch if count == 1 else self._shards[k].draw_batch.options(num_returns=count + 1)
             *refs, snapshot = method.remote(request)
             batches[k] = refs
@@ -219,17 +217,10 @@ class SampleRounds:
         unexpected: BaseException | None = None
         for (k, _, rows, riding, _), snapshot in zip(answered, snapshots):
             self._rows_in_flight -= rows
-            if isinstance(snapshot, BaseException):
-                if isinstance(snapshot, PROCESS_FAILURES):
-                    self._health.mark_down(k)
-                elif not isinstance(snapshot, SHARD_FAILURES):
-                    unexpected = unexpected or snapshot  # (its shard answered: a bug or bad input, not a lost shard)
-                    continue
-                self._table.update(k, EMPTY_SNAPSHOT)
-                self.dropped += riding
+            if isinstance(snapshot, BaseException) and not isinstance(snapshot, SHARD_FAILURES):
+                unexpected = unexpected or snapshot  # (its shard answered: a bug or bad input, not a lost shard)
                 continue
-            self._health.mark_alive(k)
-            self._table.update(k, snapshot)
+            self._settle(k, snapshot, riding)
         if unexpected is not None:
             raise unexpected
 
@@ -273,16 +264,25 @@ class SampleRounds:
                 else:
                     part, snapshot = ray.get(ref, timeout=self._timeout_s)
             except SHARD_FAILURES as error:
-                if isinstance(error, PROCESS_FAILURES):
-                    self._health.mark_down(k)
-                self._table.update(k, EMPTY_SNAPSHOT)  # planned again without its rows until it reports some
-                self.dropped += riding  # the updates that rode with the request
+                self._settle(k, error, riding)
                 complete = False
                 continue
-            self._health.mark_alive(k)
-            self._table.update(k, snapshot)
+            self._settle(k, snapshot, riding)
             parts[k] = part
         return parts if complete else None
+
+    def _settle(self, k: int, answer: WireSnapshot | BaseException, riding: int) -> None:
+        """Shard k's answer to a request: its snapshot (the shard is alive, planned by it), or the shard
+        failure it raised (a lost process marks it down; it is planned again without its rows until
+        it reports some, and the ``riding`` updates that went with the request count as dropped)."""
+        if isinstance(answer, BaseException):
+            if isinstance(answer, PROCESS_FAILURES):
+                self._health.mark_down(k)
+            self._table.update(k, EMPTY_SNAPSHOT)
+            self.dropped += riding
+            return
+        self._health.mark_alive(k)
+        self._table.update(k, answer)
 
     def _issue(self, batch_size: int, beta: float, sequence: Sequence_ | None, queue: bool = True, rounds: int = 1) -> dict[int, Any]:
         """Asks every shard worth asking for its planned rows of ``rounds`` rounds in one call (a down

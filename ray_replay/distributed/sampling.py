@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -26,8 +26,10 @@ __all__ = [
     "encode_ids",
     "local_ids",
     "fifo_counts",
+    "finish_prioritized",
     "mix_sequence_priorities",
     "sequence_options",
+    "smallest_positive",
     "global_weights",
     "multinomial_counts",
     "split_capacity",
@@ -220,6 +222,19 @@ def global_weights(masses: np.ndarray, min_mass: float, beta: float) -> np.ndarr
     return weights
 
 
+def finish_prioritized(batch: dict[str, np.ndarray], masses: np.ndarray, total_mass: float, min_mass: float, beta: float) -> None:
+    """Gives a prioritized batch its global "weights" (m_i / m_min)^-beta and "probabilities" m_i / S
+    from its rows' masses and the replay's total and smallest positive mass: what ShardTable.merge
+    does for a merged batch and ReplayShard.draw_batch for a batch a shard finishes itself."""
+    batch["weights"] = global_weights(masses, min_mass, beta)
+    batch["probabilities"] = masses / total_mass
+
+
+def smallest_positive(values: Iterable[float]) -> float:
+    """The smallest positive value (a mass), 0.0 when there is none."""
+    return min((v for v in values if v > 0), default=0.0)
+
+
 class ShardTable:
     """The caller's cached view of every shard (their last Snapshot), which plans the next sample.
 
@@ -250,8 +265,13 @@ class ShardTable:
 
     @property
     def min_mass(self) -> float:
-        positive = [s.min_mass for s in self.snapshots if s.min_mass > 0]
-        return min(positive) if positive else 0.0
+        return smallest_positive(s.min_mass for s in self.snapshots)
+
+    def others(self, shard: int) -> tuple[float, float]:
+        """(total mass, smallest positive mass) of every shard but ``shard``: what that shard needs to
+        finish a batch of its own rows with global weights (ReplayShard.draw_batch)."""
+        rest = [s for k, s in enumerate(self.snapshots) if k != shard]
+        return math.fsum(s.mass for s in rest), smallest_positive(s.min_mass for s in rest)
 
     @property
     def adds(self) -> int:
@@ -274,13 +294,17 @@ class ShardTable:
         Each row's probability is still m_i / S: P(shard k) x P(row i | shard k) = (M_k / S) (m_i / M_k),
         and its weight (m_i / m_min)^-beta is the same as in ``plan``'s rounds; what changes is that the
         rows of one round are not independent across shards (they share the shard). O(K)."""
+        counts = np.zeros(self.num_shards, dtype=np.int64)
+        counts[self.pick_one(rng)] = batch_size
+        return counts
+
+    def pick_one(self, rng: np.random.Generator) -> int:
+        """A shard picked with probability mass / total mass (plan_one's pick). O(K)."""
         masses = np.asarray([s.mass for s in self.snapshots], dtype=np.float64)
         total = masses.sum()
         if not total > 0:
             raise ValueError("cannot sample from an empty buffer")
-        counts = np.zeros(len(masses), dtype=np.int64)
-        counts[min(int(np.searchsorted(np.cumsum(masses), rng.random() * total, side="right")), len(masses) - 1)] = batch_size
-        return counts
+        return min(int(np.searchsorted(np.cumsum(masses), rng.random() * total, side="right")), len(masses) - 1)
 
     def merge(self, parts: Sequence[Mapping[str, np.ndarray] | None], beta: float) -> dict[str, np.ndarray]:
         """One batch from the shards' parts (in shard order; None for shards not sampled).
@@ -299,8 +323,7 @@ class ShardTable:
             batch = {n: np.concatenate([p[n] for p in present]) for n in names}
             masses = np.concatenate([p["masses"] for p in present]) if "masses" in present[0] else None
         if masses is not None:
-            batch["weights"] = global_weights(masses, self.min_mass, beta)
-            batch["probabilities"] = masses / self.total_mass
+            finish_prioritized(batch, masses, self.total_mass, self.min_mass, beta)
         return batch
 
 

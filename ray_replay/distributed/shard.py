@@ -28,7 +28,7 @@ import ray
 from ray_replay.buffer import BufferType, ReplayBuffer
 from ray_replay.distributed.allocator import fix_mmap_threshold
 from ray_replay.distributed.checkpoint import Checkpointer
-from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, WireSnapshot, encode_ids, global_weights, local_ids
+from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, WireSnapshot, encode_ids, finish_prioritized, local_ids, smallest_positive
 from ray_replay.errors import ShardFencedError, StalePlanError
 from ray_replay.monitoring import ShardMetrics
 
@@ -186,11 +186,9 @@ class ReplayShardImpl:
         batches = [self._draw(batch_size, beta, False, None) for _ in range(count)]
         snapshot = self.snapshot()
         if self._prioritized:
-            positive = [m for m in (snapshot.min_mass, others_min) if m > 0]
+            min_mass = smallest_positive((snapshot.min_mass, others_min))
             for batch in batches:
-                masses = batch.pop("masses")
-                batch["weights"] = global_weights(masses, min(positive) if positive else 0.0, beta)
-                batch["probabilities"] = masses / (snapshot.mass + others_mass)
+                finish_prioritized(batch, batch.pop("masses"), snapshot.mass + others_mass, min_mass, beta)
         return (*batches, snapshot.wire())
 
     def _draw(self, batch_size: int, beta: float | None, partial: bool,
