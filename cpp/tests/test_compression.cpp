@@ -14,10 +14,14 @@
 #include "replay_buffer/concurrency/seqlock_ring_buffer.hpp"
 
 #include <atomic>
+#include <chrono>
+#include <memory>
+#include <stdexcept>
 #include <thread>
 
 using namespace replay_buffer;
 using compression::Codec;
+using compression::RowPool;
 using compression::CodecKind;
 
 static const Codec kCodecs[] = {{CodecKind::kLz4, 0}, {CodecKind::kZstd, 1}, {CodecKind::kZstd, 3}, {CodecKind::kZstd, 19}};
@@ -241,6 +245,45 @@ static void concurrent_adds_and_samples_over_a_lockfree_ring() {
   CHECK(buffer->size() == 64 && buffer->stats().total_adds == 64 + 600);
 }
 
+// The row pool runs every row exactly once, back to back (helpers spinning between runs) and after
+// pauses longer than its spin window (helpers asleep), reports a failed row after the others ran,
+// and is destroyed cleanly while a helper spins. TSan runs this too.
+static void row_pool_runs_every_row_once() {
+  for (std::size_t helpers : {1u, 3u}) {
+    auto pool = std::make_unique<RowPool>(helpers);
+    CHECK(pool->workers() == helpers + 1);
+    std::vector<std::atomic<int>> hits(97);
+    for (int round = 0; round < 300; ++round) {
+      for (auto& hit : hits) hit.store(0);
+      std::atomic<std::size_t> bad_worker{0};
+      auto fn = [&](std::size_t worker, std::size_t i) {
+        if (worker > helpers) bad_worker.fetch_add(1);
+        hits[i].fetch_add(1);
+      };
+      const std::size_t n = round % 5 == 0 ? 1 : hits.size();
+      pool->run(n, fn);
+      CHECK(bad_worker.load() == 0);
+      for (std::size_t i = 0; i < hits.size(); ++i) CHECK(hits[i].load() == (i < n ? 1 : 0));
+      if (round % 50 == 49) std::this_thread::sleep_for(std::chrono::microseconds(3 * RowPool::kSpinNs / 1000));
+    }
+    std::atomic<int> ran{0};
+    auto failing = [&](std::size_t, std::size_t i) {
+      ran.fetch_add(1);
+      if (i == 7) throw std::runtime_error("row 7");
+    };
+    bool threw = false;
+    try {
+      pool->run(40, failing);
+    } catch (const std::logic_error&) {
+      threw = true;
+    }
+    CHECK(threw && ran.load() == 40);
+    auto nothing = [](std::size_t, std::size_t) {};
+    pool->run(8, nothing);  // the helper now spins for the next run: destroy it mid-spin
+    pool.reset();
+  }
+}
+
 int main() {
   codecs_round_trip_and_keep_noise_raw();
   hostile_input_never_over_reads();
@@ -249,5 +292,6 @@ int main() {
   a_refused_batch_changes_nothing();
   gather_ids_reads_compressed_rows_by_id();
   concurrent_adds_and_samples_over_a_lockfree_ring();
+  row_pool_runs_every_row_once();
   return 0;
 }
