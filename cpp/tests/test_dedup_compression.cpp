@@ -2,11 +2,13 @@
 // same rows: identical contents for interleaved (4 x 1-byte inner, SSE2) and contiguous (stacked on
 // the first axis) layouts, with streams, resets, noise frames stored raw and wrap-around; and the
 // failure contract: a frame store that fails in the middle of a batch (out of memory) changes nothing.
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "check.hpp"
@@ -59,13 +61,24 @@ Rows make_rows(const dedup::FrameLayout& layout, std::size_t count, std::size_t 
   return rows;
 }
 
-// A CompressedFrames that runs out of memory at the `fail_at`-th store from now (0: never).
+// A CompressedFrames that runs out of memory at the `fail_at`-th frame committed from now (0: never),
+// having committed the frames before it, or in compress() while fail_compress is set.
 class FailingFrames final : public dedup::FrameCodec {
  public:
-  FailingFrames(compression::Codec codec, std::size_t frame_bytes, std::size_t* fail_at) : frames_(codec, frame_bytes), fail_at_(fail_at) {}
-  void store(dedup::FramePool::Slot slot, const std::byte* frame) override {
-    if (*fail_at_ != 0 && --*fail_at_ == 0) throw std::bad_alloc();
-    frames_.store(slot, frame);
+  FailingFrames(compression::Codec codec, std::size_t frame_bytes, std::size_t* fail_at, bool* fail_compress)
+      : frames_(codec, frame_bytes), fail_at_(fail_at), fail_compress_(fail_compress) {}
+  void compress(const std::byte* const* frames, std::size_t count) override {
+    if (*fail_compress_) throw std::bad_alloc();
+    frames_.compress(frames, count);
+  }
+  void commit(const dedup::FramePool::Slot* slots, std::size_t count) override {
+    for (std::size_t i = 0; i < count; ++i) {
+      if (*fail_at_ != 0 && --*fail_at_ == 0) {
+        frames_.commit(slots, i);
+        throw std::bad_alloc();
+      }
+    }
+    frames_.commit(slots, count);
   }
   void load(dedup::FramePool::Slot slot, std::byte* out) const override { frames_.load(slot, out); }
   void drop(dedup::FramePool::Slot slot) noexcept override { frames_.drop(slot); }
@@ -75,6 +88,7 @@ class FailingFrames final : public dedup::FrameCodec {
  private:
   dedup::CompressedFrames frames_;
   std::size_t* fail_at_;
+  bool* fail_compress_;
 };
 
 std::unique_ptr<dedup::DedupBuffer> make_dedup(std::size_t capacity, const dedup::FrameLayout& layout, std::unique_ptr<dedup::FrameCodec> codec) {
@@ -142,18 +156,21 @@ void a_frame_store_failing_mid_batch_changes_nothing() {
   std::mt19937_64 rng(5);
   const Rows rows = make_rows(layout, 120, 2, rng);
   std::size_t fail_at = 0;
+  bool fail_compress = false;
   const compression::Codec lz4{compression::CodecKind::kLz4, 0};
-  auto failing = make_dedup(30, layout, std::make_unique<FailingFrames>(lz4, layout.frame_bytes(), &fail_at));
+  auto failing = make_dedup(30, layout, std::make_unique<FailingFrames>(lz4, layout.frame_bytes(), &fail_at, &fail_compress));
   auto reference = make_dedup(30, layout, std::make_unique<dedup::CompressedFrames>(lz4, layout.frame_bytes()));
   std::size_t first = 0;
   for (std::size_t count : {25u, 10u, 1u, 40u, 3u}) {
-    for (std::size_t fail : {1u, 2u, 5u, 9u}) {  // the first store, or one in the middle of a row or batch
+    for (std::size_t fail : {0u, 1u, 2u, 5u, 9u}) {  // compress(), the first frame committed, or one in the middle of the batch
       if (fail > count) continue;  // every row stores at least its next_state's new frame
       const auto before = contents(*failing, stack);
       const auto stats = failing->stats();
       fail_at = fail;
+      fail_compress = fail == 0;
       CHECK_THROWS(add(*failing, rows, first, count, stack), std::bad_alloc);
       fail_at = 0;
+      fail_compress = false;
       CHECK(contents(*failing, stack) == before);
       CHECK(failing->stats().frames_held == stats.frames_held && failing->stats().bytes_held == stats.bytes_held);
       CHECK(failing->stats().total_adds == stats.total_adds);
@@ -167,6 +184,59 @@ void a_frame_store_failing_mid_batch_changes_nothing() {
   }
 }
 
+// A writer adds (its new frames compressed outside the data lock, a large batch in parallel) while a
+// reader samples and another exports and reads stats (TSan runs this in make test-tsan): every row
+// read is exactly the row added, and the end state equals that of a buffer fed serially.
+void reads_during_adds_see_whole_rows(std::size_t outer, std::size_t inner) {
+  const dedup::FrameLayout layout(outer, kFrames, inner);
+  const std::size_t stack = layout.stack_bytes();
+  std::mt19937_64 rng(11);
+  const Rows rows = make_rows(layout, 2600, 3, rng);
+  const compression::Codec lz4{compression::CodecKind::kLz4, 0};
+  auto packed = make_dedup(1500, layout, std::make_unique<dedup::CompressedFrames>(lz4, layout.frame_bytes()));
+  auto reference = make_dedup(1500, layout, std::make_unique<dedup::CompressedFrames>(lz4, layout.frame_bytes()));
+  const std::vector<std::size_t> batches = {1, 9, 40, 1100, 3, 60, 1, 1200, 30, 1, 155};  // 1,100 new frames of 1 KiB: compressed in parallel
+  std::atomic<bool> done{false};
+  std::atomic<std::size_t> checked{0};
+  std::thread sampler([&] {
+    std::vector<std::byte> state(16 * stack), next(16 * stack);
+    std::vector<std::int64_t> action(16);
+    std::byte* destinations[] = {state.data(), reinterpret_cast<std::byte*>(action.data()), next.data()};
+    core::SampleRequest request;
+    request.batch_size = 16;
+    while (!done.load()) {
+      if (packed->size() == 0) continue;
+      const std::size_t n = packed->sample(request, destinations);
+      for (std::size_t i = 0; i < n; ++i) {
+        const auto a = static_cast<std::size_t>(action[i]);
+        CHECK(a < rows.action.size());
+        CHECK(std::memcmp(state.data() + i * stack, rows.state.data() + a * stack, stack) == 0);
+        CHECK(std::memcmp(next.data() + i * stack, rows.next.data() + a * stack, stack) == 0);
+      }
+      checked += n;
+    }
+  });
+  std::thread exporter([&] {
+    while (!done.load()) {
+      const auto held = contents(*packed, stack);
+      CHECK(held.size() % (2 * stack + 8) == 0);
+      CHECK(packed->stats().frames_held > 0 || packed->size() == 0);
+    }
+  });
+  std::size_t first = 0;
+  for (std::size_t count : batches) {
+    add(*packed, rows, first, count, stack);
+    add(*reference, rows, first, count, stack);
+    first += count;
+  }
+  done = true;
+  sampler.join();
+  exporter.join();
+  CHECK(checked.load() > 0);
+  CHECK(contents(*packed, stack) == contents(*reference, stack));
+  CHECK(packed->stats().bytes_held == reference->stats().bytes_held && packed->stats().frames_held == reference->stats().frames_held);
+}
+
 }  // namespace
 
 int main() {
@@ -174,5 +244,7 @@ int main() {
   compressed_frames_hold_exactly_what_plain_frames_do(1, 1024);  // (4, 1024) stacked first: decoded in place
   compressed_frames_hold_exactly_what_plain_frames_do(32, 3);    // interleaved, generic kernels
   a_frame_store_failing_mid_batch_changes_nothing();
+  reads_during_adds_see_whole_rows(1, 1024);  // (4, 1024) stacked first: frames compressed in place
+  reads_during_adds_see_whole_rows(256, 1);  // (256, 4) stacked last: frames extracted first
   return 0;
 }

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -42,7 +43,30 @@ class BatchCompressor {
 
   // Compresses rows [begin, end) of sources[columns[k]] for every k; scratch row r is input row begin + r.
   void compress(const std::byte* const* sources, std::size_t begin, std::size_t end) {
-    const std::size_t rows = end - begin;
+    run(end - begin, [&](std::size_t k, std::size_t r) { return sources[columns_[k]] + (begin + r) * bytes_[k]; });
+  }
+
+  // One compressed column only (columns.size() == 1): compresses rows[r] for r < count, rows anywhere
+  // in memory (a DedupBuffer's new frames, in place in their stacks); scratch row r is rows[r].
+  void compress_rows(const std::byte* const* rows, std::size_t count) {
+    if (columns_.size() != 1) throw std::logic_error("compress_rows needs a compressor of one column");
+    run(count, [rows](std::size_t, std::size_t r) { return rows[r]; });
+  }
+
+  // Of the last compress(): compressed column k's row r, and its compressed size (0: keep it raw).
+  const std::byte* scratch(std::size_t k, std::size_t r) const noexcept { return scratch_[k].data() + r * bytes_[k]; }
+  std::size_t length(std::size_t k, std::size_t r) const noexcept { return lengths_[k][r]; }
+
+  // A codec context of the caller's thread, for checks between compress() calls (same thread role).
+  CodecContext& context() {
+    if (contexts_.empty()) contexts_.emplace_back();
+    return contexts_[0];
+  }
+
+ private:
+  // Compresses `rows` rows of every compressed column; source(k, r) is where column k's row r is.
+  template <class Source>
+  void run(std::size_t rows, const Source& source) {
     std::size_t raw_bytes = 0;
     for (std::size_t k = 0; k < columns_.size(); ++k) {
       if (scratch_[k].size() < rows * bytes_[k]) scratch_[k].resize(rows * bytes_[k]);
@@ -54,9 +78,8 @@ class BatchCompressor {
     const auto work = [&](std::size_t worker) {
       const std::size_t lo = rows * worker / workers, hi = rows * (worker + 1) / workers;
       for (std::size_t k = 0; k < columns_.size(); ++k) {
-        const std::byte* source = sources[columns_[k]] + begin * bytes_[k];
         for (std::size_t r = lo; r < hi; ++r) {
-          lengths_[k][r] = contexts_[worker].compress(codecs_[k], source + r * bytes_[k], bytes_[k], scratch_[k].data() + r * bytes_[k]);
+          lengths_[k][r] = contexts_[worker].compress(codecs_[k], source(k, r), bytes_[k], scratch_[k].data() + r * bytes_[k]);
         }
       }
     };
@@ -75,17 +98,6 @@ class BatchCompressor {
     for (auto& thread : pool) thread.join();
   }
 
-  // Of the last compress(): compressed column k's row r, and its compressed size (0: keep it raw).
-  const std::byte* scratch(std::size_t k, std::size_t r) const noexcept { return scratch_[k].data() + r * bytes_[k]; }
-  std::size_t length(std::size_t k, std::size_t r) const noexcept { return lengths_[k][r]; }
-
-  // A codec context of the caller's thread, for checks between compress() calls (same thread role).
-  CodecContext& context() {
-    if (contexts_.empty()) contexts_.emplace_back();
-    return contexts_[0];
-  }
-
- private:
   const std::vector<std::size_t> columns_;
   std::vector<std::size_t> bytes_;  // per compressed column: raw bytes per row
   std::vector<Codec> codecs_;       // per compressed column

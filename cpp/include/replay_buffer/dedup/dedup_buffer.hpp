@@ -25,14 +25,20 @@
 // sample decodes K + 1 frames per row in the steady state. Measured with LZ4 on 4 x 64 x 64 uint8
 // stacks, one row per add (a loaded 2-core VM): add 7.1 us a row stacked on axis 0 (as without a
 // codec), 14.9 us on axis -1 (11.5); sample 2.4 us and 5.9 us a row (2.9, 2.5); a quarter of the
-// bytes (docs/compression.md, "Dedup and compression"). Concurrency: one mutex serializes add,
+// bytes (docs/compression.md, "Dedup and compression"). Concurrency: one data mutex serializes add,
 // sample, stats and state export/import (rows share frames, so a read must not interleave with the
-// add that frees them), the frames' compression and decoding included; priority updates go straight
-// to the inner buffer, which synchronizes itself. Failure contract: a method that throws (a full
+// add that frees them), the frames' decoding included; a writers' mutex serializes add and
+// import_state, and an add compresses its new frames holding that one alone (see add). A writer
+// waiting for the data mutex goes ahead of readers that come after it (lock_as_writer). Measured with
+// Zstandard, 1,000-row adds beside a thread sampling 64 rows back to back: 128-135 adds/s and a sample
+// p99 of 2.0-2.2 ms, against 77 adds/s and 9.2 ms with the frames compressed under the lock.
+// Priority updates go straight to the inner buffer, which synchronizes itself. Failure contract: a method that throws (a full
 // FIFO, out of memory) changed nothing: the frames staged for the call are released again.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -99,9 +105,18 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   }
 
   // streams: null (every row from stream 0) or `count` stream ids, one per row.
+  //
+  // With a codec the call runs in three steps: under the data lock it stages the rows (reusing frames
+  // and handing out slots for new ones), then it compresses the new frames holding only the writers'
+  // lock, so samples and other readers go on meanwhile, then under the data lock again it commits
+  // them and hands the rows to the inner buffer. Readers see none of the call's rows before that:
+  // they read only rows the inner buffer holds, and a FIFO read meanwhile can release only older rows
+  // (whose shared frames the new rows have retained).
   void add(const std::byte* const* sources, std::size_t count, const double* priorities, const std::int64_t* streams) {
     if (count == 0) return;
-    std::lock_guard lock(mutex_);
+    std::lock_guard add_lock(add_mutex_);
+    std::unique_lock lock(mutex_, std::defer_lock);
+    lock_as_writer(lock);
     core::ScopedTimer timer(add_latency_, collect_stats());
     // Of a batch longer than the buffer only the newest `capacity_` rows survive; the inner buffer
     // skips (and counts) the others, and they get no frames.
@@ -111,16 +126,25 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     undo_.clear();
     std::size_t staged = 0;
     try {
-      sequence_numbers_.assign(count, 0);  // skipped rows are never stored: their number is moot
+      add_sequence_numbers_.assign(count, 0);  // skipped rows are never stored: their number is moot
       for (std::size_t i = skipped; i < count; ++i, ++staged) {
-        sequence_numbers_[i] = first + staged;
-        stage_row(sources, i, streams != nullptr ? streams[i] : 0, sequence_numbers_[i]);
+        add_sequence_numbers_[i] = first + staged;
+        stage_row(sources, i, streams != nullptr ? streams[i] : 0, add_sequence_numbers_[i]);
       }
-      inner_->add(inner_columns_.sources(sources, sequence_numbers_.data()).data(), count, priorities);
+      if (frames_.has_pending()) {
+        lock.unlock();
+        frames_.compress_pending();
+        lock_as_writer(lock);
+        frames_.commit_pending();
+      }
+      inner_->add(inner_columns_.sources(sources, add_sequence_numbers_.data()).data(), count, priorities);
     } catch (...) {  // e.g. a full FIFO refusing the batch: undo the staging, so nothing changed
+      if (!lock.owns_lock()) lock_as_writer(lock);
+      frames_.discard_pending();
       for (std::size_t i = staged; i-- > 0;) release_row(first + i);
       for (auto entry = undo_.rbegin(); entry != undo_.rend(); ++entry) {
-        if (entry->previous) {
+        // A FIFO read while the frames were compressed may have released the previous tail's row.
+        if (entry->previous && entry->previous->last_seq >= released_upto_) {
           streams_[entry->stream] = *entry->previous;
         } else {
           streams_.erase(entry->stream);
@@ -137,7 +161,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   // Sequence sampling: the inner rows of the ids (its ids are this buffer's), observations rebuilt
   // from their frames; padding ids (~0) give zeros in every column. The caller serializes with add.
   void gather_ids(const std::uint64_t* ids, std::size_t count, std::byte* const* destinations) const override {
-    std::lock_guard lock(mutex_);
+    const auto lock = read_lock();
     std::vector<std::uint64_t> sequence_numbers(count);
     inner_->gather_ids(ids, count, inner_columns_.destinations(destinations, sequence_numbers.data()).data());
     const std::size_t bytes = layout_.stack_bytes();
@@ -154,7 +178,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   }
 
   std::size_t sample(const core::SampleRequest& request, std::byte* const* destinations) override {
-    std::lock_guard lock(mutex_);
+    const auto lock = read_lock();
     core::ScopedTimer timer(sample_latency_, collect_stats());
     sequence_numbers_.resize(request.batch_size);
     const std::size_t n = inner_->sample(request, inner_columns_.destinations(destinations, sequence_numbers_.data()).data());
@@ -176,7 +200,7 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   std::size_t capacity() const override { return capacity_; }
 
   core::BufferStats stats() const override {
-    std::lock_guard lock(mutex_);
+    const auto lock = read_lock();
     core::BufferStats s = inner_->stats();
     s.bytes_reserved += refs_.size() * sizeof(FramePool::Slot) + row_streams_.size() * sizeof(std::int64_t);
     frames_.add_stats(s);
@@ -186,14 +210,14 @@ class DedupBuffer final : public core::ReplayBufferInterface {
 
   // The frames' compression (none without a codec).
   std::optional<FrameCodecStats> frame_codec_stats() const {
-    std::lock_guard lock(mutex_);
+    const auto lock = read_lock();
     return frames_.codec_stats();
   }
 
   // state.streams: the stream of each exported row.
   core::BufferState export_state(std::byte* const* destinations, std::size_t newest_rows) const override {
     if (destinations == nullptr) throw std::invalid_argument("a dedup buffer's rows are not file-backed");
-    std::lock_guard lock(mutex_);
+    const auto lock = read_lock();
     const std::size_t rows = std::min(newest_rows, inner_->size());
     std::vector<std::uint64_t> sequence_numbers(rows);
     core::BufferState state = inner_->export_state(inner_columns_.destinations(destinations, sequence_numbers.data()).data(), rows);
@@ -213,15 +237,22 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     }
     if (!state.streams.empty() && state.streams.size() != rows) throw std::invalid_argument("state must hold one stream per row");
     if (sources == nullptr) throw std::invalid_argument("a dedup buffer's rows cannot be adopted in place");
-    std::lock_guard lock(mutex_);
+    std::lock_guard add_lock(add_mutex_);
+    std::unique_lock lock(mutex_, std::defer_lock);
+    lock_as_writer(lock);
     clear_frames();
     ++call_;
-    for (std::size_t i = 0; i < rows; ++i) stage_row(sources, i, state.streams.empty() ? 0 : state.streams[i], i);
-    sequence_numbers_.resize(rows);
-    for (std::size_t i = 0; i < rows; ++i) sequence_numbers_[i] = i;
     try {
-      inner_->import_state(state, inner_columns_.sources(sources, sequence_numbers_.data()).data(), rows);
+      for (std::size_t i = 0; i < rows; ++i) stage_row(sources, i, state.streams.empty() ? 0 : state.streams[i], i);
+      if (frames_.has_pending()) {
+        frames_.compress_pending();
+        frames_.commit_pending();
+      }
+      add_sequence_numbers_.resize(rows);
+      for (std::size_t i = 0; i < rows; ++i) add_sequence_numbers_[i] = i;
+      inner_->import_state(state, inner_columns_.sources(sources, add_sequence_numbers_.data()).data(), rows);
     } catch (...) {
+      frames_.discard_pending();
       clear_frames();
       throw;
     }
@@ -247,6 +278,28 @@ class DedupBuffer final : public core::ReplayBufferInterface {
     std::int64_t stream;
     std::optional<StreamTail> previous;  // none: the stream was new
   };
+
+  // The data lock for a writer, ahead of readers: a reader that samples back to back re-takes an
+  // unfair mutex within microseconds of releasing it, before a woken writer runs (measured: an add of
+  // 1,000 rows that takes the lock twice waited up to 250 ms behind a sampling loop). Readers hold
+  // back while a writer waits (read_lock); the writer holds the lock for its staging or its commit.
+  void lock_as_writer(std::unique_lock<std::mutex>& lock) {
+    writers_waiting_.fetch_add(1, std::memory_order_relaxed);  // relaxed: a hint; the mutexes order the data
+    lock.lock();
+    {
+      std::lock_guard gate(gate_mutex_);
+      writers_waiting_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    gate_.notify_all();
+  }
+  // The data lock for a reader: first waits while a writer waits for it (one relaxed load when none does).
+  std::unique_lock<std::mutex> read_lock() const {
+    if (writers_waiting_.load(std::memory_order_relaxed) != 0) {
+      std::unique_lock gate(gate_mutex_);
+      gate_.wait(gate, [this] { return writers_waiting_.load(std::memory_order_relaxed) == 0; });
+    }
+    return std::unique_lock(mutex_);
+  }
 
   static constexpr FramePool::Slot kNoSlot = UINT32_MAX;  // a ref not filled yet (the pool never hands it out)
 
@@ -334,7 +387,11 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   const std::size_t ring_size_;
   std::unique_ptr<core::ReplayBufferInterface> inner_;
 
-  mutable std::mutex mutex_;  // guards everything below
+  std::mutex add_mutex_;      // serializes writers (add, import_state): held across a call's steps
+  mutable std::mutex gate_mutex_;  // read_lock's wait for writers_waiting_ to reach 0
+  mutable std::condition_variable gate_;
+  std::atomic<unsigned> writers_waiting_{0};
+  mutable std::mutex mutex_;  // guards everything below (the frames' pending list: see FrameStore)
   std::vector<FramePool::Slot> refs_;      // per ring entry: K state refs, then K next_state refs
   std::vector<std::int64_t> row_streams_;  // per ring entry: the row's stream
   FrameStore frames_;
@@ -343,7 +400,8 @@ class DedupBuffer final : public core::ReplayBufferInterface {
   std::uint64_t next_seq_ = 0;       // sequence number of the next row stored
   std::uint64_t released_upto_ = 0;  // rows below this have had their frames released
   std::uint64_t call_ = 0;
-  std::vector<std::uint64_t> sequence_numbers_;
+  std::vector<std::uint64_t> add_sequence_numbers_;  // a writer's (under add_mutex_: an add unlocks mutex_ midway)
+  std::vector<std::uint64_t> sequence_numbers_;      // sample()'s
   std::vector<std::byte> scratch_stack_;
   const core::InnerColumns inner_columns_;  // every column but state and next_state, then the sequence number
 };

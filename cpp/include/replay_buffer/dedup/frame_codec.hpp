@@ -10,7 +10,10 @@
 // where a frame is a contiguous block of its stack (stacked on the first axis, or not stacked) it is
 // decoded straight into the output row; otherwise into scratch, then interleaved (FrameLayout::assemble).
 //
-// Thread roles: none of their own; the owner (DedupBuffer) serializes every call, const ones included.
+// Thread roles: none of their own. The owner (DedupBuffer) runs compress() under its writers' lock only,
+// so it may overlap load, drop, stats and clear (it touches none of their state: the frames' bytes come
+// from the caller, the result stays in the codec's staging until commit); every other call, commit
+// included, runs under the owner's data lock.
 #pragma once
 
 #include <cstddef>
@@ -34,8 +37,12 @@ struct FrameCodecStats {
 class FrameCodec {
  public:
   virtual ~FrameCodec() = default;
-  // Keeps frame_bytes bytes as `slot`'s. Throws (keeping nothing) when memory runs out.
-  virtual void store(FramePool::Slot slot, const std::byte* frame) = 0;
+  // Compresses frames[0..count) (frame_bytes each) into the codec's staging, in parallel where the
+  // batch is large. Throws (out of memory) having kept nothing.
+  virtual void compress(const std::byte* const* frames, std::size_t count) = 0;
+  // Keeps staged frame i of the last compress() as slots[i]'s bytes, for i < count. Throws (out of
+  // memory) having kept slots[0..m) only; the others stay empty, and drop() is a no-op for them.
+  virtual void commit(const FramePool::Slot* slots, std::size_t count) = 0;
   // Writes `slot`'s bytes to out; throws std::logic_error if they do not decode (memory corruption).
   virtual void load(FramePool::Slot slot, std::byte* out) const = 0;
   virtual void drop(FramePool::Slot slot) noexcept = 0;  // the slot's last reference went

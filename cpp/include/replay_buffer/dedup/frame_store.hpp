@@ -2,10 +2,21 @@
 // pool or, with a FrameCodec (frame_codec.hpp), compressed there. Stacks go in and come out whole;
 // FrameLayout cuts them into frames and interleaves them back.
 //
-// Thread roles: none of its own; the owner (DedupBuffer) serializes every call, const ones included.
+// With a codec, a new frame's slot is handed out at once and its bytes follow in two steps, so that
+// the compression runs outside the owner's data lock: store_frame records the frame (where it sits in
+// the caller's stack) as pending, compress_pending compresses every pending frame, and commit_pending
+// makes them the slots' bytes. Until then no row that refers to them may be read (the owner adds such
+// rows to its inner buffer only after the commit).
+//
+// Thread roles: none of its own. The owner (DedupBuffer) serializes every call under its data lock,
+// const ones included, except compress_pending, which it runs under its writers' lock alone: it
+// touches only the pending list and the codec's staging, which nothing else reads.
 // Failure contract: store_frame throws (out of memory) having stored nothing, store_stack having
-// stored the frames before the one that failed (see there); assemble and restore_row throw
-// std::logic_error only for a compressed frame that does not decode (memory corruption).
+// stored the frames before the one that failed (see there); compress_pending and commit_pending
+// throw (out of memory) leaving the pending slots allocated, some of them empty: the owner releases
+// the rows that hold them (release() of an empty slot frees it) and calls discard_pending. assemble
+// and restore_row throw std::logic_error only for a compressed frame that does not decode (memory
+// corruption).
 // Costs: see DedupBuffer and compressed_frames.hpp.
 #pragma once
 
@@ -29,9 +40,10 @@ class FrameStore {
   // codec: null (frames kept in the pool) or where the frames' bytes are kept.
   FrameStore(const FrameLayout& layout, std::size_t max_frames, std::unique_ptr<FrameCodec> codec)
       : layout_(layout), k_(layout.frames()), pool_(layout.frame_bytes(), max_frames), frame_pointers_(k_),
-        frame_scratch_(codec ? layout.frame_bytes() : 0), codec_(std::move(codec)), decoder_(layout) {}
+        codec_(std::move(codec)), decoder_(layout) {}
 
-  // A new slot holding frame j of `stack`. O(frame bytes), plus its compression.
+  // A new slot for frame j of `stack`: without a codec the frame is copied in (O(frame bytes)); with
+  // one it is pending (O(1)) until commit_pending, and `stack` must stay valid until then.
   Slot store_frame(const std::byte* stack, std::size_t j) {
     const Slot slot = pool_.allocate();
     if (!codec_) {
@@ -39,18 +51,43 @@ class FrameStore {
       return slot;
     }
     try {
-      const std::byte* frame = stack + layout_.frame_offset(j);
-      if (!layout_.frames_contiguous()) {
-        layout_.extract(stack, j, frame_scratch_.data());
-        frame = frame_scratch_.data();
-      }
-      codec_->store(slot, frame);
+      pending_.push_back({slot, stack, j});
     } catch (...) {
-      pool_.release(slot);  // the codec kept nothing
+      pool_.release(slot);
       throw;
     }
     return slot;
   }
+
+  bool has_pending() const noexcept { return !pending_.empty(); }
+
+  // Compresses the pending frames (outside the owner's data lock). O(their bytes) of codec work, plus a
+  // copy of each frame that is not a contiguous block of its stack.
+  void compress_pending() {
+    const std::size_t n = pending_.size(), frame_bytes = layout_.frame_bytes();
+    pending_frames_.resize(n);
+    if (!layout_.frames_contiguous() && frame_scratch_.size() < n * frame_bytes) frame_scratch_.resize(n * frame_bytes);
+    for (std::size_t i = 0; i < n; ++i) {
+      const Pending& p = pending_[i];
+      if (layout_.frames_contiguous()) {
+        pending_frames_[i] = p.stack + layout_.frame_offset(p.j);
+      } else {
+        layout_.extract(p.stack, p.j, frame_scratch_.data() + i * frame_bytes);
+        pending_frames_[i] = frame_scratch_.data() + i * frame_bytes;
+      }
+    }
+    codec_->compress(pending_frames_.data(), n);
+  }
+
+  // The compressed pending frames become their slots' bytes (under the data lock).
+  void commit_pending() {
+    pending_slots_.resize(pending_.size());
+    for (std::size_t i = 0; i < pending_.size(); ++i) pending_slots_[i] = pending_[i].slot;
+    codec_->commit(pending_slots_.data(), pending_slots_.size());
+    pending_.clear();
+  }
+
+  void discard_pending() noexcept { pending_.clear(); }
 
   // refs[0..K) <- the frames of `stack`, a frame equal to the one before it stored once. On a throw
   // the refs filled so far stay held (the others untouched): the caller releases them.
@@ -127,11 +164,20 @@ class FrameStore {
   }
 
  private:
+  struct Pending {
+    Slot slot;
+    const std::byte* stack;  // in the caller's input
+    std::size_t j;           // which frame of it
+  };
+
   const FrameLayout& layout_;
   const std::size_t k_;
   FramePool pool_;
   mutable std::vector<const std::byte*> frame_pointers_;
-  std::vector<std::byte> frame_scratch_;     // with a codec: a frame extracted from an interleaved stack
+  std::vector<std::byte> frame_scratch_;     // with a codec: pending frames extracted from interleaved stacks
+  std::vector<Pending> pending_;             // with a codec: new frames not yet compressed and committed
+  std::vector<const std::byte*> pending_frames_;
+  std::vector<Slot> pending_slots_;
   const std::unique_ptr<FrameCodec> codec_;  // null: frames kept in pool_
   const StackDecoder decoder_;
 };
