@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 JOBS ?= 2
 ARGS ?=
 
-.PHONY: all install lint docs test test-cpp test-asan test-tsan test-python test-under-load demo bench clean
+.PHONY: all install lint docs test test-cpp test-asan test-tsan test-nocodec test-python test-under-load demo bench clean
 
 all: test
 
@@ -66,6 +66,17 @@ test-asan: install
 	cp build/cpp-asan/_core*.so build/asan-package/ray_replay/
 	PYTHONPATH=build/asan-package RAY_REPLAY_TESTS_NO_RAY=1 LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
 		$(VENV)/bin/pytest -p no:cacheprovider -q -m "not ray" $(ASAN_TESTS)
+
+# A build without codecs (-DREPLAY_BUFFER_WITH_COMPRESSION=OFF, for machines without liblz4/libzstd):
+# the C++ tests that need no codec, then the extension built the same way and the local-buffer tests
+# that use no codec, plus tests/test_codecs_build.py, which checks that every codec is refused naming
+# the build option (RAY_REPLAY_EXPECT_CODECS=0).
+NOCODEC_TESTS := tests/test_codecs_build.py tests/test_buffer.py tests/test_bad_input.py tests/test_prioritized.py tests/test_dedup.py tests/test_sampling.py tests/test_sequences.py tests/test_lockfree.py
+test-nocodec: install
+	$(call cpp_tests,-nocodec,,-DREPLAY_BUFFER_WITH_COMPRESSION=OFF -DREPLAY_BUFFER_BUILD_PYTHON_MODULE=ON -DPython_EXECUTABLE=$(VENV_ABS)/bin/python -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir))
+	rm -rf build/nocodec-package && mkdir -p build/nocodec-package && cp -r ray_replay build/nocodec-package/
+	cp build/cpp-nocodec/_core*.so build/nocodec-package/ray_replay/
+	PYTHONPATH=build/nocodec-package RAY_REPLAY_EXPECT_CODECS=0 RAY_REPLAY_TESTS_NO_RAY=1 $(VENV)/bin/pytest -p no:cacheprovider -q -m "not ray" $(NOCODEC_TESTS)
 
 test-tsan: $(VENV)/.build-tools
 	$(call cpp_tests,-tsan,thread,)
@@ -131,7 +142,7 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -f docs/mkdocs.yml
 	@echo "docs: built build/docs/index.html"
 
-test: lint install docs test-cpp test-asan test-tsan test-python test-wheel
+test: lint install docs test-cpp test-asan test-tsan test-nocodec test-python test-wheel
 
 # `make test` (RUNS times in a row, default 1) while one busy loop per core (HOGS, default all of
 # them) keeps the machine loaded; stops at the first failing run. The loops' pids are recorded and

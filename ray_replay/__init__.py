@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ray_replay._core import CODECS
 from ray_replay._core import __version__ as _core_version
 from ray_replay.buffer import BUFFER_TYPES, ReplayBuffer
 from ray_replay.errors import BufferFullError, CorruptFileError, ShardFencedError, ShardUnavailableError, StalePlanError
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BUFFER_TYPES",
+    "CODECS",
     "BufferFullError",
     "CorruptFileError",
     "DistributedReplay",

@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+CODECS: tuple[str, ...]
 
 def compress_rows(rows: Any, codec: Any) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
     """Each row along the leading axis compressed on its own, as a buffer with ``codec`` stores it: (uint32
