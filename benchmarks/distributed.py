@@ -16,6 +16,9 @@ until the last acknowledgement.
   keeping 2 to 3 rounds in flight (the peers keep 2 calls).
 * one_shard: ray_replay whose learner's client draws each batch whole from one shard picked by mass
   (``ReplayClient(batch_from="one_shard")``): one shard call per round.
+* direct, one_shard_direct: ray_replay and one_shard with the learner's client sampling over each
+  shard's socket (``ReplayClient(sample_transport="direct")``, ray_replay/distributed/direct.py): the
+  same rounds without a Ray call per round. Writes as ray_replay's.
 * handle: the same replay through the object users pass around, ``DistributedReplay`` (writers and
   learner get it pickled and call ``replay.add_batch.remote(**batch)``, ``replay.sample.remote(512)``,
   ``replay.update_priorities.remote(...)``, driven exactly as the naive actor's handle, calls in flight
@@ -181,12 +184,13 @@ class Learner:
     """Samples SAMPLE_BATCH prioritized rows with SAMPLES_IN_FLIGHT calls outstanding and updates the
     priorities of every batch (fire and forget), whichever system."""
 
-    def __init__(self, replay: Any, kind: str, prefetch: int, rounds_per_call: int = 1, batch_from: str = "all_shards") -> None:
+    def __init__(self, replay: Any, kind: str, prefetch: int, rounds_per_call: int = 1, batch_from: str = "all_shards",
+                 sample_transport: str = "ray") -> None:
         self.replay, self.kind = replay, kind
         # With rounds_per_call G > 1 the client keeps prefetch .. prefetch + G - 1 rounds in flight: never
         # fewer than the peers' calls in flight.
         options = {"prefetch": prefetch + rounds_per_call - 1, "rounds_per_call": rounds_per_call, "max_in_flight": 8, "seed": 0, "batch_from": batch_from}
-        self.client = ReplayClient(replay, **options) if kind == "ray_replay" else None
+        self.client = ReplayClient(replay, **options, sample_transport=sample_transport) if kind == "ray_replay" else None
         if kind == "handle":
             self.replay = DistributedReplay.from_actor(replay, client_options=options)
         self.prefetch = prefetch
@@ -282,14 +286,19 @@ def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2,
               num_writers: int = 2, rounds_per_call: int = 1, batch_from: str = "all_shards", **coordinator_options: Any) -> dict[str, Any]:
     """One DIST-1 run; every actor it creates is killed at the end. ``kind`` "one_shard" is "ray_replay"
     whose learner draws each batch from one shard (ReplayClient batch_from="one_shard")."""
+    sample_transport = "ray"
     if kind == "one_shard":
         kind, batch_from = "ray_replay", "one_shard"
     elif kind == "handle_one_shard":
         kind, batch_from = "handle", "one_shard"
+    elif kind == "direct":
+        kind, sample_transport = "ray_replay", "direct"
+    elif kind == "one_shard_direct":
+        kind, batch_from, sample_transport = "ray_replay", "one_shard", "direct"
     owner, replay, pids = create_replay(kind, num_shards, **coordinator_options)
     prefill(replay, kind, prefill_rows)
     writers = [Writer.remote(replay, kind, i, batch_rows) for i in range(num_writers)]
-    learner = Learner.remote(replay, kind, prefetch, rounds_per_call, batch_from)
+    learner = Learner.remote(replay, kind, prefetch, rounds_per_call, batch_from, sample_transport)
     pids += ray.get([a.pid.remote() for a in [*writers, learner]])
     start_at = time.time() + 1.0
     cpu0 = sum(cpu_seconds(p) for p in pids)
@@ -355,7 +364,8 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-PEER_LABELS = {"naive": "naive actor", "one_shard": "ray_replay, batch_from='one_shard'", "handle": "ray_replay via DistributedReplay's .remote",
+PEER_LABELS = {"naive": "naive actor", "one_shard": "ray_replay, batch_from='one_shard'",
+               "direct": "ray_replay, sample_transport='direct'", "one_shard_direct": "ray_replay, one_shard, sample_transport='direct'", "handle": "ray_replay via DistributedReplay's .remote",
                "handle_one_shard": "ray_replay via DistributedReplay's .remote, batch_from='one_shard'", "coordinator": "ray_replay via the coordinator actor (relay)",
                "torchrl": torchrl_ray_buffer.NAME}
 
@@ -376,8 +386,9 @@ def markdown(results: dict[str, Any]) -> str:
     measured, for batch_from='one_shard' and for DistributedReplay's .remote handle (with either batch_from)."""
     ours = results["ray_replay"]
     peers = [name for name in PEER_LABELS if name in results]
-    also = [name for name in ("one_shard", "handle", "handle_one_shard") if name in results]
-    also_labels = {"one_shard": "met (one_shard)", "handle": "met (.remote handle)", "handle_one_shard": "met (.remote handle, one_shard)"}
+    also = [name for name in ("one_shard", "direct", "one_shard_direct", "handle", "handle_one_shard") if name in results]
+    also_labels = {"one_shard": "met (one_shard)", "direct": "met (direct)", "one_shard_direct": "met (one_shard, direct)", "handle": "met (.remote handle)",
+                   "handle_one_shard": "met (.remote handle, one_shard)"}
     lines = [
         "### DIST-1 (medians of %d runs, %.0f s each after a %s-row prefill)" % (results["repeats"], results["seconds"], f"{results['prefill']:,}"),
         "",
@@ -534,7 +545,7 @@ def main() -> int:
         Path(args.out).with_name("distributed_durability.md").write_text(results["durability"]["markdown"], encoding="utf-8")
         return 0
     try:
-        kinds = ["ray_replay", "naive", "one_shard", "handle", "handle_one_shard", "coordinator"]
+        kinds = ["ray_replay", "naive", "one_shard", "direct", "one_shard_direct", "handle", "handle_one_shard", "coordinator"]
         if torchrl_ok:
             kinds.append("torchrl")
             results["torchrl_version"] = torchrl_detail
@@ -544,9 +555,9 @@ def main() -> int:
         for rep in range(args.repeats):  # interleaved, so load spikes fall on all alike
             for name in kinds:
                 r = run_dist1(name, args.seconds, args.prefill, batch_rows=args.batch_rows, rounds_per_call=args.rounds_per_call, batch_from=args.batch_from)
-                # one_shard (handle_one_shard) differs from ray_replay (handle) in its learner only: its single adds are
-                # those measured for ray_replay (handle) in this repeat
-                same_writes = {"one_shard": "ray_replay", "handle_one_shard": "handle"}.get(name)
+                # one_shard, direct, one_shard_direct (handle_one_shard) differ from ray_replay (handle) in the learner
+                # only: their single adds are those measured for ray_replay (handle) in this repeat
+                same_writes = {"one_shard": "ray_replay", "direct": "ray_replay", "one_shard_direct": "ray_replay", "handle_one_shard": "handle"}.get(name)
                 r["single_add_per_s"] = runs[same_writes][-1]["single_add_per_s"] if same_writes else single_adds(name, single_add_seconds)
                 runs[name].append(r)
                 print(f"[{rep + 1}/{args.repeats}] {name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in r.items() if isinstance(v, float)), flush=True)

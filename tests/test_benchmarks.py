@@ -183,13 +183,13 @@ def test_distributed_benchmark_measures_ray_replay_beside_its_peers(bench_run) -
     if "torchrl_version" not in data:
         assert "torchrl RayReplayBuffer not measured" in stdout
     metrics = ("inserted_per_s", "sampled_per_s", "sample_p50_ms", "cpu_us_per_transition", "single_add_per_s")
-    for name in ["ray_replay", "one_shard", "handle", "handle_one_shard", *peers]:
+    for name in ["ray_replay", "one_shard", "direct", "one_shard_direct", "handle", "handle_one_shard", *peers]:
         for key in metrics:
             assert data[name][key] > 0, (name, key)
     assert sum(data["ray_replay"]["runs"][0]["shard_sizes"]) >= data["prefill"]
     header = data["markdown"].splitlines()[2]
     assert header.startswith("| metric | ray_replay | naive actor | ratio | ray_replay, batch_from='one_shard' | ratio |")
-    assert header.endswith("| target | met | met (one_shard) | met (.remote handle) | met (.remote handle, one_shard) |")
+    assert header.endswith("| target | met | met (one_shard) | met (direct) | met (one_shard, direct) | met (.remote handle) | met (.remote handle, one_shard) |")
     assert ("| torchrl RayReplayBuffer | ratio |" in header) == ("torchrl" in peers)
 
 

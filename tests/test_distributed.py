@@ -12,6 +12,7 @@ from scipy import stats
 
 from ray_replay import BUFFER_TYPES, ReplayBuffer
 from ray_replay.distributed import RateLimiter, ReplayClient, ReplayCoordinator, ReplayShardImpl, ShardTable, Snapshot
+from ray_replay.distributed.direct import RECONNECT_AFTER_S
 from ray_replay.distributed.runtime import LOOPBACK
 from ray_replay.distributed.sampling import (
     LOCAL_ID_BITS,
@@ -611,3 +612,61 @@ def test_a_client_sends_codec_fields_compressed_and_the_shards_keep_them_as_sent
     local.add_batch(**batch(np.arange(120)))
     total = ray.get(replay.stats.remote())["total"]
     assert total["size"] == 120 and total["bytes_held"] == local.stats()["bytes_held"]
+
+
+@pytest.mark.parametrize("batch_from", ["all_shards", "one_shard"])
+def test_direct_sample_transport_has_the_distribution_of_one_buffer(replays, batch_from):
+    """sample_transport="direct": rounds travel over the shards' sockets (direct.py), with the same
+    frequencies (chi-square), probabilities and weights as through Ray; updates ride along."""
+    groups = uneven_priorities(10, 2)
+    replay = replays(2000, 2)
+    fill_uneven(replay, groups)
+    mass = expected_masses(groups)
+    reference = reference_weights(local_reference(groups), len(mass))
+    client = ReplayClient(replay, prefetch=2, batch_from=batch_from, sample_transport="direct", seed=5)
+    actions = []
+    for _ in range(150):
+        batch = client.sample(400)
+        np.testing.assert_allclose(batch["probabilities"], mass[batch["action"]] / mass.sum(), rtol=1e-9)
+        np.testing.assert_allclose(batch["weights"], reference[batch["action"]], rtol=1e-5)
+        assert_rows_consistent({k: v for k, v in batch.items() if k in SCHEMA})
+        actions.append(batch["action"])
+    assert_frequencies(np.concatenate(actions), mass)
+    channels = client._rounds._channels
+    assert channels is not None and all(channels.get(k) is not None for k in range(2))  # every round went direct
+    before = sum(s["priority_updates"] for s in ray.get(replay.stats.remote())["shards"])
+    client.update_priorities(batch["ids"], np.full(400, 3.0))
+    for _ in range(3):
+        client.sample(400)  # the held updates ride with these requests
+    after = sum(s["priority_updates"] for s in ray.get(replay.stats.remote())["shards"])
+    assert after - before == 400
+    client.close()
+    with pytest.raises(ValueError, match="sample_transport"):
+        ReplayClient(replay, sample_transport="grpc")
+
+
+def test_a_direct_channel_that_fails_falls_back_to_ray_and_reopens(replays):
+    replay = replays(2000, 2)
+    for start in (0, 500):
+        ray.get(replay.add_batch.remote(**transitions(500, start)))
+    client = ReplayClient(replay, prefetch=0, sample_transport="direct", seed=0)
+    client.sample(64)
+    channels = client._rounds._channels
+    first, other = channels.get(0), channels.get(1)
+    shards = ray.get(replay.shard_handles.remote())
+    ray.get(shards[0].close_direct.remote())  # its server goes away: the next draw over it fails
+    failed_at = time.monotonic()
+    for _ in range(40):  # no sample fails: shard 0 is planned around, then sampled through Ray
+        assert len(client.sample(64)["action"]) == 64
+    assert first.broken is not None and channels.get(1) is other
+    deadline = time.monotonic() + 30
+    while channels.get(0) is None and time.monotonic() < deadline:  # reopened (a new server) after RECONNECT_AFTER_S
+        client.sample(64)
+        time.sleep(0.05)
+    assert channels.get(0) not in (None, first) and time.monotonic() - failed_at >= RECONNECT_AFTER_S
+    seen = set()
+    for _ in range(30):
+        seen |= set((client.sample(64)["ids"] >> LOCAL_ID_BITS).tolist())
+    assert seen == {0, 1}
+    client.close()
+    assert client._rounds._channels is None

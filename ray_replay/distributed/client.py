@@ -74,6 +74,11 @@ class ReplayClient:
             row's probability and importance weight are the same as with "all_shards", but the rows of
             one batch share a shard; one shard call per round however many shards (the other shards
             are asked for their snapshot every 20 ms). Not for fifo.
+        sample_transport: ``"ray"`` (default): sample rounds are Ray actor calls to the shards.
+            ``"direct"``: over a socket to each shard (ray_replay.distributed.direct: raw column bytes,
+            no pickling, no Ray task per round), opened at the first sample through the shard actor;
+            a shard whose channel fails is planned around and sampled through Ray until its channel
+            reopens. Sequences go through Ray either way. Not for fifo.
         seed: seeds the client's multinomial draws.
     """
 
@@ -87,6 +92,7 @@ class ReplayClient:
         prefetch: int = 2,
         rounds_per_call: int = 1,
         batch_from: str = "all_shards",
+        sample_transport: str = "ray",
         seed: int | None = None,
     ) -> None:
         batch_rows, max_in_flight, prefetch, rounds_per_call = (check_count(name, value, low) for name, value, low in (
@@ -96,9 +102,13 @@ class ReplayClient:
             raise ValueError(f"rounds_per_call must be <= prefetch ({prefetch}): the rounds of a call are prefetched, got {rounds_per_call}")
         if batch_from not in ("all_shards", "one_shard"):
             raise ValueError(f"batch_from must be 'all_shards' or 'one_shard', got {batch_from!r}")
+        if sample_transport not in ("ray", "direct"):
+            raise ValueError(f"sample_transport must be 'ray' or 'direct', got {sample_transport!r}")
         config = ray.get(coordinator.client_config.remote())
         if batch_from == "one_shard" and config["buffer_type"] == "fifo":
             raise ValueError("batch_from='one_shard' does not apply to a fifo replay (a read pops the oldest rows of every shard)")
+        if sample_transport == "direct" and config["buffer_type"] == "fifo":
+            raise ValueError("sample_transport='direct' does not apply to a fifo replay (its reads go through Ray)")
         self._coordinator = coordinator
         self._shards: list[Any] = config["shards"]
         self._backups: list[Any] = config["backups"]
@@ -120,7 +130,8 @@ class ReplayClient:
         router = Router(config.get("capacities") or split_capacity(self._capacity, len(self._shards)),
                         tie_order=self._rng.permutation(len(self._shards)).tolist())
         self._rounds = SampleRounds(self._shards, self._health, self._table, self._limiter, self._rng, self._timeout_s,
-                                    prefetch if self._buffer_type != "fifo" else 0, rounds_per_call, one_shard=batch_from == "one_shard")
+                                    prefetch if self._buffer_type != "fifo" else 0, rounds_per_call, one_shard=batch_from == "one_shard",
+                                    direct=sample_transport == "direct")
         self._writes = InFlight(self._shards, self._backups, self._health, self._table, router, self._timeout_s, max_in_flight,
                                 codecs=config.get("codecs"), codec_schema=self._stager.schema)
         self._closed = False
@@ -321,6 +332,7 @@ class ReplayClient:
             self._rounds.discard_all()
             self.flush()
         finally:
+            self._rounds.close()
             self._closed = True
 
     def __enter__(self) -> ReplayClient:

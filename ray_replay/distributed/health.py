@@ -14,6 +14,7 @@ import time
 
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError
 
+from ray_replay.distributed.direct import ChannelError
 from ray_replay.errors import ShardFencedError, ShardUnavailableError, StalePlanError
 
 __all__ = ["ACKED", "ALIVE", "DEAD", "PROCESS_FAILURES", "RESTARTING", "REROUTE", "RETRY_PAUSE_S", "RETRY_SAME", "SHARD_FAILURES", "ShardHealth",
@@ -22,7 +23,7 @@ __all__ = ["ACKED", "ALIVE", "DEAD", "PROCESS_FAILURES", "RESTARTING", "REROUTE"
 ALIVE, RESTARTING, DEAD = "alive", "restarting", "dead"
 
 # A shard call that raises one of these found the shard's process gone or unresponsive: it is down.
-PROCESS_FAILURES: tuple[type[BaseException], ...] = (RayActorError, ObjectLostError, NodeDiedError, TimeoutError, asyncio.TimeoutError)
+PROCESS_FAILURES: tuple[type[BaseException], ...] = (RayActorError, ObjectLostError, NodeDiedError, TimeoutError, asyncio.TimeoutError, ChannelError)
 # Every error that means "not now, ask elsewhere or again", not "bad input" (Ray wraps the shard's own
 # errors so that they still match): also a fenced shard and a sample planned from a stale snapshot.
 SHARD_FAILURES: tuple[type[BaseException], ...] = (*PROCESS_FAILURES, ShardFencedError, StalePlanError)

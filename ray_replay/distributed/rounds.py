@@ -35,12 +35,16 @@ from typing import Any
 import numpy as np
 import ray
 
+from ray_replay.distributed.direct import DirectChannel, DirectChannels, DirectReply
 from ray_replay.distributed.health import PROCESS_FAILURES, RETRY_PAUSE_S, SHARD_FAILURES, ShardHealth, ShardUnavailableError, pause_before_retry
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, WireSnapshot
+from ray_replay.errors import ShardFencedError, StalePlanError
 
 __all__ = ["REAP_EVERY", "SNAPSHOT_MAX_AGE_S", "SampleRounds"]
 
 SNAPSHOT_MAX_AGE_S = 0.02  # one_shard rounds: a shard not in the plan is asked for a snapshot once its own is this old
+# A draw's errors a direct channel raises as themselves (others come as direct.RemoteError).
+DRAW_ERRORS: tuple[type[BaseException], ...] = (StalePlanError, ShardFencedError, ValueError, TypeError)
 REAP_EVERY = 8  # sample_ref: the snapshots that came with the calls are read once this many are pending (or one is old)
 
 Part = dict[str, np.ndarray]
@@ -60,8 +64,8 @@ class _Call:
 
     def get(self, timeout_s: float) -> tuple[list[Part | None], WireSnapshot]:
         if self.reply is None and self.error is None:
-            try:
-                self.reply = ray.get(self.ref, timeout=timeout_s)
+            try:  # an ObjectRef, or a draw sent over a direct channel
+                self.reply = self.ref.get(timeout_s) if isinstance(self.ref, DirectReply) else ray.get(self.ref, timeout=timeout_s)
             except Exception as error:  # noqa: BLE001 - kept, and raised for every round of the call
                 self.error = error
         if self.error is not None:
@@ -89,7 +93,7 @@ class SampleRounds:
     """
 
     def __init__(self, shards: list[Any], health: ShardHealth, table: ShardTable, limiter: RateLimiter, rng: np.random.Generator,
-                 timeout_s: float, prefetch: int, rounds_per_call: int, one_shard: bool = False) -> None:
+                 timeout_s: float, prefetch: int, rounds_per_call: int, one_shard: bool = False, direct: bool = False) -> None:
         self._shards, self._health, self._table, self._limiter, self._rng = shards, health, table, limiter, rng
         self._plan = table.plan_one if one_shard else table.plan
         self._one_shard = one_shard
@@ -106,6 +110,8 @@ class SampleRounds:
         self._direct: deque[tuple[int, Any, int, int, float]] = deque()
         self._refs: deque[tuple[int, float, Any]] = deque()  # sample_ref batches drawn ahead (rounds_per_call): (batch_size, beta, ref)
         self.dropped = 0  # priority updates whose shard was down
+        self._over_channels = direct  # draws over direct channels (direct.py), opened at the first round
+        self._channels: DirectChannels | None = None
 
     def __len__(self) -> int:
         """Rounds in flight."""
@@ -299,7 +305,8 @@ class SampleRounds:
                     continue
                 self._asked_at[k] = now
                 updates = self.take_updates(k)
-                call = _Call(self._shards[k].draw.remote((counts, None, updates, sequence)))
+                channel = self._channel(k) if sequence is None else None
+                call = _Call(channel.draw(counts, updates) if channel is not None else self._shards[k].draw.remote((counts, None, updates, sequence)))
                 for j in range(rounds):
                     issued[j][k] = _Share(call, j)
                 if updates is not None:
@@ -309,6 +316,20 @@ class SampleRounds:
                 self._rounds.append((batch_size, beta, sequence, refs))
                 self._rows_in_flight += batch_size
         return issued[0]
+
+    def _channel(self, k: int) -> DirectChannel | None:
+        """Shard k's direct channel when this client samples over them and one is open, else None (Ray)."""
+        if not self._over_channels:
+            return None
+        if self._channels is None:
+            self._channels = DirectChannels(self._shards, self._timeout_s, DRAW_ERRORS)
+        return self._channels.get(k)
+
+    def close(self) -> None:
+        """Closes the direct channels (after discard_all)."""
+        if self._channels is not None:
+            self._channels.close()
+            self._channels = None
 
     def _discard_round(self) -> None:
         """Drops the oldest prefetched round; its requests that carried priority updates are waited for,

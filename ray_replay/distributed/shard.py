@@ -28,6 +28,7 @@ import ray
 from ray_replay.buffer import BufferType, ReplayBuffer
 from ray_replay.distributed.allocator import fix_mmap_threshold
 from ray_replay.distributed.checkpoint import Checkpointer
+from ray_replay.distributed.direct import DirectServer
 from ray_replay.distributed.sampling import LOCAL_ID_BITS, Snapshot, WireSnapshot, encode_ids, finish_prioritized, local_ids, smallest_positive
 from ray_replay.errors import ShardFencedError, StalePlanError
 from ray_replay.monitoring import ShardMetrics
@@ -66,6 +67,8 @@ class ReplayShardImpl:
         self._fenced = False
         self._applied: OrderedDict[str, None] = OrderedDict()
         self._bookkeeping = threading.Lock()  # checkpoint bookkeeping, shared by the actor's two threads
+        self._reads = threading.Lock()  # draws and updates, one at a time: the reads thread and direct channels'
+        self._direct: DirectServer | None = None
         self._prioritized = buffer_type == "prioritized"
 
     def snapshot(self) -> Snapshot:
@@ -138,23 +141,25 @@ class ReplayShardImpl:
         Prioritized rows carry global "ids" and their masses m_i (instead of local weights and
         probabilities, which the caller recomputes over all shards).
         """
-        if updates is not None:
-            self._apply_updates(*updates)  # the snapshot below covers them
-        if batch_size == 0:
-            return None, self.snapshot()
-        if self.buffer.buffer_type == "fifo" and partial and len(self.buffer) == 0:
-            return None, self.snapshot()
-        batch = self._draw(batch_size, beta, partial, sequence)
-        return batch, self.snapshot()
+        with self._reads:
+            if updates is not None:
+                self._apply_updates(*updates)  # the snapshot below covers them
+            if batch_size == 0:
+                return None, self.snapshot()
+            if self.buffer.buffer_type == "fifo" and partial and len(self.buffer) == 0:
+                return None, self.snapshot()
+            batch = self._draw(batch_size, beta, partial, sequence)
+            return batch, self.snapshot()
 
     def sample_rounds(self, counts: Sequence[int], beta: float | None = None, updates: tuple[np.ndarray, np.ndarray] | None = None,
                       sequence: tuple[int, int | None, int | None] | None = None) -> tuple[list[dict[str, np.ndarray] | None], Snapshot]:
         """Several prefetched rounds in one call (not fifo): the rows of each count (None for a count of
         0), then one snapshot; ``updates`` and ``sequence`` as for sample. Saves a round trip per extra round."""
-        if updates is not None:
-            self._apply_updates(*updates)
-        parts = [self._draw(int(n), beta, False, sequence) if n else None for n in counts]
-        return parts, self.snapshot()
+        with self._reads:
+            if updates is not None:
+                self._apply_updates(*updates)
+            parts = [self._draw(int(n), beta, False, sequence) if n else None for n in counts]
+            return parts, self.snapshot()
 
     def draw(self, request: DrawRequest) -> tuple[list[dict[str, np.ndarray] | None], WireSnapshot]:
         """sample_rounds(counts, beta, updates, sequence) for ``request`` = those four: the client's sample
@@ -163,6 +168,23 @@ class ReplayShardImpl:
         400-403 us); the snapshot as a plain tuple (see WireSnapshot)."""
         parts, snapshot = self.sample_rounds(*request)
         return parts, snapshot.wire()
+
+    def serve_draw(self, counts: list[int], updates: tuple[np.ndarray, np.ndarray] | None) -> tuple[list[dict[str, np.ndarray] | None], WireSnapshot]:
+        """draw((counts, None, updates, None)): what a direct channel asks (see direct.py)."""
+        return self.draw((counts, None, updates, None))
+
+    def direct_address(self, host: str) -> tuple[str, int, str]:
+        """(host, port, token) of this shard's direct sample server (started on the first call), for
+        ReplayClient(sample_transport="direct"): see direct.py."""
+        if self._direct is None:
+            self._direct = DirectServer(self.serve_draw, host)
+        return self._direct.address
+
+    def close_direct(self) -> None:
+        """Stops the direct sample server, if one runs (its clients then sample through Ray)."""
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
 
     def draw_batch(self, request: BatchRequest) -> tuple[Any, ...]:
         """Whole one_shard batches, finished here: ReplayClient.sample_ref hands the batches (the first
@@ -179,12 +201,13 @@ class ReplayShardImpl:
         updates applied, an empty batch and the snapshot."""
         batch_size, beta, updates, (others_mass, others_min) = request[:4]
         count = int(request[4]) if len(request) > 4 else 1
-        if updates is not None:
-            self._apply_updates(*updates)  # the snapshot below covers them
-        if batch_size == 0:  # a probe: the snapshot (and the updates applied)
-            return {}, self.snapshot().wire()
-        batches = [self._draw(batch_size, beta, False, None) for _ in range(count)]
-        snapshot = self.snapshot()
+        with self._reads:
+            if updates is not None:
+                self._apply_updates(*updates)  # the snapshot below covers them
+            if batch_size == 0:  # a probe: the snapshot (and the updates applied)
+                return {}, self.snapshot().wire()
+            batches = [self._draw(batch_size, beta, False, None) for _ in range(count)]
+            snapshot = self.snapshot()
         if self._prioritized:
             min_mass = smallest_positive((snapshot.min_mass, others_min))
             for batch in batches:
@@ -209,8 +232,9 @@ class ReplayShardImpl:
 
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:
         """Takes global ids of this shard; stale ones are ignored and counted by the local buffer."""
-        self._apply_updates(ids, priorities)
-        return self.snapshot()
+        with self._reads:
+            self._apply_updates(ids, priorities)
+            return self.snapshot()
 
     def _apply_updates(self, ids: np.ndarray, priorities: np.ndarray) -> None:
         ids = np.asarray(ids)
@@ -272,7 +296,9 @@ class ReplayShardImpl:
         return self.snapshot()
 
     def close(self) -> None:
-        """Waits for a checkpoint write in progress, then stops the checkpoint writer (before shutdown)."""
+        """Waits for a checkpoint write in progress, then stops the checkpoint writer (before shutdown),
+        and the direct sample server."""
+        self.close_direct()
         if self._checkpoints is not None:
             self._checkpoints.close()
             self._checkpoints = None
@@ -372,6 +398,10 @@ class ReplayShard(ReplayShardImpl):
     @ray.method(concurrency_group="reads")
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> Snapshot:  # type: ignore[override]
         return super().update_priorities(ids, priorities)
+
+    def direct_address(self) -> tuple[str, int, str]:  # type: ignore[override]
+        """The direct sample server's (host, port, token), on this node's address (see direct.py)."""
+        return super().direct_address(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]  # untyped in Ray
 
     def node_id(self) -> str:
         """The Ray node this shard lives on (to check placement)."""
