@@ -139,3 +139,17 @@ def test_a_silent_server_times_out():
         assert time.monotonic() - started < 5
     finally:
         listener.close()
+
+
+def test_an_abandoned_reply_is_dropped_not_kept(server):
+    srv, _ = server
+    channel = DirectChannel(srv.address, timeout_s=10)
+    dropped = [channel.draw([3], None) for _ in range(3)]
+    kept = channel.draw([2], None)
+    dropped[0].abandon()
+    channel.result(dropped[1].seq, 10)  # reads replies 0 and 1: 0 is dropped on arrival
+    dropped[1].abandon()  # already read and taken: nothing left to drop
+    dropped[2].abandon()
+    assert kept.get(10)[0][0]["action"].shape == (2,)
+    assert channel._replies == {} and channel._abandoned == set()
+    channel.close()

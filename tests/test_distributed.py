@@ -640,6 +640,9 @@ def test_direct_sample_transport_has_the_distribution_of_one_buffer(replays, bat
         client.sample(400)  # the held updates ride with these requests
     after = sum(s["priority_updates"] for s in ray.get(replay.stats.remote())["shards"])
     assert after - before == 400
+    for _ in range(3):  # another shape drops the prefetched rounds: their replies are not kept
+        assert len(client.sample(100)["action"]) == 100
+    assert all(channels.get(k)._replies == {} for k in range(2))  # (replies of rounds still prefetched are not read yet)
     client.close()
     with pytest.raises(ValueError, match="sample_transport"):
         ReplayClient(replay, sample_transport="grpc")

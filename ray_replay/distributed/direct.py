@@ -210,6 +210,11 @@ class DirectReply:
             self.reply = self.channel.result(self.seq, timeout_s)
         return self.reply
 
+    def abandon(self) -> None:
+        """Nobody will read this reply (a dropped prefetched round): the channel discards it on arrival."""
+        if self.reply is None:
+            self.channel.abandon(self.seq)
+
 
 class DirectChannel:
     """One client's connection to one shard's DirectServer (one thread uses it). ``known``: exception
@@ -226,6 +231,7 @@ class DirectChannel:
         self._sent = 0  # requests sent
         self._read = 0  # replies read
         self._replies: dict[int, Any] = {}  # read, not yet taken: seq -> (parts, snapshot) or an exception
+        self._abandoned: set[int] = set()  # sent, and nobody will take the reply
         self.broken: ChannelError | None = None
 
     def draw(self, counts: Sequence[int], updates: tuple[np.ndarray, np.ndarray] | None) -> DirectReply:
@@ -252,7 +258,10 @@ class DirectChannel:
             try:
                 self._sock.settimeout(timeout_s)
                 document, payload = _read_frame(self._sock)
-                self._replies[self._read] = self._decode(document, payload)
+                if self._read in self._abandoned:
+                    self._abandoned.discard(self._read)
+                else:
+                    self._replies[self._read] = self._decode(document, payload)
             except (OSError, ChannelError, ValueError, TypeError, KeyError) as error:
                 broken = error if isinstance(error, ChannelError) else ChannelError(f"reading a draw failed: {error!r}")
                 self._break(broken)
@@ -262,6 +271,11 @@ class DirectChannel:
         if isinstance(reply, BaseException):
             raise reply
         return reply  # type: ignore[no-any-return]
+
+    def abandon(self, seq: int) -> None:
+        """Reply ``seq`` will not be taken: dropped now if it was read, else when it arrives."""
+        if self._replies.pop(seq, None) is None and seq >= self._read:
+            self._abandoned.add(seq)
 
     def _decode(self, document: dict[str, Any], payload: bytearray) -> Any:
         if "error" in document:

@@ -339,6 +339,11 @@ class SampleRounds:
         carrying = {k: ref for k, ref in refs.items() if ref in self._riding}
         if carrying:
             self._collect(carrying)
+        # A reply over a direct channel that no queued round shares is dropped when it arrives.
+        queued = {id(share.call) for _, _, _, later in self._rounds for share in later.values() if isinstance(share, _Share)}
+        for share in refs.values():
+            if isinstance(share, _Share) and isinstance(share.call.ref, DirectReply) and id(share.call) not in queued:
+                share.call.ref.abandon()
 
     def refresh(self) -> None:
         """New snapshots from every shard worth asking (one ``sample(0)`` each)."""
