@@ -283,10 +283,10 @@ def close_replay(kind: str, owner: Any) -> None:
 
 
 def run_dist1(kind: str, seconds: float, prefill_rows: int, num_shards: int = 2, batch_rows: int = WRITE_BATCH, prefetch: int = SAMPLES_IN_FLIGHT,
-              num_writers: int = 2, rounds_per_call: int = 1, batch_from: str = "all_shards", **coordinator_options: Any) -> dict[str, Any]:
+              num_writers: int = 2, rounds_per_call: int = 1, batch_from: str = "all_shards", sample_transport: str = "ray",
+              **coordinator_options: Any) -> dict[str, Any]:
     """One DIST-1 run; every actor it creates is killed at the end. ``kind`` "one_shard" is "ray_replay"
     whose learner draws each batch from one shard (ReplayClient batch_from="one_shard")."""
-    sample_transport = "ray"
     if kind == "one_shard":
         kind, batch_from = "ray_replay", "one_shard"
     elif kind == "handle_one_shard":
@@ -422,12 +422,14 @@ def markdown(results: dict[str, Any]) -> str:
 def cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
     """DIST-1 on a simulated 4-node cluster (head + 3 workers, 1 CPU each): 1, 2, 4 shards with 2
     writers, then 1 and 4 writers with 4 shards (the learner's batches from ``--batch-from``); then
-    2 and 4 shards with the other batch_from (1 shard: the same either way)."""
+    2 and 4 shards with the other batch_from (1 shard: the same either way); then 1, 2, 4 shards with
+    one_shard batches over direct channels (sample_transport="direct")."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster()
     other = "one_shard" if args.batch_from == "all_shards" else "all_shards"
-    results: dict[str, Any] = {"shards": {}, "writers": {}, "writers_with_shards": 4, "batch_from": args.batch_from, f"shards_{other}": {}}
+    results: dict[str, Any] = {"shards": {}, "writers": {}, "writers_with_shards": 4, "batch_from": args.batch_from, f"shards_{other}": {},
+                               "shards_one_shard_direct": {}}
 
     def measure(table: str, key: int, **options: Any) -> dict[str, Any]:
         options.setdefault("batch_from", args.batch_from)
@@ -450,12 +452,15 @@ def cluster_mode(args: argparse.Namespace) -> dict[str, Any]:
         results[f"shards_{other}"]["1"] = results["shards"]["1"]
         for shards in (2, 4):
             measure(f"shards_{other}", shards, num_shards=shards, batch_from=other)
+        for shards in (1, 2, 4):
+            measure("shards_one_shard_direct", shards, num_shards=shards, batch_from="one_shard", sample_transport="direct")
     finally:
         ray.shutdown()
         cluster.shutdown()
     lines = ["### DIST-1 on a simulated 4-node cluster", ""]
     for table, label in (("shards", f"shards (2 writers, batch_from={args.batch_from})"), ("writers", "writers (4 shards)"),
-                         (f"shards_{other}", f"shards (2 writers, batch_from={other})")):
+                         (f"shards_{other}", f"shards (2 writers, batch_from={other})"),
+                         ("shards_one_shard_direct", "shards (2 writers, batch_from=one_shard, sample_transport=direct)")):
         lines += [f"| {label} | inserted/s | sampled/s | p50 ms | CPU-us per transition |", "|---|---|---|---|---|"]
         for key, r in results[table].items():
             lines.append(f"| {key} | {r['inserted_per_s']:,.0f} | {r['sampled_per_s']:,.0f} | {r['sample_p50_ms']:.2f} | {r['cpu_us_per_transition']:.2f} |")

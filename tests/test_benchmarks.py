@@ -197,8 +197,8 @@ def test_cluster_and_durability_runs_cover_every_configuration(bench_run) -> Non
     results, _ = bench_run
     cluster = json.loads((results / "distributed_cluster.json").read_text(encoding="utf-8"))["cluster"]
     assert list(cluster["shards"]) == ["1", "2", "4"] and list(cluster["writers"]) == ["1", "2", "4"]
-    assert list(cluster["shards_one_shard"]) == ["1", "2", "4"]
-    for table in ("shards", "writers", "shards_one_shard"):
+    assert list(cluster["shards_one_shard"]) == ["1", "2", "4"] and list(cluster["shards_one_shard_direct"]) == ["1", "2", "4"]
+    for table in ("shards", "writers", "shards_one_shard", "shards_one_shard_direct"):
         assert all(r["inserted_per_s"] > 0 and r["sampled_per_s"] > 0 for r in cluster[table].values()), table
     durability = json.loads((results / "distributed_durability.json").read_text(encoding="utf-8"))["durability"]
     for name in ("plain", "checkpoints every 1 s", "replication_factor=2", "both"):

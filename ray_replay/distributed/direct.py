@@ -44,7 +44,8 @@ __all__ = ["RECONNECT_AFTER_S", "ChannelError", "DirectChannel", "DirectChannels
 MAGIC = 0x52524431  # "RRD1"
 HEADER = struct.Struct("<IIQ")  # magic, JSON bytes, payload bytes
 MAX_JSON_BYTES = 1 << 20
-MAX_PAYLOAD_BYTES = 1 << 34  # 16 GiB: a frame past this is malformed
+MAX_PAYLOAD_BYTES = 1 << 34  # 16 GiB: a reply past this is malformed
+MAX_REQUEST_PAYLOAD_BYTES = 1 << 26  # 64 MiB: a request's updates (16 bytes a row; a client holds at most 65,536 rows a shard)
 RECONNECT_AFTER_S = 1.0  # a broken channel is reopened (through the shard actor) no sooner than this
 
 Arrays = dict[str, np.ndarray]
@@ -87,13 +88,14 @@ def _read_exactly(sock: socket.socket, size: int) -> bytearray:
     return out
 
 
-def _read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytearray]:
+def _read_frame(sock: socket.socket, token: str | None = None, max_payload: int = MAX_PAYLOAD_BYTES) -> tuple[dict[str, Any], bytearray]:
+    """One frame; with ``token`` (the server) a frame without it is refused before its payload is read."""
     magic, json_bytes, payload_bytes = HEADER.unpack(_read_exactly(sock, HEADER.size))
-    if magic != MAGIC or json_bytes > MAX_JSON_BYTES or payload_bytes > MAX_PAYLOAD_BYTES:
+    if magic != MAGIC or json_bytes > MAX_JSON_BYTES or payload_bytes > max_payload:
         raise ChannelError("a malformed frame")
     document = json.loads(_read_exactly(sock, json_bytes))
-    if not isinstance(document, dict):
-        raise ChannelError("a malformed frame")
+    if not isinstance(document, dict) or (token is not None and document.get("token") != token):
+        raise ChannelError("a malformed frame, or not one of this shard's clients")
     return document, _read_exactly(sock, payload_bytes)
 
 
@@ -148,9 +150,7 @@ class DirectServer:
     def _serve(self, connection: socket.socket) -> None:
         try:
             while True:
-                document, payload = _read_frame(connection)
-                if document.get("token") != self.token:
-                    return  # not one of this shard's clients
+                document, payload = _read_frame(connection, self.token, MAX_REQUEST_PAYLOAD_BYTES)
                 _send(connection, self._answer(document, payload))
         except (OSError, ChannelError, ValueError, TypeError, KeyError):
             return  # the client went away, or sent something malformed: drop the connection
