@@ -91,7 +91,7 @@ class DistributedReplay:
         actor_options: passed to ``ReplayCoordinator.options(...)`` (name, namespace, max_restarts,
             num_cpus, resources, ...).
         client_options: passed to each process's ReplayClient (batch_rows, flush_interval_s,
-            max_in_flight, prefetch, rounds_per_call, seed).
+            max_in_flight, prefetch, rounds_per_call, batch_from, sample_transport, seed).
     """
 
     def __init__(self, capacity: int, num_shards: int = 2, buffer_type: BufferType = "uniform", *, actor_options: Mapping[str, Any] | None = None,
