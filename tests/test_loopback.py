@@ -28,7 +28,8 @@ from ray._private import services
 
 from ray_replay.distributed import runtime
 
-# Non-loopback listeners of the embedded Ray that the README documents, as {a fragment of the
+# Non-loopback listeners of the embedded Ray (and of the shards' direct sample servers, which a
+# client of the driver opens) that the README documents, as {a fragment of the
 # process's command line or title: why it listens there}. Ray 2.60 on node address 127.0.0.1 binds
 # every listening socket of every one of its processes to 127.0.0.1, so there are none.
 DOCUMENTED_EXCEPTIONS: dict[str, str] = {}
@@ -45,12 +46,14 @@ from conftest import prepare_ray_start  # the test suite's patient start-up dead
 prepare_ray_start()
 import ray
 from helpers import SCHEMA, transitions
-from ray_replay import ReplayCoordinator, init_ray
+from ray_replay import ReplayClient, ReplayCoordinator, init_ray
 
 context = init_ray(num_cpus=1, include_dashboard=True, logging_level="ERROR")
 replay = ReplayCoordinator.remote(capacity=64, num_shards=2, buffer_type="prioritized", schema=SCHEMA, seed=0)
 ray.get(replay.add_batch.remote(**transitions(16)))
 assert ray.get(replay.size.remote()) == 16
+client = ReplayClient(replay, sample_transport="direct")  # each shard starts its direct sample server
+assert len(client.sample(8)["ids"]) == 8 and client._rounds._channels.get(0) is not None
 info = context.address_info
 print("READY " + json.dumps({"session_dir": info["session_dir"], "node_ip_address": info["node_ip_address"],
                              "gcs_address": info["gcs_address"], "webui_url": info.get("webui_url")}), flush=True)

@@ -77,7 +77,8 @@ class ReplayClient:
         sample_transport: ``"ray"`` (default): sample rounds are Ray actor calls to the shards.
             ``"direct"``: over a socket to each shard (ray_replay.distributed.direct: raw column bytes,
             no pickling, no Ray task per round), opened at the first sample through the shard actor;
-            a shard whose channel fails is planned around and sampled through Ray until its channel
+            a draw whose channel fails is sent again through Ray (which decides, as for any call,
+            whether the shard is lost), and the shard is sampled through Ray until its channel
             reopens. Sequences go through Ray either way. Not for fifo.
         seed: seeds the client's multinomial draws.
     """

@@ -19,8 +19,10 @@ Thread roles: ``DirectServer`` runs an accept thread and one thread per connecti
 its connection's requests in order through ``handler`` (the shard serializes its draws, see
 ReplayShardImpl.serve_draw). A ``DirectChannel`` is used by one thread (the client's); its requests
 are pipelined and the replies read in order. Failure: any socket error, EOF or timeout on a channel
-raises ``ChannelError`` (health.PROCESS_FAILURES: the client marks the shard down and plans without
-it) and breaks the channel; ``DirectChannels`` reconnects through Ray later.
+raises ``ChannelError`` and breaks the channel; the client then sends that draw again through Ray
+(rounds._Call), whose verdict on the shard counts as for any call, and ``DirectChannels`` reopens the
+channel through Ray later. (``ChannelError`` is also a health.PROCESS_FAILURES, for a draw with no
+Ray retry.)
 
 Ray-free: the server and channel run over plain sockets (tests/test_direct.py drives them without
 Ray); only ``DirectChannels`` asks the shard actors for their addresses.

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray
 
-from ray_replay.distributed.direct import DirectChannel, DirectChannels, DirectReply
+from ray_replay.distributed.direct import ChannelError, DirectChannel, DirectChannels, DirectReply
 from ray_replay.distributed.health import PROCESS_FAILURES, RETRY_PAUSE_S, SHARD_FAILURES, ShardHealth, ShardUnavailableError, pause_before_retry
 from ray_replay.distributed.sampling import EMPTY_SNAPSHOT, RateLimiter, ShardTable, WireSnapshot
 from ray_replay.errors import ShardFencedError, StalePlanError
@@ -53,19 +53,33 @@ Sequence_ = tuple[int, int | None, int | None]  # (seq_len, min_len, period) of 
 
 class _Call:
     """A shard call that serves one or several prefetched rounds (shard.draw): fetched once, kept for
-    the rounds that share it."""
+    the rounds that share it. A draw sent over a direct channel (``retry``: the shard actor and the
+    request) is sent again through Ray when the channel fails, so that whether the shard is lost is
+    Ray's verdict, as for any call (a shard Ray is restarting answers once it is back; its priority
+    updates, applied or not before the failure, are applied again: they set values)."""
 
-    __slots__ = ("error", "ref", "reply")
+    __slots__ = ("error", "ref", "reply", "retry")
 
-    def __init__(self, ref: Any) -> None:
+    def __init__(self, ref: Any, retry: tuple[Any, Any] | None = None) -> None:
         self.ref = ref
+        self.retry = retry
         self.reply: tuple[list[Part | None], WireSnapshot] | None = None
         self.error: BaseException | None = None
 
     def get(self, timeout_s: float) -> tuple[list[Part | None], WireSnapshot]:
         if self.reply is None and self.error is None:
             try:  # an ObjectRef, or a draw sent over a direct channel
-                self.reply = self.ref.get(timeout_s) if isinstance(self.ref, DirectReply) else ray.get(self.ref, timeout=timeout_s)
+                if isinstance(self.ref, DirectReply):
+                    try:
+                        self.reply = self.ref.get(timeout_s)
+                    except ChannelError:
+                        if self.retry is None:
+                            raise
+                        shard, request = self.retry
+                        self.ref = shard.draw.remote(request)
+                if self.reply is None:
+                    ref: Any = self.ref
+                    self.reply = cast(Any, ray.get(ref, timeout=timeout_s))
             except Exception as error:  # noqa: BLE001 - kept, and raised for every round of the call
                 self.error = error
         if self.error is not None:
@@ -306,7 +320,11 @@ class SampleRounds:
                 self._asked_at[k] = now
                 updates = self.take_updates(k)
                 channel = self._channel(k) if sequence is None else None
-                call = _Call(channel.draw(counts, updates) if channel is not None else self._shards[k].draw.remote((counts, None, updates, sequence)))
+                request = (counts, None, updates, sequence)
+                if channel is not None:
+                    call = _Call(channel.draw(counts, updates), retry=(self._shards[k], request))
+                else:
+                    call = _Call(self._shards[k].draw.remote(request))
                 for j in range(rounds):
                     issued[j][k] = _Share(call, j)
                 if updates is not None:

@@ -10,6 +10,7 @@ updates their priorities; it counts the priority updates it sent.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -86,7 +87,10 @@ class Load:
                 self.errors.append(f"writer {w} close: {error!r}")
 
     def _learn(self) -> None:
-        client = ReplayClient(self.replay, prefetch=0, seed=2)
+        # RAY_REPLAY_CHAOS_SAMPLE_TRANSPORT=direct runs the scenarios with the learner sampling over the
+        # shards' direct channels (ray_replay/distributed/direct.py) instead of Ray calls.
+        transport = os.environ.get("RAY_REPLAY_CHAOS_SAMPLE_TRANSPORT", "ray")
+        client = ReplayClient(self.replay, prefetch=0, seed=2, sample_transport=transport)
         try:
             while not self.stop.is_set():
                 if self.acknowledged_rows() == 0:
