@@ -158,3 +158,72 @@ def test_an_abandoned_reply_is_dropped_not_kept(server):
     assert kept.get(10)[0][0]["action"].shape == (2,)
     assert channel._replies == {} and channel._abandoned == set()
     channel.close()
+
+
+class _Ref:
+    def __init__(self, value):
+        self.value = value
+
+
+class _FakeRay:
+    """ray.wait / ray.get over _Ref: every call has answered."""
+
+    @staticmethod
+    def wait(refs, num_returns=1, timeout=None):
+        return list(refs), []
+
+    @staticmethod
+    def get(ref, timeout=None):
+        return ref.value
+
+
+class _FakeShard:
+    """A shard actor handle whose direct_address gives ``address`` (counted)."""
+
+    def __init__(self, address):
+        self.address, self.asked = address, 0
+        outer = self
+
+        class _Method:
+            @staticmethod
+            def remote():
+                outer.asked += 1
+                return _Ref(outer.address)
+
+        self.direct_address = _Method()
+
+
+def test_channels_to_a_server_out_of_reach_are_tried_again_later_and_later(server, monkeypatch):
+    """A shard whose server cannot be reached is sampled through Ray (get gives None) and tried again
+    after RECONNECT_AFTER_S, then twice as late after each failure; once reachable, its channel opens
+    and the wait starts over."""
+    import sys
+
+    from ray_replay.distributed import direct
+
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay)
+    now = [1000.0]
+    monkeypatch.setattr(direct.time, "monotonic", lambda: now[0])
+    closed = socket.create_server((HOST, 0))
+    nobody = (HOST, closed.getsockname()[1], "t")
+    closed.close()  # nothing listens there: refused at once
+    shard = _FakeShard(nobody)
+    channels = direct.DirectChannels([shard], timeout_s=5)
+    assert channels.get(0) is None and shard.asked == 1
+    waits = []
+    for _ in range(3):
+        wait = channels._wait_s[0]
+        waits.append(wait)
+        now[0] += wait - 0.01
+        assert channels.get(0) is None and shard.asked == len(waits)  # not yet
+        now[0] += 0.02
+        assert channels.get(0) is None and shard.asked == len(waits) + 1  # asked again ...
+        assert channels.get(0) is None  # ... and the connection failed again
+    assert waits == [direct.RECONNECT_AFTER_S * 2, direct.RECONNECT_AFTER_S * 4, direct.RECONNECT_AFTER_S * 8]
+    shard.address = server[0].address  # reachable now
+    now[0] += channels._wait_s[0]
+    assert channels.get(0) is None  # asked
+    channel = channels.get(0)
+    assert channel is not None and channel.draw([1], None).get(5)[0][0]["action"].shape == (1,)
+    assert channels._wait_s[0] == direct.RECONNECT_AFTER_S
+    channels.close()

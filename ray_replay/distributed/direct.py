@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RECONNECT_AFTER_S", "ChannelError", "DirectChannel", "DirectChannels", "DirectReply", "DirectServer", "RemoteError"]
+__all__ = ["CONNECT_TIMEOUT_S", "MAX_RECONNECT_AFTER_S", "RECONNECT_AFTER_S", "ChannelError", "DirectChannel", "DirectChannels", "DirectReply",
+           "DirectServer", "RemoteError"]
 
 MAGIC = 0x52524431  # "RRD1"
 HEADER = struct.Struct("<IIQ")  # magic, JSON bytes, payload bytes
@@ -49,6 +50,8 @@ MAX_JSON_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = 1 << 34  # 16 GiB: a reply past this is malformed
 MAX_REQUEST_PAYLOAD_BYTES = 1 << 26  # 64 MiB: a request's updates (16 bytes a row; a client holds at most 65,536 rows a shard)
 RECONNECT_AFTER_S = 1.0  # a broken channel is reopened (through the shard actor) no sooner than this
+MAX_RECONNECT_AFTER_S = 60.0  # ... and after each failed try twice as late, up to this
+CONNECT_TIMEOUT_S = 2.0  # a connection not made within this (or shard_timeout_s, if shorter) fails
 
 Arrays = dict[str, np.ndarray]
 # handler(counts, updates) -> (parts, snapshot): ReplayShardImpl.serve_draw
@@ -222,13 +225,15 @@ class DirectChannel:
     """One client's connection to one shard's DirectServer (one thread uses it). ``known``: exception
     types a shard's error is re-raised as, by name (others come as RemoteError)."""
 
-    def __init__(self, address: Sequence[Any], timeout_s: float, known: Sequence[type[BaseException]] = ()) -> None:
+    def __init__(self, address: Sequence[Any], timeout_s: float, known: Sequence[type[BaseException]] = (),
+                 connect_timeout_s: float | None = None) -> None:
         host, port, self._token = str(address[0]), int(address[1]), str(address[2])
         self._known = {cls.__name__: cls for cls in known}
         try:
-            self._sock = socket.create_connection((host, port), timeout=timeout_s)
+            self._sock = socket.create_connection((host, port), timeout=connect_timeout_s if connect_timeout_s is not None else timeout_s)
         except OSError as error:
             raise ChannelError(f"cannot connect to {host}:{port}: {error}") from error
+        self._sock.settimeout(timeout_s)  # a send or a read that takes longer fails
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sent = 0  # requests sent
         self._read = 0  # replies read
@@ -305,24 +310,41 @@ class DirectChannel:
 
 
 class DirectChannels:
-    """A client's channels to its shards, opened through each shard actor's ``direct_address`` (Ray), and
-    reopened (no sooner than RECONNECT_AFTER_S after a failure, without blocking the caller) when one
-    breaks. ``get(k)`` is the channel to use for shard k now, or None (then the client uses Ray)."""
+    """A client's channels to its shards, opened through each shard actor's ``direct_address`` (Ray) and
+    reopened when one breaks, without blocking the caller on a shard that does not answer. ``get(k)`` is
+    the channel to use for shard k now, or None (then the client uses Ray). A shard whose channel could
+    not be opened (its address not given within ``timeout_s``, or no connection within
+    CONNECT_TIMEOUT_S: a firewall that drops the port) is tried again after RECONNECT_AFTER_S, then
+    after twice as long each time, up to MAX_RECONNECT_AFTER_S, so that a client that cannot reach the
+    servers samples through Ray at the cost of a rare connect."""
 
     def __init__(self, shards: Sequence[Any], timeout_s: float, known: Sequence[type[BaseException]] = ()) -> None:
         import ray
 
         self._ray = ray
         self._shards, self._timeout_s, self._known = list(shards), timeout_s, tuple(known)
-        self._channels: list[DirectChannel | None] = [None] * len(self._shards)
-        self._asked: list[Any] = [None] * len(self._shards)  # direct_address refs not yet read
-        self._tried_at = [-np.inf] * len(self._shards)
-        refs = [shard.direct_address.remote() for shard in self._shards]
-        for k, ref in enumerate(refs):
-            try:
-                self._channels[k] = DirectChannel(ray.get(ref, timeout=timeout_s), timeout_s, self._known)
-            except Exception:  # noqa: BLE001 - a shard down now: reopened later, Ray meanwhile
+        n = len(self._shards)
+        self._channels: list[DirectChannel | None] = [None] * n
+        self._tried_at = [-np.inf] * n
+        self._wait_s = [RECONNECT_AFTER_S] * n  # the pause before shard k's next try
+        self._asked: list[Any] = [shard.direct_address.remote() for shard in self._shards]  # refs not yet read
+        ready, _ = ray.wait(self._asked, num_returns=n, timeout=timeout_s)  # every shard at once
+        ready_refs = set(ready)
+        for k in range(n):
+            if self._asked[k] in ready_refs:
+                self._open(k)
+            else:  # not answering now: Ray meanwhile; its address is read once it comes
                 self._tried_at[k] = time.monotonic()
+
+    def _open(self, k: int) -> None:
+        """Connects to shard k with the address its (answered) direct_address call gave."""
+        ref, self._asked[k] = self._asked[k], None
+        try:
+            self._channels[k] = DirectChannel(self._ray.get(ref), self._timeout_s, self._known, min(self._timeout_s, CONNECT_TIMEOUT_S))
+            self._wait_s[k] = RECONNECT_AFTER_S
+        except Exception:  # noqa: BLE001 - not reachable (or the shard is down): Ray meanwhile, later again
+            self._tried_at[k] = time.monotonic()
+            self._wait_s[k] = min(2 * self._wait_s[k], MAX_RECONNECT_AFTER_S)
 
     def get(self, k: int) -> DirectChannel | None:
         channel = self._channels[k]
@@ -330,20 +352,15 @@ class DirectChannels:
             if channel.broken is None:
                 return channel
             self._channels[k] = None
-            self._tried_at[k] = time.monotonic()  # it failed just now: reopen no sooner than RECONNECT_AFTER_S
+            self._tried_at[k] = time.monotonic()  # it failed just now: reopened no sooner than its wait
         if self._asked[k] is None:
-            if time.monotonic() - self._tried_at[k] >= RECONNECT_AFTER_S:
+            if time.monotonic() - self._tried_at[k] >= self._wait_s[k]:
                 self._tried_at[k] = time.monotonic()
                 self._asked[k] = self._shards[k].direct_address.remote()
             return None
         ready, _ = self._ray.wait([self._asked[k]], timeout=0)
-        if not ready:
-            return None
-        ref, self._asked[k] = self._asked[k], None
-        try:
-            self._channels[k] = DirectChannel(self._ray.get(ref), self._timeout_s, self._known)
-        except Exception:  # noqa: BLE001 - still down: Ray meanwhile, and another try later
-            self._tried_at[k] = time.monotonic()
+        if ready:
+            self._open(k)
         return self._channels[k]
 
     def close(self) -> None:
