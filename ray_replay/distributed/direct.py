@@ -131,7 +131,7 @@ class DirectServer:
     def __init__(self, handler: Handler, host: str) -> None:
         self._handler = handler
         self.token = secrets.token_hex(16)
-        self._listener = socket.create_server((host, 0))
+        self._listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.address: tuple[str, int, str] = (host, self._listener.getsockname()[1], self.token)
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
