@@ -228,12 +228,3 @@ def test_channels_to_a_server_out_of_reach_are_tried_again_later_and_later(serve
     assert channels._wait_s[0] == direct.RECONNECT_AFTER_S
     channels.close()
 
-
-def test_a_server_on_an_ipv6_address_answers():
-    server = DirectServer(Handler(), "::1")
-    try:
-        channel = DirectChannel(server.address, timeout_s=10)
-        assert channel.draw([2], None).get(10)[0][0]["action"].shape == (2,)
-        channel.close()
-    finally:
-        server.close()
