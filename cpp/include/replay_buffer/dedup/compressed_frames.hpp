@@ -4,17 +4,19 @@
 // does not shrink is kept raw (its BlobRef's length is the frame's size), like a row of a
 // CompressedBuffer. The new frames of an add call are compressed together (compress(), by a
 // BatchCompressor: in parallel over frames when they hold 1 MiB or more) outside the dedup buffer's
-// data lock, then appended to the log under it (commit(): a copy of the compressed bytes). Frames leave about in the order they came (a row's frames go when its last row
-// goes), so the log stays packed. Link requirement: ReplayBuffer::Compression (liblz4, libzstd).
+// data lock, then appended to the log under it (commit(): a copy of the compressed bytes). Frames
+// leave about in the order they came (a row's frames go when its last row goes), so the log stays
+// packed. Link requirement: ReplayBuffer::Compression (liblz4, libzstd).
 //
 // Thread roles: see FrameCodec (frame_codec.hpp): compress() may overlap load/drop/stats (it uses the
 // compressor's own contexts and staging); the DedupBuffer's data lock serializes the rest (load()
 // included, which shares the one CodecContext). Costs: compress O(frame bytes) of compression; commit
-// a copy of the compressed bytes; load O(frame bytes) of decompression (a copy for a raw frame). Measured on a
-// loaded 2-core VM with tests/test_dedup_compression.py's 4 KiB frames (4 x 64 x 64 stacks, one new
-// frame a row, batches of 64): LZ4 adds about 0.7 us a row to add (Zstandard level 3 about 10 us)
-// and holds 1/4 of the raw frames' bytes (Zstandard 1/6); a sample row (K + 1 = 5 frames decoded)
-// takes 2.4 us against 2.1 us uncompressed. Memory: the stored bytes, packed, plus 12 bytes per slot.
+// a copy of the compressed bytes; load O(frame bytes) of decompression (a copy for a raw frame).
+// Measured on a loaded 2-core VM with tests/test_dedup_compression.py's 4 KiB frames (4 x 64 x 64
+// stacks, one new frame a row, batches of 64): LZ4 adds about 0.7 us a row to add (Zstandard level 3
+// about 10 us) and holds 1/4 of the raw frames' bytes (Zstandard 1/6); a sample row (K + 1 = 5 frames
+// decoded) takes 2.4 us against 2.1 us uncompressed. Memory: the stored bytes, packed, plus 12 bytes
+// per slot, plus the compressor's staging (the compressed frames of the largest add, kept for reuse).
 #pragma once
 
 #include <algorithm>
