@@ -646,6 +646,8 @@ def test_direct_sample_transport_has_the_distribution_of_one_buffer(replays, bat
     client.close()
     with pytest.raises(ValueError, match="sample_transport"):
         ReplayClient(replay, sample_transport="grpc")
+    with pytest.raises(ValueError, match="fifo"):
+        ReplayClient(replays(100, 2, "fifo"), sample_transport="direct")
 
 
 def test_a_direct_channel_that_fails_falls_back_to_ray_and_reopens(replays):
