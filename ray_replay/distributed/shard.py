@@ -316,7 +316,9 @@ class ReplayShard(ReplayShardImpl):
 
     Two threads: writes (add, add_batch, add_run, replica copies, checkpoints) run on one, samples and priority
     updates on the other, so a learner's sample never queues behind the writers' calls; the native
-    buffer takes its own lock and releases the GIL for the copies, so the two overlap. Control calls
+    buffer takes its own lock and releases the GIL for the copies, so the two overlap. A client that
+    samples with ``sample_transport="direct"`` gets a thread of its own for its connection (direct.py),
+    whose draws take turns with the reads thread's (one lock). Control calls
     (stats, health, fence, ...) run on Ray's default group.
 
     With ``metrics_name`` set, it exports its stats as Ray metrics tagged with that name (see
