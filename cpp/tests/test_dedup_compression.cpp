@@ -3,6 +3,7 @@
 // the first axis) layouts, with streams, resets, noise frames stored raw and wrap-around; and the
 // failure contract: a frame store that fails in the middle of a batch (out of memory) changes nothing.
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -230,6 +231,7 @@ void reads_during_adds_see_whole_rows(std::size_t outer, std::size_t inner) {
     add(*reference, rows, first, count, stack);
     first += count;
   }
+  for (int wait = 0; checked.load() == 0 && wait < 10'000; ++wait) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   done = true;
   sampler.join();
   exporter.join();
